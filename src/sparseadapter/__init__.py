@@ -1,0 +1,37 @@
+"""sparseadapter: prune adapter weights at initialization and keep them sparse while training."""
+
+from sparseadapter.budget import ParameterReport, large_sparse, parameter_report
+from sparseadapter.config import SparsityConfig
+from sparseadapter.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    NoPrunableWeightsError,
+    ScoreError,
+    ScoringDataError,
+    SparseAdapterError,
+)
+from sparseadapter.scoring import available_scorers, register_scorer
+from sparseadapter.sparsify import SparsityReport, get_masks, remove_sparsity, sparsify
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "NoPrunableWeightsError",
+    "ParameterReport",
+    "ScoreError",
+    "ScoringDataError",
+    "SparseAdapterError",
+    "SparsityConfig",
+    "SparsityReport",
+    "available_scorers",
+    "get_masks",
+    "large_sparse",
+    "parameter_report",
+    "register_scorer",
+    "remove_sparsity",
+    "sparsify",
+]

@@ -1,0 +1,119 @@
+"""Budget arithmetic: parameter counts, and Large-Sparse widening.
+
+Large-Sparse widens an adapter by ``factor`` and prunes it to sparsity ``1 - 1/factor``, so the
+non-zero prunable weights equal those of the dense adapter. What is counted: the prunable
+tensors (adapter weight matrices; not biases, norms or the task head). Every width of the adapter
+grows by the factor (LoRA rank, bottleneck size, prefix length and the prefix reparametrization
+MLP's bottleneck), so each prunable matrix grows exactly by ``factor`` (up to integer rounding
+of a bottleneck) and the sparsity ``1 - 1/factor`` keeps the budget. LoRA's alpha is scaled
+with the rank so that alpha / r, the scale of the update, stays the same.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from torch import nn
+
+from sparseadapter.config import SparsityConfig
+from sparseadapter.errors import ConfigError, NoPrunableWeightsError
+from sparseadapter.targets import prunable_parameters
+
+
+@dataclass
+class ParameterReport:
+    total: int
+    trainable: int
+    prunable: int
+    nonzero_trainable: int
+    nonzero_prunable: int
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return (
+            f"total={self.total:,} trainable={self.trainable:,} prunable={self.prunable:,} "
+            f"non-zero trainable={self.nonzero_trainable:,} "
+            f"non-zero prunable={self.nonzero_prunable:,}"
+        )
+
+
+def parameter_report(model: nn.Module, config: SparsityConfig | None = None) -> ParameterReport:
+    """Total, trainable, prunable and non-zero parameter counts (shared tensors counted once)."""
+    config = config or SparsityConfig()
+    params = list(model.parameters())
+    trainable = [p for p in params if p.requires_grad]
+    try:
+        prunable = list(prunable_parameters(model, config).values())
+    except NoPrunableWeightsError:
+        prunable = []
+    return ParameterReport(
+        total=sum(p.numel() for p in params),
+        trainable=sum(p.numel() for p in trainable),
+        prunable=sum(p.numel() for p in prunable),
+        nonzero_trainable=sum(int(p.count_nonzero()) for p in trainable),
+        nonzero_prunable=sum(int(p.count_nonzero()) for p in prunable),
+    )
+
+
+def _scaled(value: float, factor: float, what: str) -> int:
+    scaled = value * factor
+    if abs(scaled - round(scaled)) > 1e-9:
+        raise ConfigError(
+            f"Large-Sparse factor {factor} gives a non-integer {what} ({value} x {factor}); "
+            "pick a factor that keeps it an integer"
+        )
+    return int(round(scaled))
+
+
+def widen(config: Any, factor: float) -> Any:
+    """A copy of a PEFT or AdapterHub adapter config with every width multiplied by ``factor``."""
+    name = type(config).__name__
+    if hasattr(config, "configs") and hasattr(config, "architecture"):  # AdapterHub ConfigUnion
+        from adapters import ConfigUnion
+
+        return ConfigUnion(*[widen(c, factor) for c in config.configs])
+    if hasattr(config, "reduction_factor") and hasattr(config, "replace"):  # AdapterHub bottleneck
+        reduction = config.reduction_factor
+        if isinstance(reduction, dict):
+            return config.replace(reduction_factor={k: v / factor for k, v in reduction.items()})
+        return config.replace(reduction_factor=reduction / factor)
+    if name == "PrefixTuningConfig" and hasattr(config, "replace"):  # AdapterHub
+        return config.replace(
+            prefix_length=_scaled(config.prefix_length, factor, "prefix length"),
+            bottleneck_size=_scaled(config.bottleneck_size, factor, "prefix bottleneck"),
+        )
+    if name == "LoRAConfig" and hasattr(config, "replace"):  # AdapterHub LoRA
+        if config.composition_mode != "add":
+            raise ConfigError("Large-Sparse needs a width: (IA)3 has none; use LoRA or a bottleneck")
+        return config.replace(
+            r=_scaled(config.r, factor, "LoRA rank"), alpha=config.alpha * factor
+        )
+    wide = copy.deepcopy(config)
+    if hasattr(wide, "r") and hasattr(wide, "lora_alpha"):  # PEFT LoRA family
+        wide.r = _scaled(wide.r, factor, "LoRA rank")
+        wide.lora_alpha = wide.lora_alpha * factor
+        wide.rank_pattern = {k: _scaled(v, factor, "LoRA rank") for k, v in wide.rank_pattern.items()}
+        wide.alpha_pattern = {k: v * factor for k, v in wide.alpha_pattern.items()}
+        return wide
+    if hasattr(wide, "num_virtual_tokens"):  # PEFT prompt learning
+        wide.num_virtual_tokens = _scaled(wide.num_virtual_tokens, factor, "prefix length")
+        if getattr(wide, "prefix_projection", False):
+            wide.encoder_hidden_size = _scaled(
+                wide.encoder_hidden_size, factor, "prefix projection size"
+            )
+        return wide
+    raise ConfigError(
+        f"Large-Sparse does not know how to widen a {name}: it supports LoRA, bottleneck "
+        "adapters (Houlsby, Pfeiffer, parallel), prefix tuning and MAM"
+    )
+
+
+def large_sparse(config: Any, factor: float) -> tuple[Any, float]:
+    """The adapter config widened by ``factor`` and the sparsity that keeps the dense budget."""
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor >= 1:
+        raise ConfigError(f"Large-Sparse factor must be a number >= 1, got {factor!r}; e.g. 4")
+    return widen(config, factor), 1.0 - 1.0 / factor

@@ -1,0 +1,104 @@
+"""SparsityConfig: what to prune, how much, and how to score it."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sparseadapter.errors import ConfigError
+
+SCOPES = ("global", "layer")
+ZERO_INIT_POLICIES = ("surrogate", "dense")
+DEFAULT_HEAD_PATTERNS = (
+    r"(^|\.)(classifier|score|qa_outputs|lm_head|heads|modules_to_save|original_module)(\.|$)",
+)
+
+
+@dataclass
+class SparsityConfig:
+    """Configuration of one pruning-at-initialization pass.
+
+    ``sparsity`` is always the fraction of prunable weights set to zero (the official SparseAdapter
+    code's ``--sparsity`` is the kept fraction; this one is not).
+    """
+
+    method: str = field(
+        default="snip",
+        metadata={"help": "Scoring method: random, magnitude, snip, grasp, synflow, or a registered name."},
+    )
+    sparsity: float = field(
+        default=0.4, metadata={"help": "Fraction of prunable weights set to zero, in [0, 1)."}
+    )
+    scope: str = field(
+        default="global",
+        metadata={"help": "'global': one threshold over all prunable tensors; 'layer': per tensor."},
+    )
+    num_examples: int = field(
+        default=320,
+        metadata={"help": "Training examples used for scoring (data-free methods ignore them)."},
+    )
+    seed: int = field(default=0, metadata={"help": "Seed for random scores and surrogate inits."})
+    zero_init: str = field(
+        default="surrogate",
+        metadata={
+            "help": "Zero-initialized prunable tensors (LoRA B, zero-init up-projections): "
+            "'surrogate' scores them with a temporary seeded random init and prunes them like the "
+            "rest; 'dense' leaves them unpruned."
+        },
+    )
+    include: list[str] | None = field(
+        default=None,
+        metadata={"help": "Regexes; if set, only trainable parameters whose name matches are prunable."},
+    )
+    exclude: list[str] = field(
+        default_factory=lambda: list(DEFAULT_HEAD_PATTERNS),
+        metadata={"help": "Regexes of parameter names never pruned (default: task heads)."},
+    )
+    prune_biases: bool = field(default=False, metadata={"help": "Also prune bias vectors."})
+    prune_norms: bool = field(default=False, metadata={"help": "Also prune LayerNorm/RMSNorm weights."})
+    grasp_temperature: float = field(
+        default=200.0, metadata={"help": "GraSP: logits are divided by this temperature."}
+    )
+    synflow_rounds: int = field(
+        default=1,
+        metadata={"help": "SynFlow: pruning rounds on an exponential schedule (1 = one-shot)."},
+    )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.sparsity, bool) or not isinstance(self.sparsity, (int, float)):
+            raise ConfigError(
+                f"sparsity must be a number in [0, 1), got {self.sparsity!r}; e.g. sparsity=0.4"
+            )
+        if not (0.0 <= float(self.sparsity) < 1.0) or math.isnan(self.sparsity):
+            raise ConfigError(
+                f"sparsity must be in [0, 1) (the fraction of weights set to zero), got {self.sparsity}"
+            )
+        self.sparsity = float(self.sparsity)
+        from sparseadapter.scoring import available_scorers
+
+        if self.method not in available_scorers():
+            raise ConfigError(
+                f"unknown pruning method {self.method!r}; choose one of "
+                f"{', '.join(available_scorers())} or register one with sparseadapter.register_scorer"
+            )
+        if self.scope not in SCOPES:
+            raise ConfigError(f"scope must be one of {SCOPES}, got {self.scope!r}")
+        if self.zero_init not in ZERO_INIT_POLICIES:
+            raise ConfigError(f"zero_init must be one of {ZERO_INIT_POLICIES}, got {self.zero_init!r}")
+        if not isinstance(self.num_examples, int) or self.num_examples < 1:
+            raise ConfigError(f"num_examples must be a positive integer, got {self.num_examples!r}")
+        if self.grasp_temperature <= 0:
+            raise ConfigError(f"grasp_temperature must be > 0, got {self.grasp_temperature}")
+        if not isinstance(self.synflow_rounds, int) or self.synflow_rounds < 1:
+            raise ConfigError(f"synflow_rounds must be an integer >= 1, got {self.synflow_rounds!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SparsityConfig:
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ConfigError(f"unknown SparsityConfig keys: {sorted(unknown)}")
+        return cls(**data)

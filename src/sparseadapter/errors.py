@@ -1,0 +1,33 @@
+"""Every error sparseadapter raises on bad input.
+
+Each one is a ``ValueError`` subclass whose message names the problem and the fix. The CLI turns
+any :class:`SparseAdapterError` into a one-line message and exit code 2.
+"""
+
+
+class SparseAdapterError(ValueError):
+    """Base class: bad input that the user can fix."""
+
+
+class ConfigError(SparseAdapterError):
+    """An invalid option value (sparsity, method, scope, factor, ...)."""
+
+
+class NoPrunableWeightsError(SparseAdapterError):
+    """The model has no trainable adapter weights to prune."""
+
+
+class ScoringDataError(SparseAdapterError):
+    """The scoring batches are empty, exhausted, or lack what the pruner needs."""
+
+
+class ScoreError(SparseAdapterError):
+    """The pruning scores are unusable (all zero or not finite)."""
+
+
+class CheckpointError(SparseAdapterError):
+    """A checkpoint is missing, truncated, tampered with, or does not match the model."""
+
+
+class DataError(SparseAdapterError):
+    """A task's data files are missing or malformed."""

@@ -1,0 +1,117 @@
+"""The mask engine: exact-count thresholds, and keeping pruned weights at exactly zero.
+
+Selection keeps exactly ``round((1 - s) * N)`` weights (rounding half up). Ties are broken by
+position (earlier parameter, then earlier flat index, wins), so the same scores always give the
+same masks. In global scope every tensor keeps at least its single best weight, so no adapter
+tensor is ever pruned dead; the total count stays exact.
+
+Enforcement has two parts, both optimizer-agnostic:
+1. a gradient hook on each pruned parameter zeroes the gradient at pruned positions (NaN-safe),
+   so optimizer state (momentum, Adam moments) never becomes non-zero there and weight decay
+   acts on a zero weight;
+2. a global optimizer step post-hook multiplies every live masked parameter by its mask in one
+   fused ``_foreach_mul_`` call, as insurance against optimizers that move zero-gradient weights.
+Masks live outside ``state_dict`` (no new keys, no renamed parameters), so PEFT and AdapterHub
+save/load keep working unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+
+import torch
+from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+
+def kept_count(numel: int, sparsity: float) -> int:
+    """Weights kept out of ``numel`` at ``sparsity``: round((1 - s) * N), halves rounded up."""
+    return min(numel, math.floor((1.0 - sparsity) * numel + 0.5))
+
+
+def _top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
+    order = torch.sort(scores, descending=True, stable=True).indices
+    keep = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
+    keep[order[:k]] = True
+    return keep
+
+
+def select_masks(
+    scores: dict[str, torch.Tensor], sparsity: float, scope: str = "global"
+) -> dict[str, torch.Tensor]:
+    """Boolean keep-masks (True = kept) from scores, highest scores kept."""
+    if scope == "layer":
+        return {
+            name: _top_k(s.flatten().double(), max(1, kept_count(s.numel(), sparsity))).view(
+                s.shape
+            )
+            for name, s in scores.items()
+        }
+    flat = torch.cat([s.detach().flatten().double().cpu() for s in scores.values()])
+    sizes = [s.numel() for s in scores.values()]
+    k = kept_count(flat.numel(), sparsity)
+    keep = torch.zeros(flat.numel(), dtype=torch.bool)
+    if k >= len(sizes):
+        offsets = torch.tensor([0, *sizes[:-1]]).cumsum(0)
+        best = torch.stack([s.detach().flatten().double().cpu().argmax() for s in scores.values()])
+        keep[offsets + best] = True
+    order = torch.sort(flat, descending=True, stable=True).indices
+    rest = order[~keep[order]][: k - int(keep.sum())]
+    keep[rest] = True
+    return {
+        name: part.view(s.shape).to(s.device)
+        for (name, s), part in zip(scores.items(), keep.split(sizes))
+    }
+
+
+_LIVE: weakref.WeakSet[MaskedParameters] = weakref.WeakSet()
+_STEP_HOOK = None
+
+
+def _reapply_all_masks(optimizer, args, kwargs) -> None:
+    for masked in list(_LIVE):
+        masked.apply_()
+
+
+class MaskedParameters:
+    """Fixed masks bound to parameters (by object, not by shape) and enforced during training."""
+
+    def __init__(self, params: dict[str, nn.Parameter], masks: dict[str, torch.Tensor]):
+        global _STEP_HOOK
+        self.params = params
+        self.masks = {n: masks[n].to(device=p.device, dtype=torch.bool) for n, p in params.items()}
+        self._factors: list[torch.Tensor] = []
+        self._handles = [p.register_hook(self._gradient_hook(n)) for n, p in params.items()]
+        _LIVE.add(self)
+        if _STEP_HOOK is None:
+            _STEP_HOOK = register_optimizer_step_post_hook(_reapply_all_masks)
+        self.apply_()
+
+    def _gradient_hook(self, name: str):
+        def hook(grad: torch.Tensor) -> torch.Tensor:
+            mask = self.masks[name]
+            if mask.device != grad.device:
+                mask = self.masks[name] = mask.to(grad.device)
+            return grad.masked_fill(~mask, 0.0)
+
+        return hook
+
+    @torch.no_grad()
+    def apply_(self) -> None:
+        """Set every pruned weight to exactly zero (one fused call)."""
+        tensors = list(self.params.values())
+        first = tensors[0]
+        if not self._factors or (self._factors[0].device, self._factors[0].dtype) != (
+            first.device,
+            first.dtype,
+        ):
+            self._factors = [self.masks[n].to(p.device, p.dtype) for n, p in self.params.items()]
+        torch._foreach_mul_(tensors, self._factors)
+
+    def remove(self) -> None:
+        """Stop enforcing; the weights keep their current values."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        _LIVE.discard(self)

@@ -1,0 +1,58 @@
+"""Pruning scores: a registry of scoring functions, one small module per method.
+
+A scorer takes ``(model, params, batches, config)`` and returns a score tensor per parameter name
+(same shape as the parameter; higher = more important = kept). ``batches`` is a list of
+dict batches already on the model's device, or ``None`` for a data-free scorer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from sparseadapter.config import SparsityConfig
+
+ScoreFn = Callable[
+    [nn.Module, dict[str, nn.Parameter], "list[dict] | None", "SparsityConfig"],
+    dict[str, torch.Tensor],
+]
+
+
+@dataclass(frozen=True)
+class Scorer:
+    name: str
+    fn: ScoreFn
+    needs_data: bool
+
+
+_REGISTRY: dict[str, Scorer] = {}
+
+
+def register_scorer(name: str, needs_data: bool = True) -> Callable[[ScoreFn], ScoreFn]:
+    """Decorator that registers ``fn`` as pruning method ``name``.
+
+    ``needs_data=False`` marks a data-free scorer: it is called with ``batches=None`` when the
+    user gives none.
+    """
+
+    def decorate(fn: ScoreFn) -> ScoreFn:
+        _REGISTRY[name] = Scorer(name, fn, needs_data)
+        return fn
+
+    return decorate
+
+
+def get_scorer(name: str) -> Scorer:
+    return _REGISTRY[name]
+
+
+def available_scorers() -> list[str]:
+    return list(_REGISTRY)
+
+
+from sparseadapter.scoring import grasp, magnitude, random, snip, synflow  # noqa: E402,F401

@@ -1,0 +1,248 @@
+"""sparsify(): score the prunable adapter weights once, at initialization, and fix the masks.
+
+config → targets → (surrogate init of zero-init tensors) → scores → masks → enforcement.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from sparseadapter.config import SparsityConfig
+from sparseadapter.errors import ScoreError, ScoringDataError
+from sparseadapter.masks import MaskedParameters, select_masks
+from sparseadapter.scoring import get_scorer
+from sparseadapter.targets import prunable_parameters
+
+STATE_ATTRIBUTE = "_sparseadapter_masks"
+
+
+@dataclass
+class TensorReport:
+    name: str
+    shape: tuple[int, ...]
+    kept: int
+    zero_init: bool = False
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass
+class SparsityReport:
+    """What sparsify did: per-tensor and total prunable, kept and pruned counts."""
+
+    config: SparsityConfig
+    tensors: list[TensorReport] = field(default_factory=list)
+    dense_tensors: list[str] = field(default_factory=list)
+    scoring_examples: int = 0
+    seconds: float = 0.0
+
+    @property
+    def prunable(self) -> int:
+        return sum(t.numel for t in self.tensors)
+
+    @property
+    def kept(self) -> int:
+        return sum(t.kept for t in self.tensors)
+
+    @property
+    def pruned(self) -> int:
+        return self.prunable - self.kept
+
+    @property
+    def achieved_sparsity(self) -> float:
+        return self.pruned / self.prunable
+
+    def to_dict(self) -> dict:
+        return {
+            "method": self.config.method,
+            "target_sparsity": self.config.sparsity,
+            "scope": self.config.scope,
+            "prunable": self.prunable,
+            "kept": self.kept,
+            "pruned": self.pruned,
+            "achieved_sparsity": self.achieved_sparsity,
+            "scoring_examples": self.scoring_examples,
+            "seconds": self.seconds,
+            "dense_zero_init_tensors": self.dense_tensors,
+            "tensors": [
+                {"name": t.name, "shape": list(t.shape), "kept": t.kept, "zero_init": t.zero_init}
+                for t in self.tensors
+            ],
+        }
+
+    def __str__(self) -> str:
+        width = max(len(t.name) for t in self.tensors)
+        lines = [f"{'tensor':<{width}}  {'prunable':>9}  {'kept':>9}  {'pruned':>9}  sparsity"]
+        for t in self.tensors:
+            flag = "  (zero-init, surrogate-scored)" if t.zero_init else ""
+            lines.append(
+                f"{t.name:<{width}}  {t.numel:>9}  {t.kept:>9}  {t.numel - t.kept:>9}  "
+                f"{1 - t.kept / t.numel:8.4f}{flag}"
+            )
+        lines.append(
+            f"{'total':<{width}}  {self.prunable:>9}  {self.kept:>9}  {self.pruned:>9}  "
+            f"{self.achieved_sparsity:8.4f}"
+        )
+        lines.append(
+            f"method={self.config.method} target={self.config.sparsity} scope={self.config.scope} "
+            f"scoring_examples={self.scoring_examples} time={self.seconds:.2f}s"
+        )
+        return "\n".join(lines)
+
+
+def _batch_size(batch: dict) -> int:
+    for value in batch.values():
+        if isinstance(value, torch.Tensor) and value.dim() > 0:
+            return value.shape[0]
+    raise ScoringDataError("a scoring batch holds no tensors: pass dicts of tensors (input_ids, ...)")
+
+
+def take_scoring_batches(
+    batches: Iterable[dict] | None, num_examples: int, device: torch.device
+) -> list[dict]:
+    """Whole batches from ``batches`` until at least ``num_examples`` examples, moved to ``device``."""
+    if batches is None:
+        raise ScoringDataError(
+            "this pruning method needs scoring data: pass batches=<training DataLoader> "
+            "(or use a data-free method: random, magnitude, synflow)"
+        )
+    taken, seen = [], 0
+    for batch in batches:
+        if not isinstance(batch, dict):
+            raise ScoringDataError(
+                f"scoring batches must be dicts of tensors, got {type(batch).__name__}"
+            )
+        taken.append({k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
+        seen += _batch_size(batch)
+        if seen >= num_examples:
+            break
+    if not taken:
+        raise ScoringDataError(
+            "no scoring batches: the iterable is empty or already exhausted; pass a fresh "
+            "DataLoader or a list of batches"
+        )
+    return taken
+
+
+@contextmanager
+def _eval_mode(model: nn.Module):
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes.items():
+            module.train(training)
+
+
+@contextmanager
+def _surrogate_init(params: dict[str, nn.Parameter], names: list[str], seed: int):
+    """Temporarily give zero-initialized tensors a seeded U(-1/√fan_in, 1/√fan_in) init."""
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name in names:
+            p = params[name]
+            fan_in = p.shape[1] if p.dim() > 1 else p.numel()
+            bound = 1.0 / math.sqrt(fan_in)
+            values = torch.rand(p.shape, generator=generator, dtype=torch.float64) * 2 - 1
+            p.copy_(values * bound)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for name in names:
+                params[name].zero_()
+
+
+def _check_scores(scores: dict[str, torch.Tensor], params: dict[str, nn.Parameter], method: str):
+    missing = set(params) - set(scores)
+    if missing:
+        raise ScoreError(f"pruning method {method!r} returned no scores for {sorted(missing)[:3]}")
+    for name, s in scores.items():
+        if s.shape != params[name].shape:
+            raise ScoreError(
+                f"pruning method {method!r} returned a score of shape {tuple(s.shape)} for "
+                f"{name} of shape {tuple(params[name].shape)}"
+            )
+        if not torch.isfinite(s).all():
+            raise ScoreError(
+                f"pruning method {method!r} gave non-finite scores for {name}: check the scoring "
+                "data and the model's loss, or use magnitude/random"
+            )
+    if all(not s.any() for s in scores.values()):
+        raise ScoreError(
+            f"pruning method {method!r} gave all-zero scores: the adapter weights or their "
+            "gradients are all zero; check that the adapter is trainable and the scoring batches "
+            "have labels, or use magnitude/random"
+        )
+
+
+def sparsify(
+    model: nn.Module,
+    config: SparsityConfig | None = None,
+    batches: Iterable[dict] | None = None,
+) -> SparsityReport:
+    """Prune the model's trainable adapter weights once and keep them pruned while training.
+
+    ``batches`` are training batches (dicts of tensors with labels); whole batches are taken
+    until ``config.num_examples`` examples are seen. Scoring runs in eval mode (dropout off) and
+    the train/eval mode of every module is restored. Calling it again replaces the masks.
+    """
+    config = config or SparsityConfig()
+    start = time.perf_counter()
+    remove_sparsity(model)
+    params = prunable_parameters(model, config)
+    zero_init = [n for n, p in params.items() if not p.detach().any()]
+    if config.zero_init == "dense":
+        params = {n: p for n, p in params.items() if n not in zero_init}
+    scorer = get_scorer(config.method)
+    device = next(iter(params.values())).device
+    scoring_batches = (
+        take_scoring_batches(batches, config.num_examples, device)
+        if scorer.needs_data or batches is not None
+        else None
+    )
+    surrogate = zero_init if config.zero_init == "surrogate" else []
+    with _eval_mode(model), _surrogate_init(params, surrogate, config.seed):
+        scores = scorer.fn(model, params, scoring_batches, config)
+        _check_scores(scores, params, config.method)
+    masks = select_masks(scores, config.sparsity, config.scope)
+    setattr(model, STATE_ATTRIBUTE, MaskedParameters(params, masks))
+    return SparsityReport(
+        config=config,
+        tensors=[
+            TensorReport(n, tuple(p.shape), int(masks[n].sum()), n in zero_init)
+            for n, p in params.items()
+        ],
+        dense_tensors=[n for n in zero_init if n not in params],
+        scoring_examples=sum(_batch_size(b) for b in scoring_batches or []),
+        seconds=time.perf_counter() - start,
+    )
+
+
+def masked_parameters(model: nn.Module) -> MaskedParameters | None:
+    """The masks sparsify attached to ``model`` (None if it was not sparsified)."""
+    return getattr(model, STATE_ATTRIBUTE, None)
+
+
+def get_masks(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Boolean keep-masks by parameter name; empty if ``model`` was not sparsified."""
+    state = masked_parameters(model)
+    return dict(state.masks) if state else {}
+
+
+def remove_sparsity(model: nn.Module) -> None:
+    """Stop enforcing masks on ``model`` (weights keep their values)."""
+    state = masked_parameters(model)
+    if state is not None:
+        state.remove()
+        delattr(model, STATE_ATTRIBUTE)

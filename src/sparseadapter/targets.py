@@ -1,0 +1,56 @@
+"""Which parameters are prunable.
+
+One rule serves PEFT, AdapterHub and plain modules, because both libraries freeze the backbone
+and leave exactly the adapter (and the task head) trainable: a parameter is prunable when it is
+trainable, is not a bias or a normalization weight, is not excluded by name (task heads by
+default), and matches ``include`` if that is set. Names are those of ``model.named_parameters()``,
+so masks pair with weights by name and identity, never by shape.
+"""
+
+from __future__ import annotations
+
+import re
+
+from torch import nn
+
+from sparseadapter.config import SparsityConfig
+from sparseadapter.errors import NoPrunableWeightsError
+
+
+def _norm_parameter_ids(model: nn.Module) -> set[int]:
+    ids = set()
+    for module in model.modules():
+        if isinstance(module, (nn.LayerNorm, nn.GroupNorm)) or "Norm" in type(module).__name__:
+            ids.update(id(p) for p in module.parameters(recurse=False))
+    return ids
+
+
+def prunable_parameters(model: nn.Module, config: SparsityConfig) -> dict[str, nn.Parameter]:
+    """The prunable parameters of ``model`` by name, in ``named_parameters`` order.
+
+    Raises :class:`NoPrunableWeightsError` when there are none.
+    """
+    include = [re.compile(p) for p in config.include or []]
+    exclude = [re.compile(p) for p in config.exclude]
+    norms = set() if config.prune_norms else _norm_parameter_ids(model)
+    found: dict[str, nn.Parameter] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad or not param.is_floating_point():
+            continue
+        if not config.prune_biases and name.rsplit(".", 1)[-1] == "bias":
+            continue
+        if id(param) in norms:
+            continue
+        if any(p.search(name) for p in exclude):
+            continue
+        if include and not any(p.search(name) for p in include):
+            continue
+        found[name] = param
+    if not found:
+        trainable = sum(p.requires_grad for p in model.parameters())
+        raise NoPrunableWeightsError(
+            f"the model has no prunable adapter weights ({trainable} trainable tensors, none "
+            "selected): add adapters and make them trainable first (peft.get_peft_model, or "
+            "AdapterHub's add_adapter + train_adapter), or widen SparsityConfig.include/exclude"
+        )
+    return found
