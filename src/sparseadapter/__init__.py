@@ -12,7 +12,13 @@ from sparseadapter.errors import (
     SparseAdapterError,
 )
 from sparseadapter.scoring import available_scorers, register_scorer
-from sparseadapter.sparsify import SparsityReport, get_masks, remove_sparsity, sparsify
+from sparseadapter.sparsify import (
+    SparsityReport,
+    apply_masks,
+    get_masks,
+    remove_sparsity,
+    sparsify,
+)
 
 __version__ = "0.1.0"
 
@@ -27,6 +33,7 @@ __all__ = [
     "SparseAdapterError",
     "SparsityConfig",
     "SparsityReport",
+    "apply_masks",
     "available_scorers",
     "get_masks",
     "large_sparse",

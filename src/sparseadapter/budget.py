@@ -88,15 +88,17 @@ def widen(config: Any, factor: float) -> Any:
         )
     if name == "LoRAConfig" and hasattr(config, "replace"):  # AdapterHub LoRA
         if config.composition_mode != "add":
-            raise ConfigError("Large-Sparse needs a width: (IA)3 has none; use LoRA or a bottleneck")
-        return config.replace(
-            r=_scaled(config.r, factor, "LoRA rank"), alpha=config.alpha * factor
-        )
+            raise ConfigError(
+                "Large-Sparse needs a width: (IA)3 has none; use LoRA or a bottleneck"
+            )
+        return config.replace(r=_scaled(config.r, factor, "LoRA rank"), alpha=config.alpha * factor)
     wide = copy.deepcopy(config)
     if hasattr(wide, "r") and hasattr(wide, "lora_alpha"):  # PEFT LoRA family
         wide.r = _scaled(wide.r, factor, "LoRA rank")
         wide.lora_alpha = wide.lora_alpha * factor
-        wide.rank_pattern = {k: _scaled(v, factor, "LoRA rank") for k, v in wide.rank_pattern.items()}
+        wide.rank_pattern = {
+            k: _scaled(v, factor, "LoRA rank") for k, v in wide.rank_pattern.items()
+        }
         wide.alpha_pattern = {k: v * factor for k, v in wide.alpha_pattern.items()}
         return wide
     if hasattr(wide, "num_virtual_tokens"):  # PEFT prompt learning

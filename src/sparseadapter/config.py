@@ -25,14 +25,18 @@ class SparsityConfig:
 
     method: str = field(
         default="snip",
-        metadata={"help": "Scoring method: random, magnitude, snip, grasp, synflow, or a registered name."},
+        metadata={
+            "help": "Scoring method: random, magnitude, snip, grasp, synflow, or a registered name."
+        },
     )
     sparsity: float = field(
         default=0.4, metadata={"help": "Fraction of prunable weights set to zero, in [0, 1)."}
     )
     scope: str = field(
         default="global",
-        metadata={"help": "'global': one threshold over all prunable tensors; 'layer': per tensor."},
+        metadata={
+            "help": "'global': one threshold over all prunable tensors; 'layer': per tensor."
+        },
     )
     num_examples: int = field(
         default=320,
@@ -49,14 +53,18 @@ class SparsityConfig:
     )
     include: list[str] | None = field(
         default=None,
-        metadata={"help": "Regexes; if set, only trainable parameters whose name matches are prunable."},
+        metadata={
+            "help": "Regexes; if set, only trainable parameters whose name matches are prunable."
+        },
     )
     exclude: list[str] = field(
         default_factory=lambda: list(DEFAULT_HEAD_PATTERNS),
         metadata={"help": "Regexes of parameter names never pruned (default: task heads)."},
     )
     prune_biases: bool = field(default=False, metadata={"help": "Also prune bias vectors."})
-    prune_norms: bool = field(default=False, metadata={"help": "Also prune LayerNorm/RMSNorm weights."})
+    prune_norms: bool = field(
+        default=False, metadata={"help": "Also prune LayerNorm/RMSNorm weights."}
+    )
     grasp_temperature: float = field(
         default=200.0, metadata={"help": "GraSP: logits are divided by this temperature."}
     )
@@ -85,13 +93,17 @@ class SparsityConfig:
         if self.scope not in SCOPES:
             raise ConfigError(f"scope must be one of {SCOPES}, got {self.scope!r}")
         if self.zero_init not in ZERO_INIT_POLICIES:
-            raise ConfigError(f"zero_init must be one of {ZERO_INIT_POLICIES}, got {self.zero_init!r}")
+            raise ConfigError(
+                f"zero_init must be one of {ZERO_INIT_POLICIES}, got {self.zero_init!r}"
+            )
         if not isinstance(self.num_examples, int) or self.num_examples < 1:
             raise ConfigError(f"num_examples must be a positive integer, got {self.num_examples!r}")
         if self.grasp_temperature <= 0:
             raise ConfigError(f"grasp_temperature must be > 0, got {self.grasp_temperature}")
         if not isinstance(self.synflow_rounds, int) or self.synflow_rounds < 1:
-            raise ConfigError(f"synflow_rounds must be an integer >= 1, got {self.synflow_rounds!r}")
+            raise ConfigError(
+                f"synflow_rounds must be an integer >= 1, got {self.synflow_rounds!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -24,6 +24,8 @@ import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
+from sparseadapter.config import SparsityConfig
+
 
 def kept_count(numel: int, sparsity: float) -> int:
     """Weights kept out of ``numel`` at ``sparsity``: round((1 - s) * N), halves rounded up."""
@@ -77,9 +79,15 @@ def _reapply_all_masks(optimizer, args, kwargs) -> None:
 class MaskedParameters:
     """Fixed masks bound to parameters (by object, not by shape) and enforced during training."""
 
-    def __init__(self, params: dict[str, nn.Parameter], masks: dict[str, torch.Tensor]):
+    def __init__(
+        self,
+        params: dict[str, nn.Parameter],
+        masks: dict[str, torch.Tensor],
+        config: SparsityConfig | None = None,
+    ):
         global _STEP_HOOK
         self.params = params
+        self.config = config
         self.masks = {n: masks[n].to(device=p.device, dtype=torch.bool) for n, p in params.items()}
         self._factors: list[torch.Tensor] = []
         self._handles = [p.register_hook(self._gradient_hook(n)) for n, p in params.items()]

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from sparseadapter.config import SparsityConfig
-from sparseadapter.errors import ScoreError, ScoringDataError
+from sparseadapter.errors import CheckpointError, ScoreError, ScoringDataError
 from sparseadapter.masks import MaskedParameters, select_masks
 from sparseadapter.scoring import get_scorer
 from sparseadapter.targets import prunable_parameters
@@ -103,7 +103,9 @@ def _batch_size(batch: dict) -> int:
     for value in batch.values():
         if isinstance(value, torch.Tensor) and value.dim() > 0:
             return value.shape[0]
-    raise ScoringDataError("a scoring batch holds no tensors: pass dicts of tensors (input_ids, ...)")
+    raise ScoringDataError(
+        "a scoring batch holds no tensors: pass dicts of tensors (input_ids, ...)"
+    )
 
 
 def take_scoring_batches(
@@ -121,7 +123,9 @@ def take_scoring_batches(
             raise ScoringDataError(
                 f"scoring batches must be dicts of tensors, got {type(batch).__name__}"
             )
-        taken.append({k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
+        taken.append(
+            {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        )
         seen += _batch_size(batch)
         if seen >= num_examples:
             break
@@ -216,7 +220,7 @@ def sparsify(
         scores = scorer.fn(model, params, scoring_batches, config)
         _check_scores(scores, params, config.method)
     masks = select_masks(scores, config.sparsity, config.scope)
-    setattr(model, STATE_ATTRIBUTE, MaskedParameters(params, masks))
+    setattr(model, STATE_ATTRIBUTE, MaskedParameters(params, masks, config))
     return SparsityReport(
         config=config,
         tensors=[
@@ -227,6 +231,31 @@ def sparsify(
         scoring_examples=sum(_batch_size(b) for b in scoring_batches or []),
         seconds=time.perf_counter() - start,
     )
+
+
+def apply_masks(
+    model: nn.Module, masks: dict[str, torch.Tensor], config: SparsityConfig | None = None
+) -> None:
+    """Attach given keep-masks (by parameter name) to ``model`` and enforce them from now on.
+
+    Used to restore a sparse checkpoint; replaces any masks already attached.
+    """
+    remove_sparsity(model)
+    named = dict(model.named_parameters())
+    unknown = [n for n in masks if n not in named]
+    if unknown:
+        raise CheckpointError(
+            f"{len(unknown)} masks name parameters this model does not have (e.g. {unknown[0]}): "
+            "the masks were made for another model or adapter configuration"
+        )
+    for name, mask in masks.items():
+        if tuple(mask.shape) != tuple(named[name].shape):
+            raise CheckpointError(
+                f"mask for {name} has shape {tuple(mask.shape)} but the parameter has "
+                f"{tuple(named[name].shape)}: the masks belong to another adapter configuration"
+            )
+    params = {n: named[n] for n in masks}
+    setattr(model, STATE_ATTRIBUTE, MaskedParameters(params, masks, config))
 
 
 def masked_parameters(model: nn.Module) -> MaskedParameters | None:

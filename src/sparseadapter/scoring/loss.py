@@ -32,7 +32,9 @@ def batch_loss(model: nn.Module, batch: dict, temperature: float = 1.0) -> torch
         else:
             loss = _loss_from_logits(model, out.logits / temperature, batch["labels"])
     if loss is None:
-        raise ScoringDataError("the model returned no loss for a scoring batch; does it have labels?")
+        raise ScoringDataError(
+            "the model returned no loss for a scoring batch; does it have labels?"
+        )
     if not torch.isfinite(loss):
         raise ScoreError(
             f"the loss of a scoring batch is {loss.item()}: check the inputs and labels, or use a "
