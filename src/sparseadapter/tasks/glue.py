@@ -23,6 +23,8 @@ HUB_DATASET = "nyu-mll/glue"
 
 @dataclass(frozen=True)
 class TaskSpec:
+    """A GLUE task: hub config ``name``, TSV ``folder``, hub text columns, labels and metrics."""
+
     name: str
     folder: str
     text_keys: tuple[str, ...]
@@ -39,6 +41,8 @@ class TaskSpec:
 
 @dataclass(frozen=True)
 class Example:
+    """One sentence (``text_b`` None) or sentence pair; ``label`` a class id, or a float for STS-B."""
+
     text_a: str
     text_b: str | None
     label: float | int
