@@ -48,7 +48,8 @@ class SparsityConfig:
         metadata={
             "help": "Zero-initialized prunable tensors (LoRA B, zero-init up-projections): "
             "'surrogate' scores them with a temporary seeded random init and prunes them like the "
-            "rest; 'dense' leaves them unpruned."
+            "rest; 'dense' leaves them unpruned (they still get the stand-in init while the others are "
+            "scored, so their partners' scores are not all zero)."
         },
     )
     include: list[str] | None = field(

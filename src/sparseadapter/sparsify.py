@@ -150,7 +150,12 @@ def _eval_mode(model: nn.Module):
 
 @contextmanager
 def _surrogate_init(params: dict[str, nn.Parameter], names: list[str], seed: int):
-    """Temporarily give zero-initialized tensors a seeded U(-1/√fan_in, 1/√fan_in) init."""
+    """Temporarily give zero-initialized tensors a seeded U(-1/√fan_in, 1/√fan_in) init.
+
+    A zero factor makes every data-driven score of its partner zero too (LoRA: ∂L/∂A ∝ B = 0),
+    so it gets a stand-in init while scoring under both zero-init policies; it is zero again
+    before training starts.
+    """
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name in names:
@@ -204,10 +209,11 @@ def sparsify(
     config = config or SparsityConfig()
     start = time.perf_counter()
     remove_sparsity(model)
-    params = prunable_parameters(model, config)
-    zero_init = [n for n, p in params.items() if not p.detach().any()]
+    candidates = prunable_parameters(model, config)
+    zero_init = [n for n, p in candidates.items() if not p.detach().any()]
+    params = candidates
     if config.zero_init == "dense":
-        params = {n: p for n, p in params.items() if n not in zero_init}
+        params = {n: p for n, p in candidates.items() if n not in zero_init}
     scorer = get_scorer(config.method)
     device = next(iter(params.values())).device
     scoring_batches = (
@@ -215,8 +221,7 @@ def sparsify(
         if scorer.needs_data or batches is not None
         else None
     )
-    surrogate = zero_init if config.zero_init == "surrogate" else []
-    with _eval_mode(model), _surrogate_init(params, surrogate, config.seed):
+    with _eval_mode(model), _surrogate_init(candidates, zero_init, config.seed):
         scores = scorer.fn(model, params, scoring_batches, config)
         _check_scores(scores, params, config.method)
     masks = select_masks(scores, config.sparsity, config.scope)

@@ -1,0 +1,412 @@
+"""The configuration of one training run: nested dataclasses, YAML files and ``--set`` overrides.
+
+A run is resolved from, in order (later wins): the defaults, a YAML file (``--config``), the
+command-line flags, and ``--set section.key=value`` overrides. Three values are derived when left
+unset (``null``): ``train.lr`` (1e-3 for adapters, 5e-5 for full fine-tuning), ``prune.sparsity``
+(0.4, or ``1 - 1/K`` with Large-Sparse K) and ``prune.seed`` (``train.seed``). The resolved
+config written to a run folder holds every value explicitly, so a run can be rebuilt from it.
+"""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sparseadapter.config import SparsityConfig
+from sparseadapter.errors import ConfigError
+
+FULL_FINETUNE = "full"
+NO_PRUNING = "none"
+MIXED_PRECISION = ("no", "bf16", "fp16")
+SELECTIONS = ("best", "last")
+DEFAULT_LR_ADAPTER = 1e-3
+DEFAULT_LR_FULL = 5e-5
+DEFAULT_SPARSITY = 0.4
+
+
+@dataclass
+class ModelConfig:
+    name: str = field(
+        default="minilm",
+        metadata={
+            "help": "Backbone: 'minilm' (offline MiniLM-L6), an HF model id or a local path."
+        },
+    )
+    adapter: str = field(
+        default="houlsby",
+        metadata={
+            "help": "houlsby, pfeiffer, parallel, mam, prefix, lora, ... or 'full' for full "
+            "fine-tuning (no adapter, no pruning)."
+        },
+    )
+    library: str = field(
+        default="auto",
+        metadata={"help": "Adapter library: 'auto', 'adapters' (AdapterHub) or 'peft'."},
+    )
+    width: int | None = field(
+        default=None,
+        metadata={
+            "help": "Adapter width (bottleneck size / LoRA rank / prefix length); "
+            "null = the library's default."
+        },
+    )
+    large_sparse: float = field(
+        default=1.0,
+        metadata={
+            "help": "Large-Sparse factor K: widen the adapter K times and prune to sparsity "
+            "1 - 1/K (same non-zero budget as the dense adapter). 1 = off."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        from sparseadapter.adapters import ADAPTERS
+
+        valid = (*ADAPTERS, FULL_FINETUNE)
+        if self.adapter not in valid:
+            raise ConfigError(f"unknown adapter {self.adapter!r}; use one of: {', '.join(valid)}")
+        if self.large_sparse < 1:
+            raise ConfigError(
+                f"large_sparse must be >= 1 (1 = off), got {self.large_sparse}; e.g. 4"
+            )
+        if self.width is not None and self.width < 1:
+            raise ConfigError(f"width must be a positive integer, got {self.width}")
+        if self.is_full_finetune and (self.large_sparse != 1 or self.width is not None):
+            raise ConfigError(
+                "full fine-tuning has no adapter to widen: drop width/large_sparse, "
+                "or choose an adapter"
+            )
+
+    @property
+    def is_full_finetune(self) -> bool:
+        return self.adapter == FULL_FINETUNE
+
+
+@dataclass
+class DataConfig:
+    task: str = field(
+        default="rte",
+        metadata={"help": "GLUE task: cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli."},
+    )
+    data_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder of GLUE-layout TSV folders (e.g. ../shared/data/glue); "
+            "null = the datasets hub (nyu-mll/glue)."
+        },
+    )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Use only the first N training examples."}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Use only the first N examples of each dev split."}
+    )
+    max_length: int = field(default=128, metadata={"help": "Truncate inputs to this many tokens."})
+
+    def __post_init__(self) -> None:
+        from sparseadapter.tasks.glue import get_task
+
+        self.task = get_task(self.task).name
+        for name in ("max_train_samples", "max_eval_samples", "max_length"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"data.{name} must be a positive integer, got {value}")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = field(default=3, metadata={"help": "Training epochs."})
+    batch_size: int = field(
+        default=32, metadata={"help": "Examples per optimizer step (before accumulation)."}
+    )
+    eval_batch_size: int = field(default=64, metadata={"help": "Examples per evaluation batch."})
+    lr: float | None = field(
+        default=None,
+        metadata={
+            "help": f"Peak learning rate; null = {DEFAULT_LR_ADAPTER:g} for adapters, "
+            f"{DEFAULT_LR_FULL:g} for full fine-tuning."
+        },
+    )
+    weight_decay: float = field(
+        default=0.1, metadata={"help": "AdamW weight decay (the official SparseAdapter value)."}
+    )
+    warmup_ratio: float = field(
+        default=0.06, metadata={"help": "Fraction of the steps with linear warm-up."}
+    )
+    grad_accum: int = field(default=1, metadata={"help": "Gradient accumulation steps."})
+    mixed_precision: str = field(
+        default="no", metadata={"help": "'no', 'bf16' (CPU or GPU) or 'fp16' (GPU only)."}
+    )
+    max_grad_norm: float = field(
+        default=1.0, metadata={"help": "Gradient clipping norm; 0 = no clipping."}
+    )
+    seed: int = field(
+        default=0, metadata={"help": "Seed for initialization, data order and pruning."}
+    )
+    eval_each_epoch: bool = field(
+        default=True, metadata={"help": "Evaluate on the dev split(s) after every epoch."}
+    )
+    select: str = field(
+        default="best",
+        metadata={"help": "Which epoch's weights to keep: 'best' dev score or 'last'."},
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "eval_batch_size", "grad_accum"):
+            if getattr(self, name) < 1:
+                raise ConfigError(
+                    f"train.{name} must be a positive integer, got {getattr(self, name)}"
+                )
+        if self.lr is not None and self.lr <= 0:
+            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0 or self.max_grad_norm < 0:
+            raise ConfigError("train.weight_decay and train.max_grad_norm must be >= 0")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ConfigError(
+                f"train.mixed_precision must be one of {', '.join(MIXED_PRECISION)}, "
+                f"got {self.mixed_precision!r}"
+            )
+        if self.select not in SELECTIONS:
+            raise ConfigError(f"train.select must be 'best' or 'last', got {self.select!r}")
+        if self.select == "best" and not self.eval_each_epoch:
+            raise ConfigError(
+                "train.select=best needs train.eval_each_epoch=true; or set train.select=last"
+            )
+
+
+_SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "prune": SparsityConfig,
+    "train": TrainConfig,
+}
+_TOP_LEVEL = ("output",)
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a run. ``prune`` is None for a dense run (``prune.method: none``)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    prune: SparsityConfig | None = None
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output: str | None = field(
+        default=None,
+        metadata={"help": "Run folder; null = runs/<task>-<adapter>-<pruner><sparsity>-s<seed>."},
+    )
+
+    def __post_init__(self) -> None:
+        if self.train.lr is None:
+            self.train.lr = DEFAULT_LR_FULL if self.model.is_full_finetune else DEFAULT_LR_ADAPTER
+        if self.model.is_full_finetune and self.prune is not None:
+            raise ConfigError(
+                "full fine-tuning is not pruned: drop the pruner (prune.method: none) "
+                "or choose an adapter"
+            )
+        if self.model.large_sparse != 1 and self.prune is None:
+            raise ConfigError(
+                "Large-Sparse needs a pruner to bring the wide adapter back to the dense "
+                "budget: add --pruner snip (or another method)"
+            )
+
+    @property
+    def pruner(self) -> str:
+        return NO_PRUNING if self.prune is None else self.prune.method
+
+    def run_name(self) -> str:
+        """A folder name from the run's defining options, e.g. ``rte-houlsby-snip40-s1``."""
+        parts = [self.data.task, self.model.adapter]
+        if self.model.large_sparse != 1:
+            parts.append(f"ls{self.model.large_sparse:g}")
+        if self.prune is not None:
+            parts.append(f"{self.prune.method}{self.prune.sparsity * 100:g}")
+        elif not self.model.is_full_finetune:
+            parts.append("dense")
+        parts.append(f"s{self.train.seed}")
+        return "-".join(parts)
+
+    def output_dir(self) -> Path:
+        return Path(self.output) if self.output else Path("runs") / self.run_name()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": asdict(self.model),
+            "data": asdict(self.data),
+            "prune": {"method": NO_PRUNING} if self.prune is None else self.prune.to_dict(),
+            "train": asdict(self.train),
+            "output": self.output,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        """Build and validate a run from a nested dict (sections may be partial)."""
+        if not isinstance(data, dict):
+            raise ConfigError(
+                f"a run config must be a mapping of sections, got {type(data).__name__}"
+            )
+        unknown = set(data) - set(_SECTIONS) - set(_TOP_LEVEL)
+        if unknown:
+            raise ConfigError(
+                f"unknown config section(s) {', '.join(sorted(unknown))}; valid: "
+                f"{', '.join([*_SECTIONS, *_TOP_LEVEL])}"
+            )
+        sections = {}
+        for name, section_type in _SECTIONS.items():
+            values = data.get(name) or {}
+            if not isinstance(values, dict):
+                raise ConfigError(f"config section {name!r} must be a mapping, got {values!r}")
+            for key in values:
+                _check_key(name, key)
+            sections[name] = values
+        model = _build(ModelConfig, "model", sections["model"])
+        train = _build(TrainConfig, "train", sections["train"])
+        output = data.get("output")
+        if output is not None and not isinstance(output, str):
+            raise ConfigError(f"output must be a folder path, got {output!r}")
+        return cls(
+            model=model,
+            data=_build(DataConfig, "data", sections["data"]),
+            prune=_build_prune(sections["prune"], model, train),
+            train=train,
+            output=output,
+        )
+
+
+def _build_prune(
+    values: dict[str, Any], model: ModelConfig, train: TrainConfig
+) -> SparsityConfig | None:
+    values = dict(values)
+    method = values.get("method", NO_PRUNING)
+    sparsity = values.get("sparsity")
+    if method == NO_PRUNING:
+        if sparsity not in (None, 0, 0.0):
+            raise ConfigError(
+                f"sparsity {sparsity} given without a pruner: add --pruner snip "
+                "(or random, magnitude, grasp, synflow)"
+            )
+        return None
+    if model.large_sparse != 1:
+        implied = 1.0 - 1.0 / model.large_sparse
+        if sparsity is not None and abs(sparsity - implied) > 1e-9:
+            raise ConfigError(
+                f"Large-Sparse {model.large_sparse:g} fixes the sparsity at {implied:g}, "
+                f"got sparsity {sparsity}: drop --sparsity"
+            )
+        values["sparsity"] = implied
+    elif sparsity is None:
+        values["sparsity"] = DEFAULT_SPARSITY
+    if values.get("seed") is None:
+        values["seed"] = train.seed
+    return SparsityConfig.from_dict(values)
+
+
+def _check_key(section: str, key: str) -> None:
+    valid = [f.name for f in fields(_SECTIONS[section])]
+    if key not in valid:
+        raise ConfigError(f"unknown key {section}.{key}; valid {section} keys: {', '.join(valid)}")
+
+
+def _build(cls: type, section: str, values: dict[str, Any]) -> Any:
+    hints = typing.get_type_hints(cls)
+    checked = {key: _coerce(f"{section}.{key}", value, hints[key]) for key, value in values.items()}
+    return cls(**checked)
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    """``value`` checked against a simple type hint (int, float, str, bool, X | None)."""
+    allowed = typing.get_args(hint) or (hint,)
+    if value is None:
+        if type(None) in allowed:
+            return None
+        raise ConfigError(f"{name} must not be null")
+    if isinstance(value, bool):
+        if bool in allowed:
+            return value
+    elif isinstance(value, int) and int in allowed:
+        return value
+    elif isinstance(value, (int, float)) and float in allowed:
+        return float(value)
+    elif isinstance(value, str) and str in allowed:
+        return value
+    elif isinstance(value, str):  # YAML reads "1e-3" as a string
+        for number in (int, float):
+            if number in allowed:
+                try:
+                    return number(value)
+                except ValueError:
+                    pass
+    expected = " or ".join(t.__name__ for t in allowed if t is not type(None))
+    raise ConfigError(f"{name} must be {expected}, got {value!r}")
+
+
+def valid_keys() -> list[str]:
+    """Every ``section.key`` accepted by ``--set`` and YAML run configs."""
+    keys = [f"{s}.{f.name}" for s, cls in _SECTIONS.items() for f in fields(cls)]
+    return [*keys, *_TOP_LEVEL]
+
+
+def set_value(data: dict[str, Any], assignment: str) -> None:
+    """Apply one ``section.key=value`` override to a nested config dict (value parsed as YAML)."""
+    path, sep, raw = assignment.partition("=")
+    path = path.strip()
+    if not sep or not path:
+        raise ConfigError(
+            f"--set expects section.key=value, got {assignment!r}; e.g. train.epochs=3"
+        )
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    set_key(data, path, value)
+
+
+def set_key(data: dict[str, Any], path: str, value: Any) -> None:
+    """Set ``section.key`` (or a top-level key) in a nested config dict, checking the key."""
+    if path in _TOP_LEVEL:
+        data[path] = value
+        return
+    section, _, key = path.partition(".")
+    if section not in _SECTIONS or not key:
+        raise ConfigError(f"unknown key {path!r}; valid keys: {', '.join(valid_keys())}")
+    _check_key(section, key)
+    data.setdefault(section, {})[key] = value
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML file's top-level mapping; a missing or malformed file is a ConfigError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; check the path")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML ({err}); fix the file") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of config sections")
+    return data
+
+
+def resolve(
+    config_file: str | Path | None = None,
+    flags: dict[str, Any] | None = None,
+    overrides: list[str] | None = None,
+) -> RunConfig:
+    """A run config from a YAML file, then ``section.key`` flags, then ``--set`` overrides."""
+    data = load_yaml(config_file) if config_file else {}
+    for path, value in (flags or {}).items():
+        set_key(data, path, value)
+    for assignment in overrides or []:
+        set_value(data, assignment)
+    return RunConfig.from_dict(data)
+
+
+def save_yaml(config: RunConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")

@@ -1,0 +1,144 @@
+"""Pruned weights stay exactly 0.0 through every kind of training step."""
+
+import pytest
+import torch
+from tiny_module import ADAPTER_NAMES, TinyAdapterModel, tiny_batches
+
+import sparseadapter as sa
+
+
+def _sparse_model(method="snip", sparsity=0.5):
+    model = TinyAdapterModel(hidden=16, bottleneck=8)
+    sa.sparsify(model, sa.SparsityConfig(method=method, sparsity=sparsity), batches=tiny_batches())
+    return model
+
+
+def _pruned_values(model):
+    named = dict(model.named_parameters())
+    return torch.cat([named[n][~m].detach() for n, m in sa.get_masks(model).items()])
+
+
+def _kept_changed(model, before):
+    named = dict(model.named_parameters())
+    return any(not torch.equal(named[n][m], before[n][m]) for n, m in sa.get_masks(model).items())
+
+
+def _train(model, optimizer, steps=5, accumulate=1, clip=None, autocast=False):
+    model.train()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for step, batch in enumerate(tiny_batches(n_batches=steps * accumulate, seed=7)):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = model(**batch).loss / accumulate
+        loss.backward()
+        if (step + 1) % accumulate == 0:
+            if clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            optimizer.step()
+            optimizer.zero_grad()
+    return before
+
+
+OPTIMIZERS = {
+    "adamw_wd": lambda ps: torch.optim.AdamW(ps, lr=0.05, weight_decay=0.1),
+    "sgd_momentum_wd": lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=0.1),
+    "adam_amsgrad": lambda ps: torch.optim.Adam(ps, lr=0.05, amsgrad=True),
+    "adagrad": lambda ps: torch.optim.Adagrad(ps, lr=0.1),
+}
+
+
+@pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"clip": 0.01}, {"accumulate": 3}, {"autocast": True}],
+    ids=["plain", "clip", "accumulate", "bf16"],
+)
+def test_pruned_weights_stay_exactly_zero(optimizer, kwargs):
+    model = _sparse_model()
+    params = [p for p in model.parameters() if p.requires_grad]
+    before = _train(model, OPTIMIZERS[optimizer](params), **kwargs)
+    assert (_pruned_values(model) == 0.0).all()
+    assert _kept_changed(model, before), "kept weights must still train"
+
+
+def test_optimizer_state_stays_zero_at_pruned_positions():
+    model = _sparse_model()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.05)
+    _train(model, opt)
+    named = dict(model.named_parameters())
+    for name, mask in sa.get_masks(model).items():
+        state = opt.state[named[name]]
+        assert (state["exp_avg"][~mask] == 0).all() and (state["exp_avg_sq"][~mask] == 0).all()
+
+
+def test_nan_gradient_at_pruned_position_does_not_leak():
+    model = _sparse_model()
+    name = ADAPTER_NAMES[0]
+    param = dict(model.named_parameters())[name]
+    mask = sa.get_masks(model)[name]
+    loss = model(**tiny_batches(1)[0]).loss
+    grad = torch.autograd.grad(loss + (param * torch.where(mask, 0.0, float("nan"))).sum(), param)
+    assert torch.isfinite(grad[0]).all() and (grad[0][~mask] == 0).all()
+
+
+class Drift(torch.optim.Optimizer):
+    """Moves every weight whatever its gradient."""
+
+    def __init__(self, params):
+        super().__init__(params, {})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.add_(0.5)
+
+
+def test_an_optimizer_that_moves_zero_gradient_weights_is_corrected():
+    model = _sparse_model()
+    opt = Drift([p for p in model.parameters() if p.requires_grad])
+    _train(model, opt, steps=2)
+    assert (_pruned_values(model) == 0.0).all()
+
+
+def test_names_and_state_dict_keys_unchanged():
+    plain = TinyAdapterModel(hidden=16, bottleneck=8)
+    keys = list(plain.state_dict())
+    names = [n for n, _ in plain.named_parameters()]
+    sa.sparsify(plain, sa.SparsityConfig(method="magnitude", sparsity=0.5))
+    assert list(plain.state_dict()) == keys
+    assert [n for n, _ in plain.named_parameters()] == names
+
+
+def test_remove_sparsity_stops_enforcement():
+    model = _sparse_model()
+    sa.remove_sparsity(model)
+    assert sa.get_masks(model) == {}
+    _train(model, Drift([p for p in model.parameters() if p.requires_grad]), steps=2)
+    named = dict(model.named_parameters())
+    assert all(named[n].count_nonzero() == named[n].numel() for n in ADAPTER_NAMES)
+
+
+def test_hf_trainer_keeps_pruned_weights_zero(tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    model = _sparse_model()
+    data = [
+        {"input_ids": b["input_ids"][i], "labels": b["labels"][i]}
+        for b in tiny_batches(4, seed=5)
+        for i in range(4)
+    ]
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        num_train_epochs=2,
+        learning_rate=0.05,
+        weight_decay=0.1,
+        max_grad_norm=1.0,
+        gradient_accumulation_steps=2,
+        report_to=[],
+        save_strategy="no",
+        logging_strategy="no",
+        use_cpu=True,
+    )
+    Trainer(model=model, args=args, train_dataset=data).train()
+    assert (_pruned_values(model) == 0.0).all()

@@ -1,0 +1,111 @@
+"""Bad input to the engine gets a specific exception that names the problem and the fix."""
+
+import pytest
+import torch
+from tiny_module import TinyAdapterModel, tiny_batches
+
+import sparseadapter as sa
+
+
+@pytest.mark.parametrize(
+    "value, words",
+    [
+        (-0.1, "[0, 1)"),
+        (1.0, "[0, 1)"),
+        ("abc", "a number"),
+        (float("nan"), "[0, 1)"),
+        (True, "a number"),
+    ],
+)
+def test_sparsity_out_of_range(value, words):
+    with pytest.raises(sa.ConfigError, match=words.replace("[", r"\[").replace(")", r"\)")):
+        sa.SparsityConfig(sparsity=value)
+
+
+def test_unknown_method_lists_the_known_ones():
+    with pytest.raises(sa.ConfigError, match="snip.*register_scorer"):
+        sa.SparsityConfig(method="obd")
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"scope": "row"}, {"zero_init": "ignore"}, {"num_examples": 0}, {"synflow_rounds": 0}],
+)
+def test_other_bad_options(kwargs):
+    with pytest.raises(sa.ConfigError):
+        sa.SparsityConfig(**kwargs)
+
+
+def test_model_without_trainable_adapter_weights():
+    model = TinyAdapterModel()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(sa.NoPrunableWeightsError, match="add adapters"):
+        sa.sparsify(model, sa.SparsityConfig(method="magnitude"))
+
+
+def test_adapter_with_only_a_head_trainable():
+    model = TinyAdapterModel()
+    model.adapter_down.weight.requires_grad_(False)
+    model.adapter_up.weight.requires_grad_(False)
+    with pytest.raises(sa.NoPrunableWeightsError):
+        sa.sparsify(model, sa.SparsityConfig(method="magnitude"))
+
+
+def test_empty_and_exhausted_batches():
+    model = TinyAdapterModel()
+    with pytest.raises(sa.ScoringDataError, match="empty or already exhausted"):
+        sa.sparsify(model, sa.SparsityConfig(method="snip"), batches=[])
+    gen = iter(tiny_batches())
+    list(gen)
+    with pytest.raises(sa.ScoringDataError, match="exhausted"):
+        sa.sparsify(model, sa.SparsityConfig(method="snip"), batches=gen)
+    with pytest.raises(sa.ScoringDataError, match="needs scoring data"):
+        sa.sparsify(model, sa.SparsityConfig(method="grasp"))
+
+
+def test_batches_without_labels():
+    batches = [{k: v for k, v in b.items() if k != "labels"} for b in tiny_batches()]
+    with pytest.raises(sa.ScoringDataError, match="labels"):
+        sa.sparsify(TinyAdapterModel(), sa.SparsityConfig(method="snip"), batches=batches)
+
+
+def test_nan_loss_during_scoring():
+    model = TinyAdapterModel()
+    with torch.no_grad():
+        model.classifier.weight.fill_(float("nan"))
+    with pytest.raises(sa.ScoreError, match="loss of a scoring batch is nan"):
+        sa.sparsify(model, sa.SparsityConfig(method="snip"), batches=tiny_batches())
+
+
+def test_all_zero_and_non_finite_scores():
+    @sa.register_scorer("test_zeros", needs_data=False)
+    def zeros(model, params, batches, config):
+        return {n: torch.zeros_like(p) for n, p in params.items()}
+
+    @sa.register_scorer("test_inf", needs_data=False)
+    def inf(model, params, batches, config):
+        return {n: torch.full_like(p, float("inf")) for n, p in params.items()}
+
+    with pytest.raises(sa.ScoreError, match="all-zero"):
+        sa.sparsify(TinyAdapterModel(), sa.SparsityConfig(method="test_zeros"))
+    with pytest.raises(sa.ScoreError, match="non-finite"):
+        sa.sparsify(TinyAdapterModel(), sa.SparsityConfig(method="test_inf"))
+
+
+def test_scoring_uses_at_least_num_examples_in_whole_batches():
+    report = sa.sparsify(
+        TinyAdapterModel(), sa.SparsityConfig(method="snip", num_examples=6), batches=tiny_batches()
+    )
+    assert report.scoring_examples == 8
+
+
+def test_zero_init_dense_policy_leaves_zero_tensors_unpruned():
+    model = TinyAdapterModel()
+    with torch.no_grad():
+        model.adapter_up.weight.zero_()
+    report = sa.sparsify(
+        model, sa.SparsityConfig(method="snip", zero_init="dense"), batches=tiny_batches()
+    )
+    assert report.dense_tensors == ["adapter_up.weight"]
+    assert list(sa.get_masks(model)) == ["adapter_down.weight"]

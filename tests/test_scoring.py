@@ -1,0 +1,133 @@
+"""Each pruner's score equals its formula, computed independently on a hand-built model."""
+
+import pytest
+import torch
+from tiny_module import ADAPTER_NAMES, TinyAdapterModel, tiny_batches
+
+import sparseadapter as sa
+from sparseadapter.scoring import get_scorer
+from sparseadapter.targets import prunable_parameters
+
+
+def _scores(model, method, batches, **kw):
+    config = sa.SparsityConfig(method=method, sparsity=0.5, **kw)
+    params = prunable_parameters(model, config)
+    model.eval()
+    return params, get_scorer(method).fn(model, params, batches, config)
+
+
+def _flat_loss(model, params, batches, temperature=1.0):
+    """Sum of batch losses as a function of the flattened prunable weights (functional)."""
+    names = list(params)
+    shapes = [params[n].shape for n in names]
+    sizes = [params[n].numel() for n in names]
+
+    def loss(flat):
+        weights = dict(zip(names, [t.view(s) for t, s in zip(flat.split(sizes), shapes)]))
+        total = 0.0
+        for b in batches:
+            out = torch.func.functional_call(model, weights, (b["input_ids"],))
+            total = total + torch.nn.functional.cross_entropy(out.logits / temperature, b["labels"])
+        return total
+
+    flat = torch.cat([params[n].detach().flatten() for n in names])
+    return loss, flat, sizes, shapes, names
+
+
+def test_prunable_targets_are_adapter_matrices_only():
+    model = TinyAdapterModel()
+    params = prunable_parameters(model, sa.SparsityConfig())
+    assert list(params) == ADAPTER_NAMES
+
+
+def test_magnitude_is_abs_weight():
+    model = TinyAdapterModel()
+    params, scores = _scores(model, "magnitude", None)
+    for n, p in params.items():
+        assert torch.equal(scores[n], p.detach().abs())
+
+
+def test_random_is_seeded_and_seed_dependent():
+    model = TinyAdapterModel()
+    _, a = _scores(model, "random", None, seed=1)
+    _, b = _scores(model, "random", None, seed=1)
+    _, c = _scores(model, "random", None, seed=2)
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    assert not torch.equal(a[ADAPTER_NAMES[0]], c[ADAPTER_NAMES[0]])
+
+
+def test_snip_is_abs_gradient_times_weight():
+    model, batches = TinyAdapterModel(), tiny_batches()
+    params, scores = _scores(model, "snip", batches)
+    loss, flat, sizes, shapes, names = _flat_loss(model, params, batches)
+    grad = torch.func.grad(loss)(flat)
+    expected = (grad * flat).abs()
+    got = torch.cat([scores[n].flatten() for n in names])
+    torch.testing.assert_close(got, expected)
+
+
+def test_grasp_is_weight_times_hessian_gradient_product():
+    model, batches = TinyAdapterModel(), tiny_batches()
+    params, scores = _scores(model, "grasp", batches, grasp_temperature=3.0)
+    loss, flat, sizes, shapes, names = _flat_loss(model, params, batches, temperature=3.0)
+    g = torch.func.grad(loss)(flat)
+    hessian = torch.autograd.functional.hessian(loss, flat)
+    expected = flat * (hessian @ g)
+    got = torch.cat([scores[n].flatten() for n in names])
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-7)
+
+
+def test_synflow_is_path_norm_saliency_of_the_abs_linear_network():
+    model = TinyAdapterModel()
+    params, scores = _scores(model, "synflow", None)
+    down = params["adapter_down.weight"].detach().abs().double()
+    up = params["adapter_up.weight"].detach().abs().double()
+    # The normalisation after the adapter is not on the path to the head here, so with the
+    # ones input R = 1ᵀ|C| |U| |D| 1 (C = classifier), and the default input is one sequence.
+    head = model.classifier.weight.detach().abs().double()
+    head_in = head.sum(0)  # ∂R/∂(adapter output)
+    expected_up = up * torch.outer(head_in, down.sum(1))
+    expected_down = down * torch.outer(up.t() @ head_in, torch.ones(down.shape[1]).double())
+    torch.testing.assert_close(scores["adapter_up.weight"].double(), expected_up, rtol=1e-5, atol=0)
+    torch.testing.assert_close(
+        scores["adapter_down.weight"].double(), expected_down, rtol=1e-5, atol=0
+    )
+
+
+def test_synflow_restores_weights_dtypes_and_buffers():
+    model = TinyAdapterModel()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    _scores(model, "synflow", None)
+    after = model.state_dict()
+    for k, v in before.items():
+        assert after[k].dtype == v.dtype and torch.equal(after[k], v), k
+
+
+def test_synflow_iterative_rounds_prune_to_target():
+    model = TinyAdapterModel(hidden=16, bottleneck=8)
+    report = sa.sparsify(
+        model, sa.SparsityConfig(method="synflow", sparsity=0.75, synflow_rounds=5)
+    )
+    assert report.kept == round(0.25 * report.prunable)
+
+
+@pytest.mark.parametrize("method", ["snip", "grasp"])
+def test_scoring_leaves_grads_and_training_mode_untouched(method):
+    model = TinyAdapterModel()
+    model.train()
+    sa.sparsify(model, sa.SparsityConfig(method=method, sparsity=0.5), batches=tiny_batches())
+    assert model.training and all(m.training for m in model.modules())
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_registered_custom_scorer_is_used():
+    @sa.register_scorer("test_prefer_last", needs_data=False)
+    def prefer_last(model, params, batches, config):
+        return {
+            n: torch.arange(p.numel(), dtype=torch.float).view(p.shape) for n, p in params.items()
+        }
+
+    model = TinyAdapterModel()
+    sa.sparsify(model, sa.SparsityConfig(method="test_prefer_last", sparsity=0.5, scope="layer"))
+    mask = sa.get_masks(model)["adapter_down.weight"].flatten()
+    assert mask[mask.numel() // 2 :].all() and not mask[: mask.numel() // 2].any()
