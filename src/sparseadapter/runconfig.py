@@ -45,7 +45,10 @@ class ModelConfig:
     )
     library: str = field(
         default="auto",
-        metadata={"help": "Adapter library: 'auto', 'adapters' (AdapterHub) or 'peft'."},
+        metadata={
+            "help": "Adapter library: 'auto' (AdapterHub, PEFT for lora/ia3), 'adapterhub' "
+            "or 'peft'."
+        },
     )
     width: int | None = field(
         default=None,
@@ -63,17 +66,17 @@ class ModelConfig:
     )
 
     def __post_init__(self) -> None:
-        from sparseadapter.adapters import ADAPTERS
+        from sparseadapter.adapters import ADAPTERS, resolve_library
 
         valid = (*ADAPTERS, FULL_FINETUNE)
         if self.adapter not in valid:
             raise ConfigError(f"unknown adapter {self.adapter!r}; use one of: {', '.join(valid)}")
+        if not self.is_full_finetune:
+            resolve_library(self.adapter, self.library)
         if self.large_sparse < 1:
             raise ConfigError(
                 f"large_sparse must be >= 1 (1 = off), got {self.large_sparse}; e.g. 4"
             )
-        if self.width is not None and self.width < 1:
-            raise ConfigError(f"width must be a positive integer, got {self.width}")
         if self.is_full_finetune and (self.large_sparse != 1 or self.width is not None):
             raise ConfigError(
                 "full fine-tuning has no adapter to widen: drop width/large_sparse, "
@@ -257,7 +260,7 @@ class RunConfig:
                 f"{', '.join([*_SECTIONS, *_TOP_LEVEL])}"
             )
         sections = {}
-        for name, section_type in _SECTIONS.items():
+        for name in _SECTIONS:
             values = data.get(name) or {}
             if not isinstance(values, dict):
                 raise ConfigError(f"config section {name!r} must be a mapping, got {values!r}")

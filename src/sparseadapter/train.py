@@ -1,0 +1,542 @@
+"""Training and evaluation of one GLUE run on accelerate, and its output folder.
+
+The flow: data → model + adapter → pruning (before ``accelerator.prepare``, on the first training
+batches, the same masks on every process) → AdamW with a linear warm-up schedule → an evaluation
+after every epoch → the best (or last) epoch's weights → the run folder.
+
+A run is written into ``<output>.partial/`` and renamed to ``<output>/`` only when it finished,
+so an unfinished run never looks finished and ``--overwrite`` replaces an old run only once the
+new one succeeded. Only the main process writes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
+from accelerate.utils import broadcast, set_seed
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer, get_linear_schedule_with_warmup
+
+from sparseadapter.adapters import build_model, load_model, resolve_library, resolve_model
+from sparseadapter.budget import parameter_report
+from sparseadapter.checkpoint import export_dense, load_sparse, save_sparse
+from sparseadapter.config import SparsityConfig
+from sparseadapter.errors import ConfigError
+from sparseadapter.runconfig import RunConfig, load_yaml, save_yaml
+from sparseadapter.sparsify import apply_masks, get_masks, sparsify
+from sparseadapter.tasks.glue import Example, TaskSpec, compute_metrics, get_task, load_glue
+
+CONFIG_FILE = "config.yaml"
+EPOCHS_FILE = "metrics.jsonl"
+FINAL_FILE = "final.json"
+LOG_FILE = "log.txt"
+ADAPTER_DIR = "adapter"
+MODEL_DIR = "model"
+PARTIAL_SUFFIX = ".partial"
+
+log = logging.getLogger("sparseadapter.train")
+
+
+@dataclass
+class RunData:
+    task: TaskSpec
+    train: list[Example]
+    dev: dict[str, list[Example]]
+
+
+def load_run_data(
+    config: RunConfig, data_dir: str | None = None, with_train: bool = True
+) -> RunData:
+    """The run's training examples (unless ``with_train=False``) and its dev split(s)."""
+    task = get_task(config.data.task)
+    data_dir = data_dir or config.data.data_dir
+    train = (
+        load_glue(task.name, "train", data_dir, config.data.max_train_samples) if with_train else []
+    )
+    dev = {
+        split: load_glue(task.name, split, data_dir, config.data.max_eval_samples)
+        for split in task.dev_splits
+    }
+    return RunData(task, train, dev)
+
+
+def load_tokenizer(model_path: str):
+    try:
+        return AutoTokenizer.from_pretrained(model_path)
+    except (OSError, ValueError) as err:
+        raise ConfigError(
+            f"no tokenizer found for model {model_path!r} ({str(err).splitlines()[0]}); "
+            "pass --model minilm, an HF model id, or a folder holding a model and its tokenizer"
+        ) from None
+
+
+def encode(
+    tokenizer, examples: list[Example], max_length: int, is_regression: bool
+) -> list[dict[str, Any]]:
+    """Tokenized examples (unpadded) with their labels."""
+    texts_b = [e.text_b for e in examples]
+    encoded = tokenizer(
+        [e.text_a for e in examples],
+        texts_b if texts_b[0] is not None else None,
+        truncation=True,
+        max_length=max_length,
+    )
+    cast = float if is_regression else int
+    return [
+        {**{key: values[i] for key, values in encoded.items()}, "labels": cast(e.label)}
+        for i, e in enumerate(examples)
+    ]
+
+
+class PadCollator:
+    """Pads each batch to its longest example (dynamic padding)."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        length = max(len(f["input_ids"]) for f in features)
+        batch = {}
+        for key in features[0]:
+            if key == "labels":
+                batch[key] = torch.tensor([f[key] for f in features])
+                continue
+            pad = self.pad_token_id if key == "input_ids" else 0
+            batch[key] = torch.tensor([f[key] + [pad] * (length - len(f[key])) for f in features])
+        return batch
+
+
+def make_accelerator(config: RunConfig) -> Accelerator:
+    """A fresh Accelerator for this run (runs in one process may differ in precision)."""
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
+    accelerator = Accelerator(
+        mixed_precision=config.train.mixed_precision,
+        gradient_accumulation_steps=config.train.grad_accum,
+    )
+    if config.train.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+        raise ConfigError("fp16 mixed precision needs a GPU; use --mixed-precision bf16 on CPU")
+    return accelerator
+
+
+def _problem_type(task: TaskSpec) -> str:
+    return "regression" if task.is_regression else "single_label_classification"
+
+
+def build_run_model(config: RunConfig, task: TaskSpec) -> tuple[nn.Module, str]:
+    """The backbone with the run's adapter (or fully trainable), and the resolved model path."""
+    model_path = resolve_model(config.model.name)
+    model, _ = build_model(
+        model_path,
+        task.num_labels,
+        None if config.model.is_full_finetune else config.model.adapter,
+        library=config.model.library,
+        width=config.model.width,
+        large_sparse=config.model.large_sparse,
+        problem_type=_problem_type(task),
+    )
+    return model, model_path
+
+
+def save_run_model(model: nn.Module, tokenizer, folder: Path, config: RunConfig) -> None:
+    """The trained adapter as a sparse checkpoint; a fully fine-tuned model as an HF folder."""
+    if config.model.is_full_finetune:
+        model.save_pretrained(folder / MODEL_DIR)
+        tokenizer.save_pretrained(folder / MODEL_DIR)
+    else:
+        save_sparse(model, folder / ADAPTER_DIR)
+
+
+def load_run_model(run_dir: Path, config: RunConfig, task: TaskSpec) -> tuple[nn.Module, str]:
+    """The trained model of a finished run, and the path of its tokenizer."""
+    if config.model.is_full_finetune:
+        path = str(run_dir / MODEL_DIR)
+        return load_model(path, task.num_labels, _problem_type(task)), path
+    path = resolve_model(config.model.name)
+    base = load_model(path, task.num_labels, _problem_type(task))
+    return load_sparse(base, run_dir / ADAPTER_DIR), path
+
+
+def _broadcast_masks(model: nn.Module, config: SparsityConfig, accelerator: Accelerator) -> None:
+    """Make every process use the main process's masks (scores may differ in the last bit)."""
+    if accelerator.num_processes == 1:
+        return
+    masks = {
+        name: broadcast(mask.to(accelerator.device, torch.uint8)).bool()
+        for name, mask in get_masks(model).items()
+    }
+    apply_masks(model, masks, config)
+
+
+def _train_loader(config: RunConfig, data: RunData, tokenizer) -> DataLoader:
+    return DataLoader(
+        encode(tokenizer, data.train, config.data.max_length, data.task.is_regression),
+        batch_size=config.train.batch_size,
+        shuffle=True,
+        collate_fn=PadCollator(tokenizer.pad_token_id or 0),
+        generator=torch.Generator().manual_seed(config.train.seed),
+    )
+
+
+def _dev_loaders(config: RunConfig, data: RunData, tokenizer) -> dict[str, DataLoader]:
+    return {
+        split: DataLoader(
+            encode(tokenizer, examples, config.data.max_length, data.task.is_regression),
+            batch_size=config.train.eval_batch_size,
+            collate_fn=PadCollator(tokenizer.pad_token_id or 0),
+        )
+        for split, examples in data.dev.items()
+    }
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, loaders: dict[str, DataLoader], task: TaskSpec, accelerator: Accelerator
+) -> dict[str, dict[str, float]]:
+    """Metrics per dev split (gathered over processes), plus a ``collapsed`` flag per split."""
+    model.eval()
+    results = {}
+    for split, loader in loaders.items():
+        predictions, references = [], []
+        for batch in loader:
+            logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+            preds = logits.squeeze(-1) if task.is_regression else logits.argmax(-1)
+            preds, refs = accelerator.gather_for_metrics((preds, batch["labels"]))
+            predictions.append(preds.float().cpu() if task.is_regression else preds.cpu())
+            references.append(refs.cpu())
+        preds, refs = torch.cat(predictions), torch.cat(references)
+        metrics = compute_metrics(task.name, preds.tolist(), refs.tolist())
+        metrics["collapsed"] = bool(preds.unique().numel() == 1)
+        results[split] = metrics
+    return results
+
+
+def _score(dev: dict[str, dict[str, float]], task: TaskSpec) -> float:
+    return dev[task.dev_splits[0]][task.main_metric]
+
+
+def _output_dirs(config: RunConfig, overwrite: bool) -> tuple[Path, Path]:
+    output = config.output_dir()
+    if (output / FINAL_FILE).exists() and not overwrite:
+        raise ConfigError(
+            f"{output} already holds a finished run; pass --overwrite to replace it "
+            "or choose another --output"
+        )
+    if output.exists() and not (output / FINAL_FILE).exists() and any(output.iterdir()):
+        raise ConfigError(
+            f"{output} exists and is not a sparseadapter run; choose another --output"
+        )
+    return output, output.with_name(output.name + PARTIAL_SUFFIX)
+
+
+def _publish(partial: Path, output: Path) -> None:
+    """Move the finished run into place, replacing an old run only now."""
+    if output.exists():
+        old = output.with_name(output.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        output.rename(old)
+        partial.rename(output)
+        shutil.rmtree(old)
+    else:
+        partial.rename(output)
+
+
+@contextmanager
+def _log_to(path: Path | None, quiet: bool) -> Iterator[None]:
+    """Log this run to ``path`` and (unless quiet) to stderr, without breaking progress bars."""
+    handlers: list[logging.Handler] = []
+    if path is not None:
+        handlers.append(logging.FileHandler(path, encoding="utf-8"))
+        handlers[-1].setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        if not quiet:
+            handlers.append(_TqdmHandler(logging.INFO))
+    for handler in handlers:
+        log.addHandler(handler)
+    previous = log.level
+    log.setLevel(logging.DEBUG)
+    log.propagate = False
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            log.removeHandler(handler)
+            handler.close()
+        log.setLevel(previous)
+
+
+class _TqdmHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        tqdm.write(self.format(record), file=sys.stderr)
+
+
+def train(config: RunConfig, overwrite: bool = False, quiet: bool = False) -> dict[str, Any]:
+    """Run one training run and write its folder; returns the content of ``final.json``."""
+    output, partial = _output_dirs(config, overwrite)
+    data = load_run_data(config)
+    accelerator = make_accelerator(config)
+    set_seed(config.train.seed)
+    model, model_path = build_run_model(config, data.task)
+    tokenizer = load_tokenizer(model_path)
+    if accelerator.is_main_process:
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        save_yaml(config, partial / CONFIG_FILE)
+    accelerator.wait_for_everyone()
+    with _log_to(partial / LOG_FILE if accelerator.is_main_process else None, quiet):
+        final = _train(config, data, model, tokenizer, accelerator, partial, quiet)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        _publish(partial, output)
+    final["output"] = str(output)
+    return final
+
+
+def _train(
+    config: RunConfig,
+    data: RunData,
+    model: nn.Module,
+    tokenizer,
+    accelerator: Accelerator,
+    folder: Path,
+    quiet: bool,
+) -> dict[str, Any]:
+    task, cfg = data.task, config.train
+    log.debug("run %s: %s", config.output_dir(), json.dumps(config.to_dict()))
+    train_loader = _train_loader(config, data, tokenizer)
+    dev_loaders = _dev_loaders(config, data, tokenizer)
+    model.to(accelerator.device)
+
+    sparsity_report = None
+    if config.prune is not None:
+        sparsity_report = sparsify(model, config.prune, batches=train_loader)
+        _broadcast_masks(model, config.prune, accelerator)
+        log.debug("pruning:\n%s", sparsity_report)
+        log.info(
+            "pruned %s: %d of %d prunable weights kept (%.1f%% sparse) in %.1fs",
+            config.prune.method,
+            sparsity_report.kept,
+            sparsity_report.prunable,
+            100 * sparsity_report.achieved_sparsity,
+            sparsity_report.seconds,
+        )
+
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() <= 1]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=cfg.lr,
+    )
+    total_steps = cfg.epochs * math.ceil(len(train_loader) / cfg.grad_accum)
+    scheduler = get_linear_schedule_with_warmup(
+        optimizer, round(cfg.warmup_ratio * total_steps), total_steps
+    )
+    model, optimizer, train_loader, scheduler = accelerator.prepare(
+        model, optimizer, train_loader, scheduler
+    )
+    dev_loaders = {split: accelerator.prepare(loader) for split, loader in dev_loaders.items()}
+
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] | None = None
+    best_state: dict[str, torch.Tensor] | None = None
+    train_seconds = eval_seconds = 0.0
+    seen = 0
+    bar = tqdm(
+        total=cfg.epochs * len(train_loader),
+        desc="train",
+        unit="batch",
+        disable=quiet or not accelerator.is_local_main_process,
+        dynamic_ncols=True,
+    )
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        start, loss_sum, batches = time.perf_counter(), 0.0, 0
+        for batch in train_loader:
+            with accelerator.accumulate(model):
+                loss = model(**batch).loss
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            loss_sum += loss.item()
+            batches += 1
+            seen += len(batch["labels"]) * accelerator.num_processes
+            bar.update()
+            bar.set_postfix(
+                epoch=f"{epoch}/{cfg.epochs}",
+                loss=f"{loss_sum / batches:.4f}",
+                ex_s=f"{seen / (train_seconds + time.perf_counter() - start):.1f}",
+            )
+        train_seconds += time.perf_counter() - start
+        record: dict[str, Any] = {"epoch": epoch, "train_loss": loss_sum / max(batches, 1)}
+        if cfg.eval_each_epoch or epoch == cfg.epochs:
+            start = time.perf_counter()
+            record["dev"] = evaluate(model, dev_loaders, task, accelerator)
+            eval_seconds += time.perf_counter() - start
+            record["score"] = _score(record["dev"], task)
+            if cfg.select == "last" or best is None or record["score"] > best["score"]:
+                best = record
+                if cfg.select == "best" and epoch < cfg.epochs:
+                    best_state = _trainable_state(accelerator.unwrap_model(model))
+                elif cfg.select == "best":
+                    best_state = None
+        history.append(record)
+        log.info("epoch %d: %s", epoch, json.dumps(record))
+        if accelerator.is_main_process:
+            with (folder / EPOCHS_FILE).open("a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+    bar.close()
+
+    model = accelerator.unwrap_model(model)
+    if best_state is not None:
+        _load_trainable_state(model, best_state)
+    assert best is not None
+    report = parameter_report(model, config.prune or SparsityConfig())
+    final = {
+        "task": task.name,
+        "main_metric": task.main_metric,
+        "score": best["score"],
+        "dev": best["dev"],
+        "selected_epoch": best["epoch"],
+        "select": cfg.select,
+        "examples": {"train": len(data.train), **{s: len(e) for s, e in data.dev.items()}},
+        "parameters": report.to_dict(),
+        "sparsity": sparsity_report.to_dict() if sparsity_report else None,
+        "timing": {
+            "prune_seconds": sparsity_report.seconds if sparsity_report else 0.0,
+            "train_seconds": train_seconds,
+            "eval_seconds": eval_seconds,
+            "train_examples_per_second": seen / train_seconds if train_seconds else 0.0,
+        },
+    }
+    if accelerator.is_main_process:
+        save_run_model(model, tokenizer, folder, config)
+        (folder / FINAL_FILE).write_text(json.dumps(final, indent=2), encoding="utf-8")
+        log.debug("final: %s", json.dumps(final))
+    final["history"] = history
+    return final
+
+
+def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@torch.no_grad()
+def _load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    for name, param in model.named_parameters():
+        if name in state:
+            param.copy_(state[name])
+
+
+def finished_run(run_dir: str | Path) -> RunConfig:
+    """The config of a finished run folder; ConfigError if the folder holds none."""
+    run_dir = Path(run_dir)
+    if not (run_dir / FINAL_FILE).is_file():
+        raise ConfigError(
+            f"{run_dir} is not a finished run (no {FINAL_FILE}); pass the output folder of a "
+            "completed `sparseadapter train`"
+        )
+    return RunConfig.from_dict(load_yaml(run_dir / CONFIG_FILE))
+
+
+def evaluate_run(run_dir: str | Path, data_dir: str | None = None) -> dict[str, Any]:
+    """Reload a finished run from its folder and re-score its dev split(s).
+
+    Returns ``{"main_metric", "score", "dev", "saved_score"}``; ``data_dir`` overrides the run's
+    data folder (e.g. for a run made on another machine).
+    """
+    run_dir = Path(run_dir)
+    config = finished_run(run_dir)
+    saved = json.loads((run_dir / FINAL_FILE).read_text(encoding="utf-8"))
+    data = load_run_data(config, data_dir, with_train=False)
+    accelerator = make_accelerator(config)
+    set_seed(config.train.seed)
+    model, tokenizer_path = load_run_model(run_dir, config, data.task)
+    tokenizer = load_tokenizer(tokenizer_path)
+    model = accelerator.prepare(model)
+    loaders = {
+        split: accelerator.prepare(loader)
+        for split, loader in _dev_loaders(config, data, tokenizer).items()
+    }
+    dev = evaluate(model, loaders, data.task, accelerator)
+    return {
+        "main_metric": data.task.main_metric,
+        "score": _score(dev, data.task),
+        "dev": dev,
+        "saved_score": saved["score"],
+    }
+
+
+def export_run(run_dir: str | Path, format: str, output: str | Path | None = None) -> Path:
+    """Write a finished run's adapter as ``format`` (peft, adapterhub or sparse); its folder."""
+    run_dir = Path(run_dir)
+    config = finished_run(run_dir)
+    if config.model.is_full_finetune:
+        raise ConfigError(
+            f"a full fine-tuning run has no adapter to export: {run_dir / MODEL_DIR} already is "
+            "a plain Hugging Face model folder"
+        )
+    model, _ = load_run_model(run_dir, config, get_task(config.data.task))
+    target = Path(output) if output else run_dir / f"export-{format}"
+    if format == "sparse":
+        return save_sparse(model, target)
+    return export_dense(model, target, format)
+
+
+def summary(final: dict[str, Any], config: RunConfig) -> str:
+    """A one-screen summary of a finished run."""
+    params, timing = final["parameters"], final["timing"]
+    sparse = final["sparsity"]
+    model = f"{config.model.name} + {config.model.adapter}"
+    if not config.model.is_full_finetune:
+        model += f" ({resolve_library(config.model.adapter, config.model.library)})"
+    if config.model.large_sparse != 1:
+        model += f", Large-Sparse x{config.model.large_sparse:g}"
+    pruning = "none (dense)"
+    if sparse:
+        pruning = (
+            f"{sparse['method']} {sparse['scope']}: kept {sparse['kept']:,} of "
+            f"{sparse['prunable']:,} ({sparse['achieved_sparsity']:.1%} sparse) "
+            f"in {sparse['seconds']:.1f}s"
+        )
+    lines = [
+        f"run        {final['output']}",
+        f"task       {final['task']}: {final['examples']['train']:,} train examples, dev "
+        + ", ".join(f"{s} {n:,}" for s, n in final["examples"].items() if s != "train"),
+        f"model      {model}",
+        f"pruning    {pruning}",
+        f"params     total {params['total']:,} | trainable {params['trainable']:,} | "
+        f"non-zero trainable {params['nonzero_trainable']:,}",
+        f"training   {len(final['history'])} epochs in {timing['train_seconds']:.1f}s "
+        f"({timing['train_examples_per_second']:.1f} examples/s), "
+        f"eval {timing['eval_seconds']:.1f}s",
+        "epoch  train loss  dev " + final["main_metric"],
+    ]
+    for record in final["history"]:
+        score = f"{record['score']:.4f}" if "score" in record else "-"
+        mark = "  <- selected" if record["epoch"] == final["selected_epoch"] else ""
+        lines.append(f"{record['epoch']:>5}  {record['train_loss']:>10.4f}  {score}{mark}")
+    collapsed = [s for s, m in final["dev"].items() if m.get("collapsed")]
+    if collapsed:
+        lines.append(f"warning    predictions collapsed to one value on {', '.join(collapsed)}")
+    lines.append(f"dev {final['main_metric']} = {final['score']:.4f}")
+    return "\n".join(lines)
