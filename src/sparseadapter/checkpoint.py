@@ -1,0 +1,477 @@
+"""Compact sparse checkpoints (save_sparse / load_sparse), dense export, and LoRA merging.
+
+A sparse checkpoint is a directory with two files (format: docs/checkpoint-format.md):
+``adapter.safetensors`` holds every trainable tensor, pruned ones as their kept values plus a
+packed bitmask or int indices (whichever is smaller for that tensor), the others dense;
+``sparse_config.json`` holds everything needed to rebuild the adapter on a fresh base model and a
+SHA-256 checksum over both. Writes are atomic: a temporary directory next to the target is filled
+and then renamed into place, so an existing checkpoint survives any failure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import peft
+import safetensors.torch
+import torch
+from torch import nn
+
+from sparseadapter.config import SparsityConfig
+from sparseadapter.errors import CheckpointError, ConfigError
+from sparseadapter.sparsify import apply_masks, get_masks, masked_parameters, remove_sparsity
+
+FORMAT_NAME = "sparseadapter-sparse-checkpoint"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "adapter.safetensors"
+CONFIG_FILE = "sparse_config.json"
+EXPORT_FORMATS = ("peft", "adapterhub")
+STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+FINGERPRINT_KEYS = (
+    "model_type",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "vocab_size",
+    "num_labels",
+)
+EMBEDDING_DIGEST_ROWS = 16
+HEADER_BASE_BYTES = 4096
+HEADER_BYTES_PER_TENSOR = 512
+
+
+def size_bound(sparsity: float, pruned_bytes: int, unpruned_bytes: int, num_tensors: int) -> float:
+    """The most bytes a fp32 checkpoint directory takes: the format's size guarantee.
+
+    ``pruned_bytes``/``unpruned_bytes``: dense bytes of the saved tensors that are/are not
+    pruned; ``num_tensors``: how many tensors are saved. Kept values cost (1 - s) of the pruned
+    bytes, a bitmask 1/32 of them, unpruned tensors are stored as they are, and the headers
+    (metadata, and each tensor's name, shape and offsets, names up to ~150 characters) fit in
+    ``HEADER_BASE_BYTES + HEADER_BYTES_PER_TENSOR * num_tensors``.
+    """
+    header = HEADER_BASE_BYTES + HEADER_BYTES_PER_TENSOR * num_tensors
+    return (1 - sparsity) * pruned_bytes + pruned_bytes / 32 + unpruned_bytes + header
+
+
+def _library(model: nn.Module) -> str:
+    if isinstance(model, peft.PeftModel):
+        return "peft"
+    if getattr(model, "adapters_config", None) is not None:
+        return "adapterhub"
+    raise ConfigError(
+        f"a {type(model).__name__} carries no adapter: pass a PEFT model (peft.get_peft_model) "
+        "or an AdapterHub model (adapters.init + add_adapter)"
+    )
+
+
+def _adapter_name(model: nn.Module, library: str) -> str:
+    names = list(model.peft_config if library == "peft" else model.adapters_config.adapters)
+    if len(names) != 1:
+        raise ConfigError(
+            f"sparse checkpoints hold exactly one adapter, the model has {len(names)} "
+            f"({names}): delete the others first (delete_adapter)"
+        )
+    return names[0]
+
+
+def _adapter_config(model: nn.Module, library: str, name: str) -> Any:
+    return model.peft_config[name] if library == "peft" else model.adapters_config.get(name)
+
+
+def _adapter_config_dict(config: Any) -> dict[str, Any]:
+    data = config.to_dict()
+    return {k: sorted(v) if isinstance(v, set) else v for k, v in data.items()}
+
+
+def _head_configs(model: nn.Module, library: str) -> dict[str, dict]:
+    """AdapterHub flex heads (AutoAdapterModel); static heads are part of the base model."""
+    if library != "adapterhub" or not getattr(model, "heads", None):
+        return {}
+    return {name: dict(model.config.prediction_heads[name]) for name in model.heads}
+
+
+def _base_identity(model: nn.Module) -> dict[str, Any]:
+    config = model.config
+    embedding = model.get_input_embeddings().weight.detach()
+    rows = embedding[:EMBEDDING_DIGEST_ROWS].cpu().contiguous()
+    return {
+        "name_or_path": getattr(config, "name_or_path", ""),
+        **{key: getattr(config, key, None) for key in FINGERPRINT_KEYS},
+        "embedding_dtype": str(embedding.dtype).removeprefix("torch."),
+        "embedding_sha256": hashlib.sha256(rows.view(torch.uint8).numpy().tobytes()).hexdigest(),
+    }
+
+
+def _check_base(model: nn.Module, meta: dict[str, Any]) -> None:
+    saved, current = meta["base_model"], _base_identity(model)
+    # AdapterHub flex heads set num_labels themselves; they are rebuilt from meta["heads"]
+    keys = [k for k in FINGERPRINT_KEYS if not (k == "num_labels" and meta["heads"])]
+    diffs = [
+        f"{key}={saved.get(key)!r} in the checkpoint, {current[key]!r} in the model"
+        for key in keys
+        if saved.get(key) != current[key]
+    ]
+    if (
+        saved.get("embedding_dtype") == current["embedding_dtype"]
+        and saved.get("embedding_sha256") != current["embedding_sha256"]
+    ):
+        diffs.append("the input embedding weights differ")
+    if diffs:
+        raise CheckpointError(
+            f"this checkpoint was saved on another base model ({saved.get('name_or_path') or 'unnamed'}): "
+            f"{'; '.join(diffs)}. Load it onto the base model it was trained on, with the same "
+            "num_labels"
+        )
+
+
+def _versions(library: str) -> dict[str, str]:
+    packages = ["sparseadapter", "torch", "transformers", "safetensors"]
+    packages.append("peft" if library == "peft" else "adapters")
+    return {name: metadata.version(name) for name in packages}
+
+
+def _storage_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype) and dtype in STORAGE_DTYPES.values():
+        return dtype
+    if dtype in STORAGE_DTYPES:
+        return STORAGE_DTYPES[dtype]
+    raise ConfigError(
+        f"storage dtype must be None (keep each tensor's dtype) or one of {list(STORAGE_DTYPES)}, "
+        f"got {dtype!r}"
+    )
+
+
+def _encode(
+    name: str, value: torch.Tensor, mask: torch.Tensor | None, storage: torch.dtype | None
+) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """The stored tensors for one parameter, and its layout entry if it is pruned."""
+    stored = value.to(storage or value.dtype)
+    if mask is None:
+        return {name: stored.contiguous()}, None
+    keep = mask.detach().cpu().flatten()
+    kept = keep.nonzero().squeeze(1)
+    index_dtype = torch.int32 if keep.numel() <= torch.iinfo(torch.int32).max else torch.int64
+    entry = {"shape": list(value.shape), "dtype": str(value.dtype).removeprefix("torch.")}
+    if kept.numel() * index_dtype.itemsize < math.ceil(keep.numel() / 8):
+        entry["encoding"] = "indices"
+        positions = {f"{name}:indices": kept.to(index_dtype)}
+    else:
+        entry["encoding"] = "bitmask"
+        positions = {f"{name}:bitmask": torch.from_numpy(np.packbits(keep.numpy()))}
+    return {name: stored.flatten()[keep].contiguous(), **positions}, entry
+
+
+def _decode(
+    name: str, entry: dict[str, Any] | None, tensors: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The parameter value and its keep-mask (None for dense tensors) from the stored tensors."""
+    if entry is None:
+        return tensors[name], None
+    shape, dtype = tuple(entry["shape"]), getattr(torch, entry["dtype"])
+    numel = math.prod(shape)
+    if entry["encoding"] == "bitmask":
+        bits = np.unpackbits(tensors[f"{name}:bitmask"].numpy(), count=numel)
+        keep = torch.from_numpy(bits.astype(bool))
+    else:
+        keep = torch.zeros(numel, dtype=torch.bool)
+        keep[tensors[f"{name}:indices"].long()] = True
+    value = torch.zeros(numel, dtype=dtype)
+    value[keep] = tensors[name].to(dtype)
+    return value.view(shape), keep.view(shape)
+
+
+def _canonical(meta: dict[str, Any]) -> bytes:
+    return json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _checksum(payload: bytes, meta: dict[str, Any]) -> str:
+    """SHA-256 over the tensor file and every metadata field except the checksum itself."""
+    digest = hashlib.sha256(payload)
+    digest.update(_canonical({k: v for k, v in meta.items() if k != "sha256"}))
+    return digest.hexdigest()
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _replace_directory(path: str | os.PathLike, marker: str, write: Callable[[Path], None]) -> Path:
+    """Let ``write`` fill a temporary directory next to ``path``, then rename it into place.
+
+    An existing ``path`` is replaced only if it is empty or holds ``marker`` (the same kind of
+    output); on any failure it is left untouched and the temporary directory is removed.
+    """
+    path = Path(path)
+    if path.exists() and (
+        not path.is_dir() or (any(path.iterdir()) and not (path / marker).exists())
+    ):
+        raise CheckpointError(
+            f"{path} exists and is not a previous checkpoint of this kind (no {marker}): refusing "
+            "to replace it; choose a new directory or remove it first"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        write(tmp)
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(path, old)
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                os.replace(old, path)
+                raise
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def save_sparse(
+    model: nn.Module, path: str | os.PathLike, dtype: str | torch.dtype | None = None
+) -> Path:
+    """Save the model's adapter (and head) as a compact sparse checkpoint directory.
+
+    Stores every trainable tensor: pruned ones (those with a sparsify mask) as kept values plus
+    a bitmask or indices, the rest dense. ``dtype`` ("float16", "bfloat16" or "float32") stores
+    the floating values in that dtype; None keeps each tensor's own dtype (bit-exact round trip).
+    Returns the checkpoint directory.
+    """
+    library = _library(model)
+    name = _adapter_name(model, library)
+    storage = _storage_dtype(dtype)
+    state = masked_parameters(model)
+    if state is not None:
+        state.apply_()
+    masks = get_masks(model)
+    tensors: dict[str, torch.Tensor] = {}
+    layout: dict[str, dict[str, Any]] = {}
+    for pname, param in model.named_parameters():
+        if param.requires_grad:
+            stored, entry = _encode(pname, param.detach().cpu(), masks.get(pname), storage)
+            tensors.update(stored)
+            if entry is not None:
+                layout[pname] = entry
+    payload = safetensors.torch.save(tensors)
+    meta: dict[str, Any] = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "library": library,
+        "adapter_name": name,
+        "adapter_config": _adapter_config_dict(_adapter_config(model, library, name)),
+        "heads": _head_configs(model, library),
+        "base_model": _base_identity(model),
+        "sparsity_config": state.config.to_dict() if state and state.config else None,
+        "storage_dtype": str(storage).removeprefix("torch.") if storage else None,
+        "pruned_tensors": layout,
+        "versions": _versions(library),
+    }
+    meta = json.loads(_canonical(meta))
+    meta["sha256"] = _checksum(payload, meta)
+
+    def write(tmp: Path) -> None:
+        _write_bytes(tmp / WEIGHTS_FILE, payload)
+        _write_bytes(tmp / CONFIG_FILE, _canonical(meta))
+
+    return _replace_directory(path, CONFIG_FILE, write)
+
+
+def read_sparse(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The verified metadata and stored tensors of a sparse checkpoint.
+
+    Raises :class:`CheckpointError` for a missing, truncated or tampered checkpoint and for one
+    written in a newer format version.
+    """
+    path = Path(path)
+    config_file, weights_file = path / CONFIG_FILE, path / WEIGHTS_FILE
+    if not config_file.is_file() or not weights_file.is_file():
+        raise CheckpointError(
+            f"{path} is not a sparse checkpoint ({CONFIG_FILE} and {WEIGHTS_FILE} expected): "
+            "pass the directory written by save_sparse"
+        )
+    try:
+        meta = json.loads(config_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(
+            f"{config_file} is not valid JSON ({err}): the checkpoint is truncated or corrupted; "
+            "save it again"
+        ) from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+        raise CheckpointError(
+            f"{config_file} is not a sparseadapter checkpoint description: save it with save_sparse"
+        )
+    version = meta.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise CheckpointError(
+            f"{config_file} has an invalid format_version {version!r}: save it again"
+        )
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} uses checkpoint format version {version}, but this sparseadapter reads up to "
+            f"version {FORMAT_VERSION}: upgrade sparseadapter (pip install -U sparseadapter)"
+        )
+    payload = weights_file.read_bytes()
+    if _checksum(payload, meta) != meta.get("sha256"):
+        raise CheckpointError(
+            f"{path} fails its SHA-256 check: {WEIGHTS_FILE} or {CONFIG_FILE} was truncated or "
+            "modified after saving; restore the checkpoint from a good copy or save it again"
+        )
+    return meta, safetensors.torch.load(payload)
+
+
+def _attach_peft(model: nn.Module, meta: dict[str, Any]) -> nn.Module:
+    if isinstance(model, peft.PeftModel):
+        return model
+    config = peft.PeftConfig.from_peft_type(**{**meta["adapter_config"], "inference_mode": False})
+    return peft.get_peft_model(model, config, adapter_name=meta["adapter_name"])
+
+
+def _attach_adapterhub(model: nn.Module, meta: dict[str, Any]) -> nn.Module:
+    try:
+        import adapters
+    except ImportError:
+        raise ConfigError(
+            "this checkpoint holds an AdapterHub adapter: install sparseadapter[adapters]"
+        ) from None
+    name = meta["adapter_name"]
+    if getattr(model, "adapters_config", None) is None:
+        adapters.init(model)
+    if name not in model.adapters_config.adapters:
+        model.add_adapter(name, config=adapters.AdapterConfig.load(meta["adapter_config"]))
+    for head_name, head_config in meta["heads"].items():
+        if head_name not in model.heads:
+            model.add_prediction_head_from_config(head_name, dict(head_config))
+    model.train_adapter(name)
+    return model
+
+
+def _load_tensors(model: nn.Module, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    named = dict(model.named_parameters())
+    layout = meta["pruned_tensors"]
+    saved = [n for n in tensors if ":" not in n]
+    unknown = [n for n in saved if n not in named]
+    if unknown:
+        raise CheckpointError(
+            f"{len(unknown)} checkpoint tensors are not in the model (e.g. {unknown[0]}): the model "
+            "carries another adapter or adapter configuration; pass a fresh base model"
+        )
+    missing = [n for n, p in named.items() if p.requires_grad and n not in saved]
+    if missing:
+        raise CheckpointError(
+            f"{len(missing)} trainable model tensors are not in the checkpoint (e.g. {missing[0]}): "
+            "the model carries another adapter configuration; pass a fresh base model"
+        )
+    decoded = {n: _decode(n, layout.get(n), tensors) for n in saved}
+    for n, (value, _) in decoded.items():
+        if value.shape != named[n].shape:
+            raise CheckpointError(
+                f"{n} has shape {tuple(value.shape)} in the checkpoint but {tuple(named[n].shape)} in "
+                "the model: the adapter was built with another configuration (rank, bottleneck "
+                "size, ...); pass a fresh base model"
+            )
+    with torch.no_grad():
+        for n, (value, _) in decoded.items():
+            named[n].copy_(value)
+    masks = {n: keep for n, (_, keep) in decoded.items() if keep is not None}
+    if masks:
+        config = meta["sparsity_config"]
+        apply_masks(model, masks, SparsityConfig.from_dict(config) if config else None)
+
+
+def load_sparse(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Rebuild a saved adapter on ``model`` and load its weights and masks.
+
+    ``model`` is a fresh base model (e.g. ``AutoModelForSequenceClassification.from_pretrained``
+    of the same checkpoint and num_labels), or a model already carrying the same adapter. Returns
+    the adapted model (a new PeftModel for PEFT, ``model`` itself for AdapterHub) with exactly the
+    saved tensors trainable and the masks enforced, ready for evaluation or more training; the
+    train/eval mode of ``model`` is kept.
+    """
+    meta, tensors = read_sparse(path)
+    _check_base(model, meta)
+    training = model.training
+    attach = _attach_peft if meta["library"] == "peft" else _attach_adapterhub
+    model = attach(model, meta)
+    _load_tensors(model, meta, tensors)
+    model.train(training)
+    return model
+
+
+def export_dense(model: nn.Module, path: str | os.PathLike, format: str = "peft") -> Path:
+    """Write the adapter in its library's own dense format, loadable without sparseadapter.
+
+    ``format="peft"``: ``model.save_pretrained`` (load with ``peft.PeftModel.from_pretrained``).
+    ``format="adapterhub"``: ``model.save_adapter`` with the head, as safetensors (load with
+    ``model.load_adapter(path, use_safetensors=True)``). Pruned weights are stored as zeros.
+    """
+    if format not in EXPORT_FORMATS:
+        raise ConfigError(
+            f"dense export format must be one of {EXPORT_FORMATS}, got {format!r} "
+            "(use save_sparse for the sparse format)"
+        )
+    library = _library(model)
+    if library != format:
+        raise ConfigError(
+            f"a {library} model exports as format={library!r}, not {format!r}: the adapter "
+            "libraries cannot read each other's adapters"
+        )
+    name = _adapter_name(model, library)
+    state = masked_parameters(model)
+    if state is not None:
+        state.apply_()
+    if library == "peft":
+        return _replace_directory(path, "adapter_config.json", model.save_pretrained)
+    return _replace_directory(
+        path,
+        "adapter_config.json",
+        lambda tmp: model.save_adapter(str(tmp), name, use_safetensors=True),
+    )
+
+
+def _is_lora(config: Any, library: str) -> bool:
+    if library == "peft":
+        return config.peft_type == peft.PeftType.LORA
+    from adapters import LoRAConfig
+
+    return isinstance(config, LoRAConfig) and config.composition_mode == "add"
+
+
+def merge(model: nn.Module) -> nn.Module:
+    """Fold a LoRA adapter into the base weights; the merged update uses the masked weights.
+
+    PEFT: returns ``model.merge_and_unload()``, the plain base model. AdapterHub: merges in place
+    (``merge_adapter``) and returns ``model``; the adapter stays registered in merged state
+    (``reset_adapter`` unmerges it). The masks are detached from the model.
+    """
+    library = _library(model)
+    name = _adapter_name(model, library)
+    config = _adapter_config(model, library, name)
+    if not _is_lora(config, library):
+        raise ConfigError(
+            f"merge folds LoRA adapters into the base weights; {name!r} is a "
+            f"{type(config).__name__}: keep the adapter, or export it with export_dense"
+        )
+    state = masked_parameters(model)
+    if state is not None:
+        state.apply_()
+    remove_sparsity(model)
+    if library == "peft":
+        return model.merge_and_unload()
+    model.merge_adapter(name)
+    return model
