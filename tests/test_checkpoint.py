@@ -1,0 +1,621 @@
+"""Sparse checkpoints: round trips per adapter family, size, dense export, merging, corruption."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import adapters
+import numpy as np
+import peft
+import pytest
+import safetensors.torch
+import torch
+from transformers import AutoConfig, AutoModelForSequenceClassification
+
+import sparseadapter as sa
+from sparseadapter import checkpoint
+from sparseadapter.checkpoint import (
+    CONFIG_FILE,
+    FORMAT_VERSION,
+    WEIGHTS_FILE,
+    export_dense,
+    load_sparse,
+    merge,
+    save_sparse,
+    size_bound,
+)
+from sparseadapter.errors import CheckpointError, ConfigError
+from sparseadapter.sparsify import masked_parameters
+
+TINY = {
+    "bert": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64),
+    "roberta": dict(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
+    ),
+    "bart": dict(
+        d_model=32,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+    ),
+}
+
+
+def tiny_config(model_type: str = "bert", **overrides):
+    return AutoConfig.for_model(
+        model_type, **{"vocab_size": 100, "num_labels": 3, **TINY[model_type], **overrides}
+    )
+
+
+def base_model(config, seed: int = 0):
+    torch.manual_seed(seed)
+    return AutoModelForSequenceClassification.from_config(copy.deepcopy(config))
+
+
+def peft_builder(config):
+    return lambda base: peft.get_peft_model(base, copy.deepcopy(config))
+
+
+def adapterhub_builder(config_name: str):
+    def build(base):
+        adapters.init(base)
+        base.add_adapter("task", config=config_name)
+        base.train_adapter("task")
+        return base
+
+    return build
+
+
+LORA = peft.LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["query", "value"])
+FAMILIES = {
+    "peft-lora": ("bert", peft_builder(LORA)),
+    "peft-lora-bart": (
+        "bart",
+        peft_builder(
+            peft.LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["q_proj", "v_proj"])
+        ),
+    ),
+    "peft-ia3": (
+        "bert",
+        peft_builder(
+            peft.IA3Config(
+                task_type="SEQ_CLS", target_modules=["key", "value"], feedforward_modules=[]
+            )
+        ),
+    ),
+    "peft-prefix": (
+        "bert",
+        peft_builder(peft.PrefixTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=4)),
+    ),
+    "houlsby": ("bert", adapterhub_builder("double_seq_bn")),
+    "houlsby-roberta": ("roberta", adapterhub_builder("double_seq_bn")),
+    "pfeiffer": ("bert", adapterhub_builder("seq_bn")),
+    "parallel": ("bert", adapterhub_builder("par_bn")),
+    "mam": ("bert", adapterhub_builder("mam")),
+    "prefix": ("bert", adapterhub_builder("prefix_tuning")),
+    "lora": ("bert", adapterhub_builder("lora")),
+    "ia3": ("bert", adapterhub_builder("ia3")),
+}
+
+
+def inputs(config, batch: int = 3, length: int = 7, seed: int = 1) -> dict[str, torch.Tensor]:
+    """Token ids avoiding special tokens, ending in EOS (BART classifies from the last EOS)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, config.vocab_size, (batch, length), generator=g)
+    ids[:, -1] = config.eos_token_id if config.eos_token_id is not None else 2
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+@torch.no_grad()
+def logits(model, batch) -> torch.Tensor:
+    training = model.training
+    model.eval()
+    out = model(**batch).logits
+    model.train(training)
+    return out
+
+
+def sparse_model(family: str, sparsity: float = 0.6, method: str = "random"):
+    """A family's adapter on a tiny base, with trained-looking weights, pruned."""
+    model_type, build = FAMILIES[family]
+    config = tiny_config(model_type)
+    model = build(base_model(config))
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    sa.sparsify(model, sa.SparsityConfig(method=method, sparsity=sparsity))
+    return model, config
+
+
+def trainable(model) -> dict[str, tuple[int, ...]]:
+    return {n: tuple(p.shape) for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_round_trip_is_bit_identical(family, tmp_path):
+    model, config = sparse_model(family)
+    batch = inputs(config)
+    expected = logits(model, batch)
+    save_sparse(model, tmp_path / "ckpt")
+
+    base = base_model(config).eval()
+    loaded = load_sparse(base, tmp_path / "ckpt")
+
+    assert torch.equal(logits(loaded, batch), expected)
+    masks, loaded_masks = sa.get_masks(model), sa.get_masks(loaded)
+    assert masks and masks.keys() == loaded_masks.keys()
+    assert all(torch.equal(masks[n], loaded_masks[n].cpu()) for n in masks)
+    assert trainable(loaded) == trainable(model)
+    assert not loaded.training  # the base model's mode is kept
+    assert masked_parameters(loaded).config == masked_parameters(model).config
+
+
+@pytest.mark.parametrize("family", ["peft-lora", "houlsby"])
+def test_training_after_load_keeps_pruned_weights_zero(family, tmp_path):
+    model, config = sparse_model(family, sparsity=0.8)
+    save_sparse(model, tmp_path / "ckpt")
+    loaded = load_sparse(base_model(config), tmp_path / "ckpt")
+    loaded.train()
+    masks = sa.get_masks(loaded)
+    named = dict(loaded.named_parameters())
+    before = {n: named[n].detach().clone() for n in masks}
+    optimizer = torch.optim.AdamW(
+        [p for p in loaded.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.1
+    )
+    batch = inputs(config)
+    for _ in range(3):
+        loss = loaded(**batch, labels=torch.tensor([0, 1, 2])).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    for n, keep in masks.items():
+        assert not named[n][~keep].any(), n
+    assert any(not torch.equal(named[n][masks[n]], before[n][masks[n]]) for n in masks)
+
+
+@pytest.mark.parametrize(("sparsity", "encoding"), [(0.9, "bitmask"), (0.99, "indices")])
+def test_each_pruned_tensor_stores_kept_values_and_the_smaller_position_encoding(
+    sparsity, encoding, tmp_path
+):
+    model, config = sparse_model("peft-lora", sparsity=sparsity)
+    save_sparse(model, tmp_path / "ckpt")
+    stored = safetensors.torch.load_file(tmp_path / "ckpt" / WEIGHTS_FILE)
+    meta = json.loads((tmp_path / "ckpt" / CONFIG_FILE).read_text())
+    masks = sa.get_masks(model)
+    assert meta["pruned_tensors"].keys() == masks.keys()
+    for name, keep in masks.items():
+        kept = int(keep.sum())
+        assert stored[name].shape == (kept,)
+        by_indices = kept * 4 < -(-keep.numel() // 8)
+        assert meta["pruned_tensors"][name]["encoding"] == ("indices" if by_indices else "bitmask")
+        if by_indices:
+            assert torch.equal(
+                stored[f"{name}:indices"].long(), keep.flatten().nonzero().squeeze(1)
+            )
+        else:
+            bits = np.unpackbits(stored[f"{name}:bitmask"].numpy(), count=keep.numel())
+            assert np.array_equal(bits.astype(bool), keep.flatten().numpy())
+    assert encoding in {e["encoding"] for e in meta["pruned_tensors"].values()}
+    loaded = load_sparse(base_model(config), tmp_path / "ckpt")
+    assert torch.equal(logits(loaded, inputs(config)), logits(model, inputs(config)))
+
+
+def test_dense_tensors_are_stored_as_they_are(tmp_path):
+    model, _ = sparse_model("houlsby")
+    save_sparse(model, tmp_path / "ckpt")
+    stored = safetensors.torch.load_file(tmp_path / "ckpt" / WEIGHTS_FILE)
+    masks = sa.get_masks(model)
+    dense = {n: p for n, p in model.named_parameters() if p.requires_grad and n not in masks}
+    assert "classifier.weight" in dense and any(n.endswith("bias") for n in dense)
+    for name, param in dense.items():
+        assert torch.equal(stored[name], param.detach())
+
+
+def test_metadata_records_what_rebuilding_needs(tmp_path):
+    model, config = sparse_model("peft-lora")
+    save_sparse(model, tmp_path / "ckpt")
+    meta = json.loads((tmp_path / "ckpt" / CONFIG_FILE).read_text())
+    assert meta["format_version"] == FORMAT_VERSION
+    assert meta["library"] == "peft" and meta["adapter_name"] == "default"
+    assert meta["adapter_config"]["r"] == 4
+    assert sorted(meta["adapter_config"]["target_modules"]) == ["query", "value"]
+    assert meta["base_model"]["hidden_size"] == config.hidden_size
+    assert meta["base_model"]["num_labels"] == 3
+    assert meta["sparsity_config"] == masked_parameters(model).config.to_dict()
+    assert {"torch", "transformers", "peft", "sparseadapter"} <= meta["versions"].keys()
+    assert len(meta["sha256"]) == 64
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_storage(dtype, tmp_path):
+    model, config = sparse_model("houlsby")
+    save_sparse(model, tmp_path / "full")
+    save_sparse(model, tmp_path / "half", dtype=dtype)
+    stored = safetensors.torch.load_file(tmp_path / "half" / WEIGHTS_FILE)
+    assert {t.dtype for t in stored.values() if t.is_floating_point()} == {getattr(torch, dtype)}
+    full = safetensors.torch.load_file(tmp_path / "full" / WEIGHTS_FILE)
+    assert full.keys() == stored.keys()
+    assert all(
+        stored[k].nbytes * (2 if full[k].is_floating_point() else 1) == full[k].nbytes for k in full
+    )
+    loaded = load_sparse(base_model(config), tmp_path / "half")
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    masks = sa.get_masks(model)
+    assert all(torch.equal(masks[n], m) for n, m in sa.get_masks(loaded).items())
+    torch.testing.assert_close(
+        logits(loaded, inputs(config)), logits(model, inputs(config)), atol=2e-2, rtol=0
+    )
+
+
+def test_unknown_storage_dtype_is_refused(tmp_path):
+    model, _ = sparse_model("peft-lora")
+    with pytest.raises(ConfigError, match="float16"):
+        save_sparse(model, tmp_path / "ckpt", dtype="int8")
+
+
+@pytest.fixture(scope="module")
+def sized_models():
+    """Adapters large enough that the header is a small part of the file."""
+    config = AutoConfig.for_model(
+        "bert",
+        hidden_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=256,
+        vocab_size=100,
+        num_labels=2,
+    )
+    lora = peft.LoraConfig(task_type="SEQ_CLS", r=32, target_modules=["query", "value"])
+    return {
+        "peft-lora": peft_builder(lora)(base_model(config)),
+        "houlsby": adapterhub_builder("double_seq_bn")(base_model(config)),
+    }
+
+
+@pytest.mark.parametrize("family", ["peft-lora", "houlsby"])
+@pytest.mark.parametrize("sparsity", [0.4, 0.8, 0.9, 0.95])
+def test_size_bound(sized_models, family, sparsity, tmp_path):
+    model = sized_models[family]
+    library = "peft" if family == "peft-lora" else "adapterhub"
+    dense_dir = export_dense(model, tmp_path / "dense", format=library)
+    dense = sum(f.stat().st_size for f in dense_dir.glob("*.safetensors"))
+    sa.sparsify(model, sa.SparsityConfig(method="random", sparsity=sparsity))
+    path = save_sparse(model, tmp_path / "ckpt")
+    size = sum(f.stat().st_size for f in path.iterdir())
+
+    masks = sa.get_masks(model)
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    pruned = sum(p.numel() * 4 for n, p in params if n in masks)
+    unpruned = sum(p.numel() * 4 for n, p in params if n not in masks)
+    assert size <= size_bound(sparsity, pruned, unpruned, len(params))
+    # the issue's formula, plus the unpruned tensors (biases, head) that are stored as they are
+    assert size <= (1 - sparsity) * dense + dense / 32 + sparsity * unpruned + 16 * 1024
+
+
+def test_indices_are_int32_below_two_billion_weights():
+    keep = torch.zeros(1000, dtype=torch.bool)
+    keep[[3, 500]] = True
+    stored, entry = checkpoint._encode("w", torch.ones(1000), keep, None)
+    assert entry["encoding"] == "indices" and stored["w:indices"].dtype == torch.int32
+
+
+# --- dense export, loaded without sparseadapter -----------------------------------------------
+
+EXPORT_CHECK = textwrap.dedent(
+    """
+    import sys
+    import torch, peft, adapters
+    from transformers import AutoModelForSequenceClassification
+
+    ref = torch.load("reference.pt")
+    peft_model = peft.PeftModel.from_pretrained(
+        AutoModelForSequenceClassification.from_pretrained("peft_base"), "peft_export"
+    ).eval()
+    ah = AutoModelForSequenceClassification.from_pretrained("ah_base")
+    adapters.init(ah)
+    name = ah.load_adapter("ah_export", use_safetensors=True)
+    ah.set_active_adapters(name)
+    ah.eval()
+    with torch.no_grad():
+        assert torch.equal(peft_model(**ref["inputs"]).logits, ref["peft"]), "peft logits differ"
+        assert torch.equal(ah(**ref["inputs"]).logits, ref["ah"]), "adapterhub logits differ"
+    assert "sparseadapter" not in sys.modules
+    print("EXPORT_OK")
+    """
+)
+
+
+def test_dense_exports_load_without_sparseadapter(tmp_path):
+    config = tiny_config()
+    reference = {"inputs": inputs(config)}
+    for key, family in [("peft", "peft-lora"), ("ah", "houlsby")]:
+        base_model(config).save_pretrained(tmp_path / f"{key}_base")
+        model, _ = sparse_model(family)
+        reference[key] = logits(model, reference["inputs"])
+        export_dense(
+            model, tmp_path / f"{key}_export", format="peft" if key == "peft" else "adapterhub"
+        )
+    torch.save(reference, tmp_path / "reference.pt")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", EXPORT_CHECK],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0 and "EXPORT_OK" in result.stdout, result.stderr[-3000:]
+
+
+def test_dense_export_stores_pruned_weights_as_zeros(tmp_path):
+    model, _ = sparse_model("peft-lora", sparsity=0.8)
+    masks = sa.get_masks(model)
+    name = next(iter(masks))
+    with torch.no_grad():  # a write that bypasses the optimizer: export must re-apply the mask
+        dict(model.named_parameters())[name].add_(1.0)
+    export_dense(model, tmp_path / "export", format="peft")
+    stored = safetensors.torch.load_file(tmp_path / "export" / "adapter_model.safetensors")
+    param = dict(model.named_parameters())[name].detach()
+    value = stored[name.replace(".default", "")]
+    assert not value[~masks[name]].any()
+    assert torch.equal(value[masks[name]], param[masks[name]])
+
+
+@pytest.mark.parametrize(
+    ("family", "fmt", "match"),
+    [("peft-lora", "adapterhub", "format='peft'"), ("houlsby", "sparse", "save_sparse")],
+)
+def test_export_format_errors(family, fmt, match, tmp_path):
+    model, _ = sparse_model(family)
+    with pytest.raises(ConfigError, match=match):
+        export_dense(model, tmp_path / "export", format=fmt)
+
+
+# --- merge ------------------------------------------------------------------------------------
+
+
+def test_merge_peft_lora_uses_masked_weights():
+    model, config = sparse_model("peft-lora", sparsity=0.7)
+    batch = inputs(config)
+    expected = logits(model, batch)
+    named = dict(model.named_parameters())
+    prefix = "base_model.model.bert.encoder.layer.0.attention.self.query"
+    a_name, b_name = f"{prefix}.lora_A.default.weight", f"{prefix}.lora_B.default.weight"
+    masks = sa.get_masks(model)
+    a = named[a_name].detach().clone()
+    b = named[b_name].detach().clone()
+    w0 = named[f"{prefix}.base_layer.weight"].detach().clone()
+    with torch.no_grad():  # values written at pruned positions past the optimizer
+        named[a_name][~masks[a_name]] = 1.0
+        named[b_name][~masks[b_name]] = 1.0
+
+    merged = merge(model)
+
+    weight = dict(merged.named_parameters())["bert.encoder.layer.0.attention.self.query.weight"]
+    torch.testing.assert_close(weight.detach(), w0 + LORA.lora_alpha / LORA.r * b @ a)
+    torch.testing.assert_close(logits(merged, batch), expected, atol=1e-5, rtol=1e-5)
+    assert not sa.get_masks(model)
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+
+
+def test_merge_adapterhub_lora_matches_unmerged_logits():
+    model, config = sparse_model("lora", sparsity=0.5)
+    batch = inputs(config)
+    expected = logits(model, batch)
+    merged = merge(model)
+    assert merged is model and not sa.get_masks(model)
+    torch.testing.assert_close(logits(merged, batch), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["houlsby", "peft-ia3", "ia3"])
+def test_merge_refuses_non_lora(family):
+    model, _ = sparse_model(family)
+    with pytest.raises(ConfigError, match="LoRA"):
+        merge(model)
+
+
+# --- refusals and corruption ------------------------------------------------------------------
+
+
+@pytest.fixture
+def saved(tmp_path):
+    model, config = sparse_model("peft-lora")
+    path = save_sparse(model, tmp_path / "ckpt")
+    return path, config
+
+
+def test_truncated_weights_are_refused(saved):
+    path, config = saved
+    data = (path / WEIGHTS_FILE).read_bytes()
+    (path / WEIGHTS_FILE).write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="SHA-256"):
+        load_sparse(base_model(config), path)
+
+
+def test_tampered_weights_are_refused(saved):
+    path, config = saved
+    data = bytearray((path / WEIGHTS_FILE).read_bytes())
+    data[-5] ^= 0xFF
+    (path / WEIGHTS_FILE).write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="modified"):
+        load_sparse(base_model(config), path)
+
+
+def test_tampered_metadata_is_refused(saved):
+    path, config = saved
+    meta = json.loads((path / CONFIG_FILE).read_text())
+    meta["adapter_config"]["r"] = 8
+    (path / CONFIG_FILE).write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="SHA-256"):
+        load_sparse(base_model(config), path)
+
+
+def test_truncated_metadata_is_refused(saved):
+    path, config = saved
+    text = (path / CONFIG_FILE).read_text()
+    (path / CONFIG_FILE).write_text(text[: len(text) // 2])
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        load_sparse(base_model(config), path)
+
+
+def test_newer_format_version_is_refused_with_upgrade_hint(saved):
+    path, config = saved
+    meta = json.loads((path / CONFIG_FILE).read_text())
+    meta["format_version"] = FORMAT_VERSION + 1
+    (path / CONFIG_FILE).write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=rf"version {FORMAT_VERSION + 1}.*upgrade"):
+        load_sparse(base_model(config), path)
+
+
+def test_missing_checkpoint_is_refused(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="not a sparse checkpoint"):
+        load_sparse(base_model(tiny_config()), tmp_path / "empty")
+
+
+@pytest.mark.parametrize(
+    ("other", "match"),
+    [
+        (lambda: base_model(tiny_config(hidden_size=64, intermediate_size=64)), "hidden_size=32"),
+        (lambda: base_model(tiny_config(num_labels=2)), "num_labels=3"),
+        (lambda: base_model(tiny_config("roberta")), "model_type='bert'"),
+        (lambda: base_model(tiny_config(), seed=1), "embedding weights differ"),
+    ],
+    ids=["hidden", "labels", "architecture", "weights"],
+)
+def test_other_base_model_is_refused(saved, other, match):
+    path, _ = saved
+    base = other()
+    with pytest.raises(CheckpointError, match=match):
+        load_sparse(base, path)
+    assert not isinstance(base, peft.PeftModel) and not any(
+        "lora" in n for n, _ in base.named_parameters()
+    )
+
+
+def test_model_with_another_adapter_shape_is_refused(saved):
+    path, config = saved
+    other = peft.get_peft_model(
+        base_model(config),
+        peft.LoraConfig(task_type="SEQ_CLS", r=8, target_modules=["query", "value"]),
+    )
+    before = {n: p.detach().clone() for n, p in other.named_parameters() if p.requires_grad}
+    with pytest.raises(CheckpointError, match="in the checkpoint but .* in the model"):
+        load_sparse(other, path)
+    assert all(torch.equal(p, before[n]) for n, p in other.named_parameters() if n in before)
+
+
+def test_model_with_another_adapter_is_refused(saved):
+    path, config = saved
+    other = peft.get_peft_model(
+        base_model(config),
+        peft.LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["query", "key", "value"]),
+    )
+    with pytest.raises(CheckpointError, match="not in the checkpoint"):
+        load_sparse(other, path)
+
+
+# --- atomic writes ----------------------------------------------------------------------------
+
+
+def leftovers(directory: Path) -> list[str]:
+    return [p.name for p in directory.iterdir() if p.name.startswith(".")]
+
+
+def test_failed_save_leaves_the_existing_checkpoint_untouched(saved, monkeypatch):
+    path, config = saved
+    before = {f.name: f.read_bytes() for f in path.iterdir()}
+    model, _ = sparse_model("peft-lora", sparsity=0.9)
+    real_write = checkpoint._write_bytes
+
+    def write_then_fail(target, data):
+        real_write(target, data[:10])
+        if target.name == CONFIG_FILE:
+            raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint, "_write_bytes", write_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        save_sparse(model, path)
+    assert {f.name: f.read_bytes() for f in path.iterdir()} == before
+    assert leftovers(path.parent) == []
+    load_sparse(base_model(config), path)
+
+
+def test_failed_rename_restores_the_existing_checkpoint(saved, monkeypatch):
+    path, _ = saved
+    before = {f.name: f.read_bytes() for f in path.iterdir()}
+    model, _ = sparse_model("peft-lora", sparsity=0.9)
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if Path(src).name.startswith(f".{path.name}.tmp-"):
+            raise OSError("rename failed")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(checkpoint.os, "replace", replace)
+    with pytest.raises(OSError, match="rename failed"):
+        save_sparse(model, path)
+    assert {f.name: f.read_bytes() for f in path.iterdir()} == before
+    assert leftovers(path.parent) == []
+
+
+def test_save_replaces_an_older_checkpoint(saved):
+    path, config = saved
+    model, _ = sparse_model("peft-lora", sparsity=0.9)
+    save_sparse(model, path)
+    loaded = load_sparse(base_model(config), path)
+    assert torch.equal(logits(loaded, inputs(config)), logits(model, inputs(config)))
+    assert leftovers(path.parent) == []
+
+
+def test_save_refuses_to_replace_a_foreign_directory(tmp_path):
+    target = tmp_path / "notes"
+    target.mkdir()
+    (target / "todo.txt").write_text("keep me")
+    model, _ = sparse_model("peft-lora")
+    with pytest.raises(CheckpointError, match="refusing to replace"):
+        save_sparse(model, target)
+    assert (target / "todo.txt").read_text() == "keep me"
+    assert sorted(p.name for p in target.iterdir()) == ["todo.txt"]
+
+
+def test_save_refuses_models_without_exactly_one_adapter(tmp_path):
+    with pytest.raises(ConfigError, match="carries no adapter"):
+        save_sparse(base_model(tiny_config()), tmp_path / "a")
+    model, _ = sparse_model("peft-lora")
+    model.add_adapter("second", copy.deepcopy(LORA))
+    with pytest.raises(ConfigError, match="exactly one adapter"):
+        save_sparse(model, tmp_path / "b")
+
+
+# --- the real MiniLM --------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["peft-lora", "houlsby"])
+def test_minilm_round_trip(minilm_path, family, tmp_path):
+    def minilm():
+        return AutoModelForSequenceClassification.from_pretrained(minilm_path, num_labels=2)
+
+    model = FAMILIES[family][1](minilm())
+    sa.sparsify(model, sa.SparsityConfig(method="magnitude", sparsity=0.9))
+    batch = inputs(model.config, batch=2, length=12)
+    expected = logits(model, batch)
+    save_sparse(model, tmp_path / "ckpt")
+    loaded = load_sparse(minilm(), tmp_path / "ckpt")
+    assert torch.equal(logits(loaded, batch), expected)
+    masks = sa.get_masks(model)
+    assert all(torch.equal(masks[n], m) for n, m in sa.get_masks(loaded).items())
+    assert sa.get_masks(loaded).keys() == masks.keys()
