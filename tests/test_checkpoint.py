@@ -161,6 +161,35 @@ def test_round_trip_is_bit_identical(family, tmp_path):
     assert masked_parameters(loaded).config == masked_parameters(model).config
 
 
+def test_round_trip_with_an_adapterhub_flex_head(tmp_path):
+    config = tiny_config()
+
+    def flex_base():
+        torch.manual_seed(0)
+        return adapters.BertAdapterModel(copy.deepcopy(config))
+
+    model = flex_base()
+    model.add_adapter("task", config="seq_bn")
+    model.add_classification_head("task", num_labels=5)
+    model.train_adapter("task")
+    sa.sparsify(model, sa.SparsityConfig(method="magnitude", sparsity=0.5))
+    save_sparse(model, tmp_path / "ckpt")
+    loaded = load_sparse(flex_base(), tmp_path / "ckpt")
+    assert list(loaded.heads) == ["task"]
+    assert torch.equal(logits(loaded, inputs(config)), logits(model, inputs(config)))
+    assert trainable(loaded) == trainable(model)
+
+
+def test_load_into_a_model_already_carrying_the_adapter(tmp_path):
+    model, config = sparse_model("peft-lora")
+    save_sparse(model, tmp_path / "ckpt")
+    target = peft_builder(LORA)(base_model(config))
+    loaded = load_sparse(target, tmp_path / "ckpt")
+    assert loaded is target
+    assert torch.equal(logits(loaded, inputs(config)), logits(model, inputs(config)))
+    assert sa.get_masks(loaded).keys() == sa.get_masks(model).keys()
+
+
 @pytest.mark.parametrize("family", ["peft-lora", "houlsby"])
 def test_training_after_load_keeps_pruned_weights_zero(family, tmp_path):
     model, config = sparse_model(family, sparsity=0.8)
@@ -525,6 +554,17 @@ def test_model_with_another_adapter_is_refused(saved):
     )
     with pytest.raises(CheckpointError, match="not in the checkpoint"):
         load_sparse(other, path)
+
+
+def test_adapter_config_from_an_unknown_library_version_is_refused(saved):
+    path, config = saved
+    meta = json.loads((path / CONFIG_FILE).read_text())
+    meta["adapter_config"]["option_from_the_future"] = 1
+    meta["versions"]["peft"] = "99.0"
+    meta["sha256"] = checkpoint._checksum((path / WEIGHTS_FILE).read_bytes(), meta)
+    (path / CONFIG_FILE).write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"saved with peft 99\.0.*install"):
+        load_sparse(base_model(config), path)
 
 
 # --- atomic writes ----------------------------------------------------------------------------
