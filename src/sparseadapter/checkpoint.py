@@ -336,24 +336,10 @@ def read_sparse(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torc
     return meta, safetensors.torch.load(payload)
 
 
-def _rebuild_config(meta: dict[str, Any], build: Callable[[dict], Any]) -> Any:
-    try:
-        return build(meta["adapter_config"])
-    except TypeError as err:  # options this library version does not know
-        library = "peft" if meta["library"] == "peft" else "adapters"
-        raise CheckpointError(
-            f"cannot rebuild the adapter config ({err}): it was saved with {library} "
-            f"{meta['versions'][library]}, this is {library} {metadata.version(library)}; install "
-            "the version the checkpoint was saved with"
-        ) from None
-
-
 def _attach_peft(model: nn.Module, meta: dict[str, Any]) -> nn.Module:
     if isinstance(model, peft.PeftModel):
         return model
-    config = _rebuild_config(
-        meta, lambda data: peft.PeftConfig.from_peft_type(**{**data, "inference_mode": False})
-    )
+    config = peft.PeftConfig.from_peft_type(**{**meta["adapter_config"], "inference_mode": False})
     return peft.get_peft_model(model, config, adapter_name=meta["adapter_name"])
 
 
@@ -368,7 +354,7 @@ def _attach_adapterhub(model: nn.Module, meta: dict[str, Any]) -> nn.Module:
     if getattr(model, "adapters_config", None) is None:
         adapters.init(model)
     if name not in model.adapters_config.adapters:
-        model.add_adapter(name, config=_rebuild_config(meta, adapters.AdapterConfig.load))
+        model.add_adapter(name, config=adapters.AdapterConfig.load(meta["adapter_config"]))
     for head_name, head_config in meta["heads"].items():
         if head_name not in model.heads:
             model.add_prediction_head_from_config(head_name, dict(head_config))
