@@ -1,6 +1,7 @@
 """sparseadapter: prune adapter weights at initialization and keep them sparse while training."""
 
 from sparseadapter.budget import ParameterReport, large_sparse, parameter_report
+from sparseadapter.checkpoint import export_dense, load_sparse, merge, save_sparse
 from sparseadapter.config import SparsityConfig
 from sparseadapter.errors import (
     CheckpointError,
@@ -35,10 +36,14 @@ __all__ = [
     "SparsityReport",
     "apply_masks",
     "available_scorers",
+    "export_dense",
     "get_masks",
     "large_sparse",
+    "load_sparse",
+    "merge",
     "parameter_report",
     "register_scorer",
     "remove_sparsity",
+    "save_sparse",
     "sparsify",
 ]
