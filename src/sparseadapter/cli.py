@@ -91,7 +91,14 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
         help="Override any config key, e.g. --set train.epochs=3 (repeatable; applied last).",
     )
     for flag, (key, kind) in RUN_FLAGS.items():
-        parser.add_argument(flag, dest=key, type=kind, default=None, help=_help(key))
+        parser.add_argument(
+            flag,
+            dest=key,
+            type=kind,
+            default=None,
+            metavar=flag[2:].upper().replace("-", "_"),
+            help=f"{_help(key)} [{key}]",
+        )
     parser.add_argument(
         "--full-finetune",
         action="store_true",
@@ -112,7 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     train = commands.add_parser(
-        "train", help="Train one run (adapter + pruner + sparsity) and write its folder."
+        "train",
+        help="Train one run (adapter + pruner + sparsity) and write its folder.",
+        description="Train one run and write its folder. Each flag sets the config key shown in "
+        "brackets; precedence: defaults < --config file < flags < --set. See docs/cli.md.",
     )
     _add_run_flags(train)
     evaluate = commands.add_parser("eval", help="Reload a finished run and re-score its dev set.")

@@ -314,6 +314,7 @@ def plot(cells: list[dict[str, Any]], path: Path, extra_keys: list[str] = ()) ->
             ax.axhline(100 * c["mean"], color="gray", linestyle=":", label="full fine-tuning")
         ax.set_title(f"{cells[0]['task']}: {adapter}")
         ax.set_xlabel("sparsity")
+        ax.set_xlim(0, 1)
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     axes[0][0].set_ylabel(f"dev {cells[0]['metric']} (x100)")

@@ -267,7 +267,7 @@ def _log_to(path: Path | None, quiet: bool) -> Iterator[None]:
             handlers.append(_TqdmHandler(logging.INFO))
     for handler in handlers:
         log.addHandler(handler)
-    previous = log.level
+    previous = log.level, log.propagate
     log.setLevel(logging.DEBUG)
     log.propagate = False
     try:
@@ -276,7 +276,7 @@ def _log_to(path: Path | None, quiet: bool) -> Iterator[None]:
         for handler in handlers:
             log.removeHandler(handler)
             handler.close()
-        log.setLevel(previous)
+        log.level, log.propagate = previous
 
 
 class _TqdmHandler(logging.Handler):

@@ -1,0 +1,181 @@
+"""The sparseadapter command end to end: real MiniLM on real GLUE subsets, and every user error.
+
+Real-model runs use one thread: on a shared 2-core machine two OpenMP threads per process can be
+ten times slower than one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_train import tiny_bert  # noqa: F401  (session fixture: a tiny BERT folder)
+
+from sparseadapter.cli import main
+
+
+def small(glue_dir: Path, output: Path) -> list[str]:
+    """Flags for a run of a few seconds: 16 examples, length 32, one epoch."""
+    return [
+        "--data-dir", str(glue_dir), "--max-train-samples", "16", "--max-eval-samples", "16",
+        "--max-length", "32", "--epochs", "1", "--batch-size", "8", "--scoring-examples", "16",
+        "--output", str(output), "--quiet",
+    ]  # fmt: skip
+
+
+def read_final(output: Path) -> dict:
+    return json.loads((output / "final.json").read_text())
+
+
+@pytest.fixture
+def one_thread():
+    torch.set_num_threads(1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("task", "options", "sparsity"),
+    [
+        ("rte", ["--adapter", "houlsby", "--pruner", "snip", "--sparsity", "0.4"], 0.4),
+        ("rte", ["--adapter", "pfeiffer", "--pruner", "grasp", "--sparsity", "0.8"], 0.8),
+        ("rte", ["--adapter", "parallel", "--pruner", "magnitude", "--scope", "layer"], 0.4),
+        ("rte", ["--adapter", "mam", "--pruner", "random"], 0.4),
+        ("rte", ["--adapter", "prefix", "--pruner", "synflow", "--sparsity", "0.5"], 0.5),
+        ("mrpc", ["--adapter", "lora", "--large-sparse", "4", "--pruner", "snip"], 0.75),
+        ("rte", ["--full-finetune"], None),
+    ],
+    ids=["houlsby", "pfeiffer", "parallel", "mam", "prefix", "lora-large-sparse", "full"],
+)
+def test_train_then_eval_reproduces(
+    task, options, sparsity, glue_dir, tmp_path, capsys, one_thread
+):
+    output = tmp_path / "run"
+    assert main(["train", "--task", task, *options, *small(glue_dir, output)]) == 0
+    final = read_final(output)
+    printed = capsys.readouterr().out
+    assert f"dev {final['main_metric']} = {final['score']:.4f}" in printed
+    assert final["main_metric"] == ("f1" if task == "mrpc" else "accuracy")
+    params = final["parameters"]
+    if sparsity is None:
+        assert final["sparsity"] is None and params["trainable"] == params["total"]
+    else:
+        assert final["sparsity"]["achieved_sparsity"] == pytest.approx(sparsity, abs=1e-3)
+        # zero-initialized factors can keep some kept weights at 0 after two steps
+        assert params["nonzero_prunable"] <= final["sparsity"]["kept"]
+        assert params["nonzero_trainable"] < params["trainable"] < params["total"] / 2
+
+    assert main(["eval", str(output)]) == 0
+    assert "(same as final.json" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_python_dash_m_entry_point(glue_dir, tmp_path):
+    output = tmp_path / "sst2"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable,
+        "-m",
+        "sparseadapter",
+        "train",
+        "--task",
+        "sst2",
+        "--adapter",
+        "lora",
+    ]
+    done = subprocess.run(
+        [*command, *small(glue_dir, output)], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"dev accuracy = {read_final(output)['score']:.4f}" in done.stdout
+    assert "pruning    none (dense)" in done.stdout
+
+
+def tiny_train(tiny_bert: str, glue_dir: Path, output: Path, *extra: str) -> int:  # noqa: F811
+    return main(["train", "--model", tiny_bert, "--task", "stsb", *small(glue_dir, output), *extra])
+
+
+def test_export_formats(tiny_bert, glue_dir, tmp_path, capsys, one_thread):  # noqa: F811
+    run = tmp_path / "run"
+    assert tiny_train(tiny_bert, glue_dir, run, "--pruner", "magnitude") == 0
+    assert main(["export", str(run), "--format", "adapterhub"]) == 0
+    assert (run / "export-adapterhub" / "adapter_config.json").is_file()
+    assert main(["export", str(run), "--format", "sparse", "--output", str(tmp_path / "s")]) == 0
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == sorted(
+        p.name for p in (run / "adapter").iterdir()
+    )
+    capsys.readouterr()
+    assert main(["export", str(run), "--format", "peft"]) == 2
+    assert "exports as format='adapterhub'" in capsys.readouterr().err
+
+
+def test_finished_output_is_refused_unless_overwrite(tiny_bert, glue_dir, tmp_path, capsys):  # noqa: F811
+    torch.set_num_threads(1)
+    run = tmp_path / "run"
+    assert tiny_train(tiny_bert, glue_dir, run) == 0
+    first = read_final(run)
+    capsys.readouterr()
+    assert tiny_train(tiny_bert, glue_dir, run) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "--overwrite" in err and err.count("\n") == 1
+    assert tiny_train(tiny_bert, glue_dir, run, "--overwrite", "--seed", "1") == 0
+    assert read_final(run)["score"] != first["score"]
+
+
+def bad_tsv(tmp_path: Path) -> Path:
+    (tmp_path / "RTE").mkdir(parents=True)
+    (tmp_path / "RTE" / "train.tsv").write_text(
+        "id\tpremise\thypothesis\tlabel\n0\ta\tb\tentailment\n"
+    )
+    return tmp_path
+
+
+ERRORS = [
+    # (arguments after `train --task rte`, fragment of the one-line message)
+    (["--task", "squad"], "unknown GLUE task 'squad'; use one of: cola"),
+    (["--adapter", "bottleneck"], "unknown adapter 'bottleneck'; use one of: houlsby"),
+    (["--pruner", "obd"], "unknown pruning method 'obd'; choose one of"),
+    (["--data-dir", "{tmp}/nowhere"], "does not exist; pass the folder that holds RTE/"),
+    (["--data-dir", "{tmp}"], "no RTE/ folder in"),
+    (["--data-dir", "{bad_tsv}"], "lacks the column(s) sentence1, sentence2"),
+    (["--set", "train.epoch=3"], "unknown key train.epoch; valid train keys: epochs"),
+    (["--set", "epochs=3"], "unknown key 'epochs'; valid keys:"),
+    (["--model", "{tmp}"], "cannot load a model from"),
+    (["--epochs", "three"], "argument --epochs: invalid int value: 'three'"),
+    (["--sparsity", "1.5", "--pruner", "snip"], "sparsity must be in [0, 1)"),
+    (["--full-finetune", "--adapter", "lora"], "drop --adapter"),
+    (["--config", "{tmp}/missing.yaml"], "missing.yaml does not exist"),
+]
+
+
+@pytest.mark.parametrize(("args", "fragment"), ERRORS, ids=[e[1][:30] for e in ERRORS])
+def test_train_errors_are_one_line_exit_2(args, fragment, glue_dir, tmp_path, capsys):
+    paths = {"tmp": str(tmp_path), "bad_tsv": str(bad_tsv(tmp_path / "bad"))}
+    args = [a.format(**paths) for a in args]
+    if "--data-dir" not in args:
+        args += ["--data-dir", str(glue_dir)]
+    code = main(["train", "--task", "rte", *args, "--output", str(tmp_path / "out"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert fragment in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        ([], "the following arguments are required: COMMAND"),
+        (["fly"], "invalid choice: 'fly'"),
+        (["eval", "{tmp}"], "is not a finished run (no final.json)"),
+        (["sweep", "{tmp}/sweep.yaml"], "sweep.yaml does not exist"),
+        (["export", "{tmp}", "--format", "onnx"], "invalid choice: 'onnx'"),
+    ],
+)
+def test_other_command_errors(argv, fragment, tmp_path, capsys):
+    assert main([a.format(tmp=tmp_path) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and fragment in err

@@ -1,0 +1,252 @@
+"""Run configs (YAML, flags, --set) and the training loop, on a tiny random BERT with real GLUE data.
+
+The tiny BERT (hidden 32, 2 layers) uses MiniLM's tokenizer, so real GLUE text runs through
+the whole pipeline in seconds; it runs on one thread, where such small matrices are fastest.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from sparseadapter import ConfigError, SparseAdapterError
+from sparseadapter.runconfig import (
+    DEFAULT_LR_ADAPTER,
+    DEFAULT_LR_FULL,
+    RunConfig,
+    resolve,
+    save_yaml,
+    valid_keys,
+)
+from sparseadapter.sparsify import get_masks
+from sparseadapter.tasks.glue import get_task
+from sparseadapter.train import evaluate_run, load_run_model, summary, train
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory, minilm_path) -> str:
+    """A random BERT (hidden 32, 2 layers) with MiniLM's tokenizer, saved as a model folder."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    path = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
+    torch.manual_seed(0)
+    config = AutoConfig.for_model(
+        "bert",
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    AutoModel.from_config(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture
+def one_thread():
+    torch.set_num_threads(1)
+
+
+def tiny_run(tiny_bert: str, glue_dir: Path, output: Path, **flags) -> RunConfig:
+    """A run config of the tiny BERT on 32 examples of a real GLUE task (flags: section.key)."""
+    base = {
+        "model.name": tiny_bert,
+        "data.task": "stsb",
+        "data.data_dir": str(glue_dir),
+        "data.max_train_samples": 32,
+        "data.max_eval_samples": 32,
+        "data.max_length": 32,
+        "train.epochs": 1,
+        "train.batch_size": 8,
+        "train.lr": 0.01,
+        "output": str(output),
+    }
+    return resolve(flags={**base, **flags})
+
+
+# --- run configs ---------------------------------------------------------------------------
+
+
+def test_config_file_then_flags_then_set(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {"data": {"task": "mrpc", "max_length": 64}, "train": {"epochs": 7, "seed": 3}}
+        )
+    )
+    config = resolve(path, {"train.epochs": 5}, ["train.epochs=2", "train.lr=3e-4"])
+    assert config.data.task == "mrpc" and config.data.max_length == 64  # from the file
+    assert config.train.seed == 3
+    assert config.train.epochs == 2  # --set beats the flag, which beats the file
+    assert config.train.lr == 3e-4  # "3e-4" (a YAML string) read as a number
+
+
+def test_derived_defaults():
+    dense = resolve(flags={"model.adapter": "lora"})
+    assert dense.prune is None and dense.pruner == "none"
+    assert dense.train.lr == DEFAULT_LR_ADAPTER
+    assert resolve(flags={"model.adapter": "full"}).train.lr == DEFAULT_LR_FULL
+    pruned = resolve(flags={"prune.method": "snip", "train.seed": 5})
+    assert pruned.prune.sparsity == 0.4 and pruned.prune.seed == 5
+    large = resolve(flags={"prune.method": "snip", "model.large_sparse": 4})
+    assert large.prune.sparsity == 0.75
+    assert large.run_name() == "rte-houlsby-ls4-snip75-s0"
+
+
+def test_resolved_config_round_trips(tmp_path):
+    config = resolve(
+        flags={"prune.method": "grasp", "model.large_sparse": 2, "prune.scope": "layer"},
+        overrides=["train.select=last", "data.max_train_samples=10"],
+    )
+    save_yaml(config, tmp_path / "config.yaml")
+    again = RunConfig.from_dict(yaml.safe_load((tmp_path / "config.yaml").read_text()))
+    assert again == config
+    assert again.prune.sparsity == 0.5 and again.prune.scope == "layer"
+
+
+@pytest.mark.parametrize(
+    ("flags", "overrides", "fragment"),
+    [
+        ({}, ["train.epoch=3"], "valid train keys: epochs, batch_size"),
+        ({}, ["training.epochs=3"], "valid keys: model.name"),
+        ({}, ["train.epochs"], "expects section.key=value"),
+        ({}, ["train.epochs=three"], "train.epochs must be int"),
+        ({"model.adapter": "bottleneck"}, [], "unknown adapter 'bottleneck'"),
+        ({"prune.method": "obd"}, [], "unknown pruning method 'obd'"),
+        ({"data.task": "squad"}, [], "unknown GLUE task 'squad'"),
+        ({"prune.sparsity": 0.5}, [], "add --pruner snip"),
+        ({"model.large_sparse": 4}, [], "Large-Sparse needs a pruner"),
+        ({"model.large_sparse": 4, "prune.method": "snip", "prune.sparsity": 0.5}, [], "drop --sparsity"),
+        ({"model.adapter": "full", "prune.method": "snip"}, [], "full fine-tuning is not pruned"),
+        ({"train.mixed_precision": "fp8"}, [], "mixed_precision must be one of"),
+        ({"train.select": "best", "train.eval_each_epoch": False}, [], "eval_each_epoch=true"),
+        ({"model.library": "peft", "model.adapter": "houlsby"}, [], "PEFT has no 'houlsby'"),
+    ],
+)  # fmt: skip
+def test_bad_configs_name_the_fix(flags, overrides, fragment):
+    with pytest.raises(SparseAdapterError) as err:
+        resolve(flags=flags, overrides=overrides)
+    assert fragment in str(err.value)
+
+
+def test_valid_keys_cover_every_section():
+    keys = valid_keys()
+    for key in ("model.adapter", "data.max_length", "prune.scope", "train.grad_accum", "output"):
+        assert key in keys
+
+
+# --- training ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def best_run(tiny_bert, glue_dir, tmp_path_factory):
+    """Three epochs with select=best; seed 0 peaks at epoch 2, so the best weights are restored."""
+    torch.set_num_threads(1)
+    output = tmp_path_factory.mktemp("runs") / "best"
+    config = tiny_run(
+        tiny_bert, glue_dir, output, **{"prune.method": "magnitude", "train.epochs": 3}
+    )
+    return config, train(config, quiet=True)
+
+
+def test_best_epoch_is_selected_and_restored(best_run):
+    config, final = best_run
+    scores = [record["score"] for record in final["history"]]
+    assert final["selected_epoch"] == scores.index(max(scores)) + 1
+    assert final["selected_epoch"] < 3, "precondition: the best epoch is not the last"
+    assert final["score"] == max(scores)
+    # the saved weights are the best epoch's: re-scoring them gives its score exactly
+    assert evaluate_run(config.output)["score"] == final["score"]
+
+
+def test_run_folder_layout(best_run):
+    config, final = best_run
+    folder = Path(config.output)
+    assert not folder.with_name(folder.name + ".partial").exists()
+    assert RunConfig.from_dict(yaml.safe_load((folder / "config.yaml").read_text())) == config
+    epochs = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in epochs] == [1, 2, 3]
+    assert all("pearson" in e["dev"]["validation"] for e in epochs)
+    saved = json.loads((folder / "final.json").read_text())
+    assert saved["score"] == final["score"] and saved["main_metric"] == "pearson"
+    assert saved["examples"] == {"train": 32, "validation": 32}
+    timing = saved["timing"]
+    assert timing["train_seconds"] > 0 and timing["train_examples_per_second"] > 0
+    assert timing["prune_seconds"] == saved["sparsity"]["seconds"]
+    params = saved["parameters"]
+    assert params["nonzero_trainable"] < params["trainable"] < params["total"]
+    assert "epoch 3" in (folder / "log.txt").read_text()
+    text = summary(final, config)
+    assert f"dev pearson = {final['score']:.4f}" in text and len(text.splitlines()) < 25
+
+
+def test_pruned_weights_stay_zero_through_training(best_run):
+    config, final = best_run
+    model, _ = load_run_model(Path(config.output), config, get_task("stsb"))
+    masks = get_masks(model)
+    assert sorted(masks) == sorted(t["name"] for t in final["sparsity"]["tensors"])
+    assert sum(int(m.sum()) for m in masks.values()) == final["sparsity"]["kept"]
+    params = dict(model.named_parameters())
+    for name, mask in masks.items():
+        assert not params[name][~mask].any(), f"a pruned weight of {name} was revived"
+        assert params[name][mask].all(), f"a kept weight of {name} is zero"
+    assert final["parameters"]["nonzero_prunable"] == final["sparsity"]["kept"]
+
+
+def test_select_last_keeps_the_last_epoch(tiny_bert, glue_dir, tmp_path, one_thread):
+    config = tiny_run(
+        tiny_bert, glue_dir, tmp_path / "last", **{"train.epochs": 2, "train.select": "last"}
+    )
+    final = train(config, quiet=True)
+    assert final["selected_epoch"] == 2 and final["score"] == final["history"][-1]["score"]
+    assert final["sparsity"] is None  # dense adapter
+
+
+def test_accumulation_and_bf16_keep_masks(tiny_bert, glue_dir, tmp_path, one_thread):
+    config = tiny_run(
+        tiny_bert,
+        glue_dir,
+        tmp_path / "bf16",
+        **{
+            "data.task": "rte",
+            "prune.method": "random",
+            "prune.sparsity": 0.7,
+            "train.grad_accum": 2,
+            "train.mixed_precision": "bf16",
+        },
+    )
+    final = train(config, quiet=True)
+    assert final["parameters"]["nonzero_prunable"] == final["sparsity"]["kept"]
+    assert 0.69 < final["sparsity"]["achieved_sparsity"] < 0.71
+    assert evaluate_run(config.output)["score"] == final["score"]
+
+
+def test_fp16_on_cpu_is_refused(tiny_bert, glue_dir, tmp_path):
+    config = tiny_run(tiny_bert, glue_dir, tmp_path / "fp16", **{"train.mixed_precision": "fp16"})
+    with pytest.raises(ConfigError, match="use --mixed-precision bf16 on CPU"):
+        train(config, quiet=True)
+
+
+def test_failed_overwrite_keeps_the_old_run(best_run, tiny_bert, glue_dir, monkeypatch):
+    config, _ = best_run
+    folder = Path(config.output)
+    before = (folder / "final.json").read_bytes()
+    with pytest.raises(ConfigError, match="already holds a finished run"):
+        train(config, quiet=True)
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("crash during training")
+
+    monkeypatch.setattr("sparseadapter.train._train", crash)
+    with pytest.raises(RuntimeError):
+        train(config, overwrite=True, quiet=True)
+    assert (folder / "final.json").read_bytes() == before
+    assert load_file(str(folder / "adapter" / "adapter.safetensors"))
