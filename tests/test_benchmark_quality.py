@@ -1,0 +1,73 @@
+"""The quality benchmark: --quick runs end to end, resumes from its records, and its verdicts
+follow the stated rules."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "quality.py"
+
+
+def _quality_module():
+    spec = importlib.util.spec_from_file_location("quality_benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_quick_mode_runs_and_resumes(tmp_path):
+    cmd = [sys.executable, str(SCRIPT), "--quick", "--runs-dir", str(tmp_path)]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stderr[-3000:]
+    records = [json.loads(x) for x in (tmp_path / "quality_runs.jsonl").read_text().splitlines()]
+    assert {(r["pruner"], r["sparsity"]) for r in records} == {("none", 0.0), ("snip", 0.4)}
+    assert all(0.0 <= r["score"] <= 1.0 for r in records)
+    assert "| rte | lora | snip | 0.4 |" in first.stdout
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0
+    assert len((tmp_path / "quality_runs.jsonl").read_text().splitlines()) == len(records)
+
+
+def _record(adapter, pruner, sparsity, seed, score, large_sparse=1, lr=1e-3):
+    tag = f"{pruner}{sparsity}" + (f"ls{large_sparse}" if large_sparse != 1 else "")
+    return {
+        "run": f"rte-{adapter}-{tag}-s{seed}",
+        "task": "rte",
+        "adapter": adapter,
+        "pruner": pruner,
+        "sparsity": sparsity,
+        "large_sparse": large_sparse,
+        "lr": lr,
+        "seed": seed,
+        "epochs": 3,
+        "metric": "accuracy",
+        "score": score,
+        "collapsed": False,
+        "nonzero_trainable": 100,
+    }
+
+
+def test_report_verdicts_follow_the_rules(tmp_path):
+    quality = _quality_module()
+    records = []
+    for seed, noise in [(1, 0.0), (2, 0.01)]:
+        records += [
+            _record("houlsby", "none", 0.0, seed, 0.60 + noise),
+            _record("houlsby", "snip", 0.4, seed, 0.62 + noise),  # beats dense: claim 1 holds
+            _record("lora", "none", 0.0, seed, 0.60 + noise),
+            _record("lora", "snip", 0.4, seed, 0.55 + noise),  # 5 points worse
+        ]
+    (tmp_path / "quality_runs.jsonl").write_text("\n".join(json.dumps(r) for r in records))
+    args = quality.parse_args(["--report-only", "--results-dir", str(tmp_path)])
+    text = quality.report(args).read_text()
+    claim1 = text.split("## Claim 1")[1].split("## Claim 2")[0]
+    assert "**Verdict: mixed (on 2 of 4 cells measured).**" in claim1
+    assert "| rte | houlsby | 60.50 ± 0.71 (n=2) | 62.50 ± 0.71 (n=2) |" in claim1
+    claim2 = text.split("## Claim 2")[1].split("## Claim 3")[0]
+    assert "**Verdict: mixed" in claim2  # houlsby within 1 point, lora 5 points below
+    assert "not measured yet" in text.split("## Claim 3")[1].split("## Claim 4")[0]
