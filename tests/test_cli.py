@@ -149,6 +149,7 @@ ERRORS = [
     (["--sparsity", "1.5", "--pruner", "snip"], "sparsity must be in [0, 1)"),
     (["--full-finetune", "--adapter", "lora"], "drop --adapter"),
     (["--config", "{tmp}/missing.yaml"], "missing.yaml does not exist"),
+    (["--output", "{tmp}"], "exists and is not a sparseadapter run; choose another --output"),
 ]
 
 
@@ -158,7 +159,7 @@ def test_train_errors_are_one_line_exit_2(args, fragment, glue_dir, tmp_path, ca
     args = [a.format(**paths) for a in args]
     if "--data-dir" not in args:
         args += ["--data-dir", str(glue_dir)]
-    code = main(["train", "--task", "rte", *args, "--output", str(tmp_path / "out"), "--quiet"])
+    code = main(["train", "--task", "rte", "--output", str(tmp_path / "out"), *args, "--quiet"])
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith("error: ") and err.count("\n") == 1, err

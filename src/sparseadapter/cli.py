@@ -159,11 +159,14 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from accelerate import PartialState
+
     from sparseadapter.train import summary, train
 
     config = _run_config(args)
     final = train(config, overwrite=args.overwrite, quiet=args.quiet)
-    print(summary(final, config))
+    if PartialState().is_main_process:  # one summary under `accelerate launch`
+        print(summary(final, config))
     return 0
 
 

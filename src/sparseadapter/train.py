@@ -183,9 +183,10 @@ def _broadcast_masks(model: nn.Module, config: SparsityConfig, accelerator: Acce
     apply_masks(model, masks, config)
 
 
-def _train_loader(config: RunConfig, data: RunData, tokenizer) -> DataLoader:
+def _train_loader(config: RunConfig, features: list[dict[str, Any]], tokenizer) -> DataLoader:
+    """Shuffled training batches; the order depends on the seed only."""
     return DataLoader(
-        encode(tokenizer, data.train, config.data.max_length, data.task.is_regression),
+        features,
         batch_size=config.train.batch_size,
         shuffle=True,
         collate_fn=PadCollator(tokenizer.pad_token_id or 0),
@@ -237,7 +238,8 @@ def _output_dirs(config: RunConfig, overwrite: bool) -> tuple[Path, Path]:
             f"{output} already holds a finished run; pass --overwrite to replace it "
             "or choose another --output"
         )
-    if output.exists() and not (output / FINAL_FILE).exists() and any(output.iterdir()):
+    is_other = output.exists() and (not output.is_dir() or any(output.iterdir()))
+    if is_other and not (output / FINAL_FILE).exists():
         raise ConfigError(
             f"{output} exists and is not a sparseadapter run; choose another --output"
         )
@@ -317,13 +319,16 @@ def _train(
 ) -> dict[str, Any]:
     task, cfg = data.task, config.train
     log.debug("run %s: %s", config.output_dir(), json.dumps(config.to_dict()))
-    train_loader = _train_loader(config, data, tokenizer)
+    features = encode(tokenizer, data.train, config.data.max_length, task.is_regression)
+    train_loader = _train_loader(config, features, tokenizer)
     dev_loaders = _dev_loaders(config, data, tokenizer)
     model.to(accelerator.device)
 
     sparsity_report = None
     if config.prune is not None:
-        sparsity_report = sparsify(model, config.prune, batches=train_loader)
+        # a loader of its own, so that pruning leaves the training data order unchanged
+        scoring = _train_loader(config, features, tokenizer)
+        sparsity_report = sparsify(model, config.prune, batches=scoring)
         _broadcast_masks(model, config.prune, accelerator)
         log.debug("pruning:\n%s", sparsity_report)
         log.info(
@@ -526,7 +531,7 @@ def summary(final: dict[str, Any], config: RunConfig) -> str:
         f"pruning    {pruning}",
         f"params     total {params['total']:,} | trainable {params['trainable']:,} | "
         f"non-zero trainable {params['nonzero_trainable']:,}",
-        f"training   {len(final['history'])} epochs in {timing['train_seconds']:.1f}s "
+        f"training   epochs {len(final['history'])}, {timing['train_seconds']:.1f}s "
         f"({timing['train_examples_per_second']:.1f} examples/s), "
         f"eval {timing['eval_seconds']:.1f}s",
         "epoch  train loss  dev " + final["main_metric"],
