@@ -7,6 +7,7 @@ exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 from dataclasses import MISSING, fields
@@ -213,7 +214,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sparseadapter`` command; returns the exit code."""
     from transformers.utils import logging as hf_logging
 
+    # library chatter ("newly initialized: classifier.*", adapter activation notes) is expected
     hf_logging.set_verbosity_error()
+    logging.getLogger("adapters").setLevel(logging.ERROR)
     try:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)

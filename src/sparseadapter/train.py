@@ -37,7 +37,7 @@ from sparseadapter.budget import parameter_report
 from sparseadapter.checkpoint import export_dense, load_sparse, save_sparse
 from sparseadapter.config import SparsityConfig
 from sparseadapter.errors import ConfigError
-from sparseadapter.runconfig import RunConfig, load_yaml, save_yaml
+from sparseadapter.runconfig import RunConfig, TrainConfig, load_yaml, save_yaml
 from sparseadapter.sparsify import apply_masks, get_masks, sparsify
 from sparseadapter.tasks.glue import Example, TaskSpec, compute_metrics, get_task, load_glue
 
@@ -89,10 +89,10 @@ def encode(
     tokenizer, examples: list[Example], max_length: int, is_regression: bool
 ) -> list[dict[str, Any]]:
     """Tokenized examples (unpadded) with their labels."""
-    texts_b = [e.text_b for e in examples]
+    pairs = bool(examples) and examples[0].text_b is not None
     encoded = tokenizer(
         [e.text_a for e in examples],
-        texts_b if texts_b[0] is not None else None,
+        [e.text_b for e in examples] if pairs else None,
         truncation=True,
         max_length=max_length,
     )
@@ -227,6 +227,15 @@ def evaluate(
     return results
 
 
+def _describe(record: dict[str, Any], task: TaskSpec) -> str:
+    """One line for an epoch record: train loss and the dev metrics."""
+    parts = [f"train loss {record['train_loss']:.4f}"]
+    for split, metrics in record.get("dev", {}).items():
+        values = " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "collapsed")
+        parts.append(f"{split} {values}" + (" (collapsed)" if metrics["collapsed"] else ""))
+    return ", ".join(parts)
+
+
 def _score(dev: dict[str, dict[str, float]], task: TaskSpec) -> float:
     return dev[task.dev_splits[0]][task.main_metric]
 
@@ -278,7 +287,8 @@ def _log_to(path: Path | None, quiet: bool) -> Iterator[None]:
         for handler in handlers:
             log.removeHandler(handler)
             handler.close()
-        log.level, log.propagate = previous
+        log.setLevel(previous[0])
+        log.propagate = previous[1]
 
 
 class _TqdmHandler(logging.Handler):
@@ -308,6 +318,39 @@ def train(config: RunConfig, overwrite: bool = False, quiet: bool = False) -> di
     return final
 
 
+def _prune(config: SparsityConfig, model: nn.Module, scoring: DataLoader, accelerator: Accelerator):
+    """Prune ``model`` once, before the optimizer exists; the same masks on every process."""
+    report = sparsify(model, config, batches=scoring)
+    _broadcast_masks(model, config, accelerator)
+    log.debug("pruning:\n%s", report)
+    log.info(
+        "pruned %s: %d of %d prunable weights kept (%.1f%% sparse) in %.1fs",
+        config.method,
+        report.kept,
+        report.prunable,
+        100 * report.achieved_sparsity,
+        report.seconds,
+    )
+    return report
+
+
+def _optimizer(model: nn.Module, cfg: TrainConfig, batches_per_epoch: int):
+    """AdamW (weight decay on matrices only) and a linear warm-up/decay schedule."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": [p for p in trainable if p.dim() > 1], "weight_decay": cfg.weight_decay},
+            {"params": [p for p in trainable if p.dim() <= 1], "weight_decay": 0.0},
+        ],
+        lr=cfg.lr,
+    )
+    total_steps = cfg.epochs * math.ceil(batches_per_epoch / cfg.grad_accum)
+    scheduler = get_linear_schedule_with_warmup(
+        optimizer, round(cfg.warmup_ratio * total_steps), total_steps
+    )
+    return optimizer, scheduler
+
+
 def _train(
     config: RunConfig,
     data: RunData,
@@ -321,42 +364,20 @@ def _train(
     log.debug("run %s: %s", config.output_dir(), json.dumps(config.to_dict()))
     features = encode(tokenizer, data.train, config.data.max_length, task.is_regression)
     train_loader = _train_loader(config, features, tokenizer)
-    dev_loaders = _dev_loaders(config, data, tokenizer)
     model.to(accelerator.device)
-
     sparsity_report = None
     if config.prune is not None:
         # a loader of its own, so that pruning leaves the training data order unchanged
         scoring = _train_loader(config, features, tokenizer)
-        sparsity_report = sparsify(model, config.prune, batches=scoring)
-        _broadcast_masks(model, config.prune, accelerator)
-        log.debug("pruning:\n%s", sparsity_report)
-        log.info(
-            "pruned %s: %d of %d prunable weights kept (%.1f%% sparse) in %.1fs",
-            config.prune.method,
-            sparsity_report.kept,
-            sparsity_report.prunable,
-            100 * sparsity_report.achieved_sparsity,
-            sparsity_report.seconds,
-        )
-
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() <= 1]
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": cfg.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=cfg.lr,
-    )
-    total_steps = cfg.epochs * math.ceil(len(train_loader) / cfg.grad_accum)
-    scheduler = get_linear_schedule_with_warmup(
-        optimizer, round(cfg.warmup_ratio * total_steps), total_steps
-    )
+        sparsity_report = _prune(config.prune, model, scoring, accelerator)
+    optimizer, scheduler = _optimizer(model, cfg, len(train_loader))
     model, optimizer, train_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, scheduler
     )
-    dev_loaders = {split: accelerator.prepare(loader) for split, loader in dev_loaders.items()}
+    dev_loaders = {
+        split: accelerator.prepare(loader)
+        for split, loader in _dev_loaders(config, data, tokenizer).items()
+    }
 
     history: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
@@ -400,12 +421,11 @@ def _train(
             record["score"] = _score(record["dev"], task)
             if cfg.select == "last" or best is None or record["score"] > best["score"]:
                 best = record
-                if cfg.select == "best" and epoch < cfg.epochs:
-                    best_state = _trainable_state(accelerator.unwrap_model(model))
-                elif cfg.select == "best":
-                    best_state = None
+                # the last epoch's weights are the model's own: no copy needed
+                last = epoch == cfg.epochs or cfg.select == "last"
+                best_state = None if last else _trainable_state(accelerator.unwrap_model(model))
         history.append(record)
-        log.info("epoch %d: %s", epoch, json.dumps(record))
+        log.info("epoch %d/%d: %s", epoch, cfg.epochs, _describe(record, task))
         if accelerator.is_main_process:
             with (folder / EPOCHS_FILE).open("a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
@@ -414,8 +434,7 @@ def _train(
     model = accelerator.unwrap_model(model)
     if best_state is not None:
         _load_trainable_state(model, best_state)
-    assert best is not None
-    report = parameter_report(model, config.prune or SparsityConfig())
+    assert best is not None  # the last epoch is always evaluated
     final = {
         "task": task.name,
         "main_metric": task.main_metric,
@@ -424,7 +443,7 @@ def _train(
         "selected_epoch": best["epoch"],
         "select": cfg.select,
         "examples": {"train": len(data.train), **{s: len(e) for s, e in data.dev.items()}},
-        "parameters": report.to_dict(),
+        "parameters": parameter_report(model, config.prune or SparsityConfig()).to_dict(),
         "sparsity": sparsity_report.to_dict() if sparsity_report else None,
         "timing": {
             "prune_seconds": sparsity_report.seconds if sparsity_report else 0.0,
