@@ -135,3 +135,22 @@ def test_sweep_runs_resumes_and_writes_results(tmp_path, tiny_bert, glue_dir, ca
     table = (out / "results.md").read_text()
     assert table.count("\n") == 2 + 3 and "±" in table
     assert (out / "sparsity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_failed_run_is_reported_and_the_sweep_goes_on(tmp_path, tiny_bert, glue_dir, capsys):  # noqa: F811
+    torch.set_num_threads(1)
+    base = {
+        "data": {"task": "rte", "data_dir": str(glue_dir), "max_train_samples": 8,
+                 "max_eval_samples": 8, "max_length": 16},
+        "train": {"epochs": 1, "batch_size": 8},
+    }  # fmt: skip
+    empty = tmp_path / "not-a-model"
+    empty.mkdir()
+    path = write_sweep(tmp_path, {"model.name": [str(empty), tiny_bert]}, base)
+    assert main(["sweep", str(path), "--quiet"]) == 1
+    captured = capsys.readouterr()
+    (failed,) = [line for line in captured.err.splitlines() if line.startswith("failed: ")]
+    assert "not-a-model" in failed and "cannot load a model" in failed
+    # a model path in the grid gives a flat folder name, not nested folders
+    (finished,) = (tmp_path / "sweep").rglob("final.json")
+    assert finished.parent.parent == tmp_path / "sweep" and "tiny-bert" in finished.parent.name

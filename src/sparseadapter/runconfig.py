@@ -286,7 +286,7 @@ def _build_prune(
 ) -> SparsityConfig | None:
     values = dict(values)
     method = values.get("method", NO_PRUNING)
-    sparsity = values.get("sparsity")
+    sparsity = _coerce("prune.sparsity", values.get("sparsity"), float | None)
     if method == NO_PRUNING:
         if sparsity not in (None, 0, 0.0):
             raise ConfigError(
@@ -301,9 +301,8 @@ def _build_prune(
                 f"Large-Sparse {model.large_sparse:g} fixes the sparsity at {implied:g}, "
                 f"got sparsity {sparsity}: drop --sparsity"
             )
-        values["sparsity"] = implied
-    elif sparsity is None:
-        values["sparsity"] = DEFAULT_SPARSITY
+        sparsity = implied
+    values["sparsity"] = DEFAULT_SPARSITY if sparsity is None else sparsity
     if values.get("seed") is None:
         values["seed"] = train.seed
     return SparsityConfig.from_dict(values)

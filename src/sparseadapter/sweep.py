@@ -29,6 +29,7 @@ import copy
 import csv
 import itertools
 import json
+import re
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -89,6 +90,7 @@ class SweepSpec:
                 f"-{key.rsplit('.', 1)[-1]}{_config_value(config, key)}"
                 for key in self.extra_keys()
             )
+            name = re.sub(r"[^\w.+-]", "_", name)  # e.g. a model path as a grid value
             config.output = str(self.output / name)
             runs.setdefault(name, config)
         if not runs:
@@ -102,11 +104,12 @@ def _config_value(config: RunConfig, key: str) -> Any:
 
 
 def _normalized(data: dict[str, Any]) -> RunConfig | None:
-    """The run a grid point means, or None for a point that is no run (Large-Sparse, dense)."""
+    """The run a grid point means, or None for Large-Sparse without a pruner (no run)."""
     model, prune = data.setdefault("model", {}), data.setdefault("prune", {})
     if model.get("adapter") == FULL_FINETUNE:
         prune.clear()
         model.pop("large_sparse", None)
+        model.pop("width", None)
     if prune.get("method", NO_PRUNING) == NO_PRUNING:
         if model.get("large_sparse", 1) != 1:
             return None
