@@ -180,3 +180,18 @@ def test_other_command_errors(argv, fragment, tmp_path, capsys):
     assert main([a.format(tmp=tmp_path) for a in argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and fragment in err
+
+
+def test_flags_that_fix_the_sparsity_override_the_config_file(tmp_path, monkeypatch):
+    """--pruner none / --large-sparse K replace a config file's sparsity instead of clashing."""
+    seen = []
+    monkeypatch.setattr("sparseadapter.train.train", lambda config, **kw: seen.append(config))
+    monkeypatch.setattr("sparseadapter.train.summary", lambda final, config: "")
+    config = str(Path(__file__).parents[1] / "configs" / "rte_houlsby.yaml")  # snip at 0.4
+    assert main(["train", "--config", config, "--pruner", "none"]) == 0
+    assert main(["train", "--config", config, "--large-sparse", "4"]) == 0
+    assert main(["train", "--config", config, "--pruner", "random"]) == 0
+    dense, large, random = seen
+    assert dense.prune is None
+    assert large.prune.method == "snip" and large.prune.sparsity == 0.75
+    assert random.prune.method == "random" and random.prune.sparsity == 0.4

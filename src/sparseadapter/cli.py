@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_config(args: argparse.Namespace) -> RunConfig:
-    from sparseadapter.runconfig import FULL_FINETUNE, resolve
+    from sparseadapter.runconfig import FULL_FINETUNE, NO_PRUNING, resolve
 
     flags: dict[str, Any] = {
         key: getattr(args, key) for key, _ in RUN_FLAGS.values() if getattr(args, key) is not None
@@ -156,6 +156,10 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
         if "model.adapter" in flags:
             raise _UsageError("--full-finetune trains without an adapter: drop --adapter")
         flags["model.adapter"] = FULL_FINETUNE
+    # --pruner none and --large-sparse K set the sparsity: a config file's value yields to them
+    implied = flags.get("prune.method") == NO_PRUNING or "model.large_sparse" in flags
+    if implied and "prune.sparsity" not in flags:
+        flags["prune.sparsity"] = None
     return resolve(args.config, flags, args.overrides)
 
 
