@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from test_train import tiny_bert  # noqa: F401  (session fixture: a tiny BERT fo
 
 from sparseadapter import ConfigError
 from sparseadapter.cli import main
-from sparseadapter.sweep import aggregate, load_sweep, run_sweep
+from sparseadapter.sweep import aggregate, load_sweep, plot, run_sweep
 
 
 def write_sweep(tmp_path: Path, grid: dict, base: dict | None = None) -> Path:
@@ -154,3 +155,12 @@ def test_a_failed_run_is_reported_and_the_sweep_goes_on(tmp_path, tiny_bert, glu
     # a model path in the grid gives a flat folder name, not nested folders
     (finished,) = (tmp_path / "sweep").rglob("final.json")
     assert finished.parent.parent == tmp_path / "sweep" and "tiny-bert" in finished.parent.name
+
+
+def test_plot_without_matplotlib_names_the_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    cell = {"task": "rte", "adapter": "lora", "pruner": "snip", "sparsity": 0.4,
+            "large_sparse": 1.0, "metric": "accuracy", "mean": 0.6, "std": 0.0}  # fmt: skip
+    with pytest.raises(ConfigError, match=r"pip install 'sparseadapter\[plot\]'"):
+        plot([cell], tmp_path / "p.png")
+    assert not (tmp_path / "p.png").exists()

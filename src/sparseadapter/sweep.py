@@ -282,8 +282,13 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
 def plot(cells: list[dict[str, Any]], path: Path, extra_keys: list[str] = ()) -> Path:
     """Score vs sparsity: a panel per adapter, a line per pruner (Large-Sparse as its own line),
     the dense adapter as a dashed and full fine-tuning as a dotted horizontal line."""
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError:
+        raise ConfigError(
+            "the sweep's tables are written, but its plot needs matplotlib: "
+            "pip install 'sparseadapter[plot]' and rerun the sweep (finished runs are skipped)"
+        ) from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
