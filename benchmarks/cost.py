@@ -362,30 +362,38 @@ def measure_steps(
 
 
 def measure_pruning(
-    family: str,
-    settings: CostSettings,
-    model_path: str,
-    batches: list[dict],
-    num_labels: int,
-    dense_step_s: float,
+    family: str, settings: CostSettings, model_path: str, batches: list[dict], num_labels: int
 ) -> dict[str, Any]:
-    """Seconds per method to prune the dense adapter, scoring on all ``batches``."""
-    model = make_variant(family, variant_specs(settings)[0], model_path, batches, num_labels).model
-    initial = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    """Seconds per method to prune the dense adapter, scoring on all ``batches``.
+
+    The unit, one training step of the same dense adapter, is timed right before and right
+    after each pruning run (cycling through the batches), so both see the same machine load.
+    """
+    dense = make_variant(family, variant_specs(settings)[0], model_path, batches, num_labels)
+    initial = {n: p.detach().clone() for n, p in dense.model.named_parameters() if p.requires_grad}
     examples = sum(len(b["labels"]) for b in batches)
+    unit_steps = 0
+
+    def unit_step() -> float:
+        nonlocal unit_steps
+        unit_steps += 1
+        return training_step(dense, batches[unit_steps % len(batches)])["total"]
+
     methods = {}
     for method in available_scorers():
-        seconds = []
+        runs, units = [], []
         for _ in range(settings.prune_repeats):
+            units.append(unit_step())
             with torch.no_grad():
-                for name, param in model.named_parameters():
+                for name, param in dense.model.named_parameters():
                     if name in initial:
                         param.copy_(initial[name])
             config = SparsityConfig(method, PRUNE_SPARSITY, num_examples=examples)
-            seconds.append(sparsify(model, config, batches).seconds)
-            remove_sparsity(model)
-        entry = {"seconds": float(np.median(seconds)), "runs_s": seconds}
-        entry["steps"] = entry["seconds"] / dense_step_s
+            runs.append(sparsify(dense.model, config, batches).seconds)
+            remove_sparsity(dense.model)
+            units.append(unit_step())
+        seconds, step = float(np.median(runs)), float(np.median(units))
+        entry = {"seconds": seconds, "runs_s": runs, "step_s": step, "steps": seconds / step}
         if get_scorer(method).needs_data:
             entry["steps_per_batch"] = entry["steps"] / len(batches)
         methods[method] = entry
@@ -393,7 +401,6 @@ def measure_pruning(
         "sparsity": PRUNE_SPARSITY,
         "scoring_examples": examples,
         "scoring_batches": len(batches),
-        "dense_step_s": dense_step_s,
         "methods": methods,
     }
 
@@ -697,6 +704,7 @@ def pruning_lines(results: dict[str, Any]) -> list[str]:
             [
                 method,
                 f"{e['seconds']:.2f}",
+                f"{e['step_s'] * 1e3:.0f}",
                 f"{e['steps']:.1f}",
                 f"{e['steps_per_batch']:.2f}" if "steps_per_batch" in e else "- (data-free)",
             ]
@@ -705,10 +713,13 @@ def pruning_lines(results: dict[str, Any]) -> list[str]:
         lines += [
             f"{family}: `sparsify` to {fam['sparsity']:.0%} (scoring + mask selection), scoring on "
             f"{fam['scoring_examples']} examples in {fam['scoring_batches']} batches; median of "
-            f"{results['settings']['prune_repeats']} run(s). Unit: one dense training step "
-            f"({fam['dense_step_s'] * 1e3:.1f} ms, the median above).",
+            f"{results['settings']['prune_repeats']} run(s). Unit: a training step of the same "
+            "dense adapter, timed right before and after each pruning run (median).",
             "",
-            *table(["method", "seconds", "training steps", "steps per scoring batch"], rows),
+            *table(
+                ["method", "seconds", "step ms", "training steps", "steps per scoring batch"],
+                rows,
+            ),
             "",
         ]
     return lines
@@ -864,7 +875,9 @@ def resolve_settings(args: argparse.Namespace) -> CostSettings:
     if unknown:
         raise SystemExit(f"unknown families {unknown}; choose from: {', '.join(FAMILIES)}")
     if not set(settings.prune_families) <= set(settings.families):
-        raise SystemExit("--prune-families must be among --families (their step time is the unit)")
+        raise SystemExit(
+            "--prune-families must be among --families: pruning is timed in each family's turn"
+        )
     return settings
 
 
@@ -908,12 +921,7 @@ def main(argv: list[str] | None = None) -> int:
             if family in settings.prune_families:
                 print(f"[cost] {family}: pruning time", flush=True)
                 results["pruning"][family] = measure_pruning(
-                    family,
-                    settings,
-                    model_path,
-                    batches,
-                    num_labels,
-                    steps["variants"][DENSE]["median_s"],
+                    family, settings, model_path, batches, num_labels
                 )
             print(f"[cost] {family}: peak memory", flush=True)
             results["memory"][family] = measure_memory(

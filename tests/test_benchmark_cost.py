@@ -71,7 +71,8 @@ def test_quick_run_reports_pruning_and_memory(quick_run):
     for family in results["pruning"].values():
         assert list(family["methods"]) == available_scorers()
         for method, entry in family["methods"].items():
-            assert is_positive(entry["seconds"]) and is_positive(entry["steps"])
+            assert is_positive(entry["seconds"]) and is_positive(entry["step_s"])
+            assert entry["steps"] == pytest.approx(entry["seconds"] / entry["step_s"])
             assert ("steps_per_batch" in entry) == (method in ("snip", "grasp"))
     for family in results["memory"].values():
         for key, probe in family["variants"].items():
