@@ -8,6 +8,9 @@ untouched; then training lowers the loss, moves kept adapter weights and never r
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from helpers import (
@@ -23,7 +26,14 @@ from helpers import (
 )
 
 from sparseadapter import ConfigError, SparsityConfig, get_masks, sparsify
-from sparseadapter.adapters import attach_adapter, build_model
+from sparseadapter.adapters import (
+    adapter_config,
+    attach_adapter,
+    build_model,
+    describe,
+    resolve_library,
+    resolve_model,
+)
 from sparseadapter.config import DEFAULT_HEAD_PATTERNS
 
 # The default exclude misses BART's head, `classification_head` (engine bug pinned by
@@ -235,7 +245,7 @@ def rte(glue_dir, minilm_path):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(minilm_path)
-    return rte_batches(glue_dir, tokenizer, num_examples=16, batch_size=4, max_length=32)
+    return rte_batches(glue_dir, tokenizer, num_examples=16, batch_size=4, max_length=24)
 
 
 @pytest.mark.slow
@@ -250,3 +260,150 @@ def test_minilm_rte(library, adapter, sparsity, rte):
     report, masks = sparsify_and_check(model, config, rte)
     losses = train_and_check(model, masks, rte, steps=30, lr=1e-3)
     assert sum(losses[-5:]) < sum(losses[:5])
+
+
+# Building adapters by name (sparseadapter.adapters).
+
+
+@pytest.mark.parametrize(
+    "adapter,library",
+    [
+        ("houlsby", "adapterhub"),
+        ("pfeiffer", "adapterhub"),
+        ("parallel", "adapterhub"),
+        ("mam", "adapterhub"),
+        ("prefix", "adapterhub"),
+        ("lora", "peft"),
+        ("ia3", "peft"),
+    ],
+)
+def test_auto_picks_a_library(adapter, library):
+    assert resolve_library(adapter) == library
+    package = {"adapterhub": "adapters", "peft": "peft"}[library]
+    assert type(adapter_config(adapter)).__module__.split(".")[0] == package
+
+
+def test_without_adapterhub_auto_falls_back_to_peft(monkeypatch):
+    monkeypatch.setitem(sys.modules, "adapters", None)  # `import adapters` raises ImportError
+    assert resolve_library("prefix") == "peft"
+    assert type(adapter_config("prefix")).__module__.split(".")[0] == "peft"
+    with pytest.raises(ConfigError, match=r'pip install "sparseadapter\[adapters\]"'):
+        adapter_config("houlsby")
+    with pytest.raises(ConfigError, match="or use library 'peft'"):
+        adapter_config("lora", "adapterhub")
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"adapter": "adapterfusion"}, "unknown adapter"),
+        ({"adapter": "lora", "library": "hf"}, "unknown adapter library"),
+        ({"adapter": "houlsby", "library": "peft"}, "PEFT has no 'houlsby'"),
+        ({"adapter": "ia3", "width": 4}, "no width"),
+        ({"adapter": "lora", "width": 0}, "positive integer"),
+        ({"adapter": "lora", "width": 2.5}, "positive integer"),
+        ({"adapter": "prefix", "width": True}, "positive integer"),
+        ({"adapter": "pfeiffer", "width": 8}, "hidden size"),
+    ],
+)
+def test_bad_adapter_options(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        adapter_config(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "library,adapter,width,weight",
+    [
+        ("adapterhub", "houlsby", 8, "adapter_down.0.weight"),
+        ("adapterhub", "houlsby", 5, "adapter_down.0.weight"),  # 5 does not divide 32
+        ("adapterhub", "pfeiffer", 12, "adapter_down.0.weight"),
+        ("adapterhub", "parallel", 6, "adapter_down.0.weight"),
+        ("adapterhub", "mam", 8, "adapter_down.0.weight"),
+        ("adapterhub", "prefix", 7, "wte.weight"),
+        ("adapterhub", "lora", 3, "lora_A"),
+        ("peft", "lora", 3, "lora_A.task.weight"),
+        ("peft", "prefix", 7, "embedding.weight"),
+    ],
+)
+def test_width_sets_the_adapter_size(library, adapter, width, weight):
+    model, _ = attach_adapter(tiny_model("bert"), adapter, library, width=width)
+    sized = [p for n, p in model.named_parameters() if n.endswith(weight)]
+    assert sized and all(p.shape[0] == width for p in sized)
+
+
+def test_lora_is_the_same_adapter_in_both_libraries():
+    hub, _ = attach_adapter(tiny_model("bert"), "lora", "adapterhub")
+    peft_model, _ = attach_adapter(tiny_model("bert"), "lora", "peft")
+    hub_lora = {n: p.shape for n, p in hub.named_parameters() if "lora" in n}
+    peft_lora = {n: p.shape for n, p in peft_model.named_parameters() if "lora" in n}
+    assert sorted(hub_lora.values()) == sorted(peft_lora.values())
+    for names in (hub_lora, peft_lora):
+        assert {n.split(".attention.self.")[1].split(".")[0] for n in names} == {"query", "value"}
+    assert adapter_config("lora", "adapterhub").alpha == adapter_config("lora", "peft").lora_alpha
+
+
+def tiny_distilbert():
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    config = AutoConfig.for_model(
+        "distilbert", dim=32, n_layers=2, n_heads=2, hidden_dim=64, vocab_size=100
+    )
+    return AutoModelForSequenceClassification.from_config(config)
+
+
+@pytest.mark.parametrize(
+    "make,heads,library",
+    [
+        (lambda: tiny_model("bart"), ["classification_head"], "peft"),
+        (lambda: tiny_model("bart"), ["classification_head"], "adapterhub"),
+        (tiny_distilbert, ["pre_classifier", "classifier"], "adapterhub"),
+    ],
+    ids=["bart-peft", "bart-hub", "distilbert-hub"],
+)
+def test_every_head_module_stays_trainable(make, heads, library):
+    """BART's classification_head and DistilBERT's pre_classifier are heads PEFT does not name."""
+    model = make()
+    head_sizes = sorted(p.numel() for n in heads for p in getattr(model, n).parameters())
+    model, _ = attach_adapter(model, "lora", library)
+    trainable = [p for n, p in model.named_parameters() if p.requires_grad and "lora" not in n]
+    assert sorted(p.numel() for p in trainable) == head_sizes
+
+
+def test_peft_error_is_a_config_error():
+    with pytest.raises(ConfigError, match="PEFT cannot add 'lora' to a distilbert model"):
+        attach_adapter(tiny_distilbert(), "lora", "peft")
+
+
+def test_full_fine_tuning_trains_everything():
+    model = tiny_model("bert")
+    model.requires_grad_(False)
+    model, sparsity = attach_adapter(model, None)
+    assert sparsity is None and all(p.requires_grad for p in model.parameters())
+
+
+def test_resolve_model():
+    path = Path(resolve_model("minilm"))
+    assert (path / "config.json").is_file()
+    assert resolve_model("roberta-base") == "roberta-base"
+
+
+@pytest.mark.parametrize("what", ["empty directory", "missing path"])
+def test_build_model_from_a_path_that_is_not_a_model(tmp_path, what):
+    path = str(tmp_path if what == "empty directory" else tmp_path / "nothing-here")
+    with pytest.raises(ConfigError) as error:
+        build_model(path, 2, "lora")
+    message = str(error.value)
+    assert path in message and "\n" not in message and len(message) < 500
+
+
+def test_describe_names_library_type_and_trainable_count():
+    hub, _ = attach_adapter(tiny_model("bert"), "houlsby", "adapterhub", width=8)
+    peft_model, _ = attach_adapter(tiny_model("bert"), "lora", "peft")
+    full, _ = attach_adapter(tiny_model("bert"), None)
+    for model, kind in [
+        (hub, "AdapterHub DoubleSeqBnConfig 'task'"),
+        (peft_model, "PEFT LORA 'task'"),
+        (full, "full fine-tuning"),
+    ]:
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        assert describe(model).startswith(f"{kind}: {trainable:,} trainable of ")

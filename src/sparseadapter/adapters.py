@@ -1,20 +1,15 @@
 """Building an adapter model from a name: ``minilm`` + ``houlsby`` + width → a ready model.
 
-Adapter names (the CLI's ``--adapter``) and what ``width`` means for each:
+Adapter names (the CLI's ``--adapter``), their configs (AdapterHub / PEFT) and what ``width``
+means for each:
 
-============  ==========================  ==========================================  ==============
-name          AdapterHub config           PEFT config                                 width
-============  ==========================  ==========================================  ==============
-houlsby       ``DoubleSeqBnConfig``       (none)                                      bottleneck dim
-pfeiffer      ``SeqBnConfig``             (none)                                      bottleneck dim
-parallel      ``ParBnConfig``             (none)                                      bottleneck dim
-mam           ``MAMConfig``               (none)                                      parallel FFN
-                                                                                      adapter's
-                                                                                      bottleneck dim
-prefix        ``PrefixTuningConfig``      ``PrefixTuningConfig`` (30 virtual tokens)  prefix length
-lora          ``LoRAConfig``              ``LoraConfig``                              rank
-ia3           ``IA3Config``               ``IA3Config``                               (none)
-============  ==========================  ==========================================  ==============
+- houlsby: ``DoubleSeqBnConfig`` / none; the bottleneck dim
+- pfeiffer: ``SeqBnConfig`` / none; the bottleneck dim
+- parallel: ``ParBnConfig`` / none; the bottleneck dim
+- mam: ``MAMConfig`` / none; the bottleneck dim of its parallel FFN adapter (prefix unchanged)
+- prefix: ``PrefixTuningConfig`` / ``PrefixTuningConfig``; the prefix length (default 30)
+- lora: ``LoRAConfig`` / ``LoraConfig``; the rank
+- ia3: ``IA3Config`` / ``IA3Config``; none (a width is an error)
 
 ``width=None`` keeps each library's defaults, except LoRA: rank 8 on the query and value
 projections with alpha 32 in both libraries (the official SparseAdapter code's setting; a given
@@ -79,7 +74,7 @@ def _has_adapterhub() -> bool:
 
 
 def resolve_library(adapter: str, library: str = "auto") -> str:
-    """ "adapterhub" or "peft": the library that builds ``adapter``; ConfigError if none can."""
+    """The library that builds ``adapter``: "adapterhub" or "peft"; ConfigError if none can."""
     if adapter not in ADAPTERS:
         raise ConfigError(f"unknown adapter {adapter!r}; choose one of {', '.join(ADAPTERS)}")
     if library not in LIBRARIES:
@@ -258,7 +253,13 @@ def attach_adapter(
         # PEFT keeps only heads named classifier/score trainable; BART's classification_head or
         # DistilBERT's pre_classifier would stay frozen.
         config.modules_to_save = [*(config.modules_to_save or []), *head_modules(model)]
-        return peft.get_peft_model(model, config, adapter_name=adapter_name), sparsity
+        try:
+            return peft.get_peft_model(model, config, adapter_name=adapter_name), sparsity
+        except ValueError as exc:  # e.g. no default LoRA target modules for this architecture
+            raise ConfigError(
+                f"PEFT cannot add {adapter!r} to a {model.config.model_type} model "
+                f"({str(exc).splitlines()[0]}); try library 'adapterhub'"
+            ) from exc
     import adapters
 
     adapters.init(model)
