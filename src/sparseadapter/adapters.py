@@ -43,6 +43,7 @@ PEFT_ADAPTERS = ("prefix", "lora", "ia3")
 LORA_RANK = 8
 LORA_ALPHA = 32
 PREFIX_LENGTH = 30
+PEFT_HEADS = ("classifier", "score")  # what PEFT trains and saves for SEQ_CLS by itself
 
 
 def _minilm_path() -> str:
@@ -250,9 +251,11 @@ def attach_adapter(
         if adapter == "prefix":
             _check_peft_prefix_head(model)
 
-        # PEFT keeps only heads named classifier/score trainable; BART's classification_head or
-        # DistilBERT's pre_classifier would stay frozen.
-        config.modules_to_save = [*(config.modules_to_save or []), *head_modules(model)]
+        # PEFT adds the heads named classifier/score to modules_to_save itself; other heads
+        # (BART's classification_head, DistilBERT's pre_classifier) would stay frozen.
+        extra_heads = [h for h in head_modules(model) if h not in PEFT_HEADS]
+        if extra_heads:
+            config.modules_to_save = [*(config.modules_to_save or []), *extra_heads]
         try:
             return peft.get_peft_model(model, config, adapter_name=adapter_name), sparsity
         except ValueError as exc:  # e.g. no default LoRA target modules for this architecture
