@@ -386,8 +386,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--claims", nargs="+", default=list(CLAIMS), choices=list(CLAIMS))
     p.add_argument("--adapters", nargs="+", default=None, help="only these adapters of each claim")
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
-    p.add_argument("--lr-grid", nargs="+", type=float, default=[3e-4, 1e-3, 3e-3])
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--lr-grid", nargs="+", type=float, default=[1e-3, 3e-3])
+    p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument(
         "--max-train-samples", type=int, default=None, help="cap every task's training set"
