@@ -60,16 +60,13 @@ def test_bottleneck_width_is_exact_for_any_integer_result(adapter, factor):
     assert_budget_kept(dense, wide, sparsity, factor, random_batches(num_batches=1, batch_size=8))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="budget.widen divides AdapterHub's reduction factor by the factor and "
-    "AdapterHub floors hidden / reduction: 32 // (16 / 5) == 9, not 10",
-)
 def test_widen_alone_sizes_bottleneck_exactly():
     import adapters
 
     model = tiny_model("bert")
-    config, _ = large_sparse(adapter_config("houlsby", "adapterhub", width=2, hidden_size=32), 5)
+    config, _ = large_sparse(
+        adapter_config("houlsby", "adapterhub", width=2, hidden_size=32), 5, hidden_size=32
+    )
     adapters.init(model)
     model.add_adapter("task", config=config)
     downs = [p for n, p in model.named_parameters() if "adapter_down" in n and p.dim() == 2]

@@ -32,8 +32,8 @@ from typing import Any
 
 from torch import nn
 
+from sparseadapter.budget import bottleneck_reduction, parameter_report
 from sparseadapter.budget import large_sparse as widen_for_large_sparse
-from sparseadapter.budget import parameter_report
 from sparseadapter.errors import ConfigError
 
 ADAPTERS = ("houlsby", "pfeiffer", "parallel", "mam", "prefix", "lora", "ia3")
@@ -108,18 +108,6 @@ def _check_width(width: Any, adapter: str) -> None:
         raise ConfigError(f"adapter width must be a positive integer, got {width!r}; e.g. 64")
 
 
-def bottleneck_reduction(hidden_size: int, width: int) -> float:
-    """A reduction factor from which AdapterHub builds a bottleneck of exactly ``width``.
-
-    AdapterHub computes ``int(hidden_size // reduction_factor)``; a float factor such as 32 / 5
-    can floor one unit short, so a width that does not divide the hidden size gets the factor
-    of ``width + 0.5``, safely inside the interval that floors to ``width``.
-    """
-    if hidden_size % width == 0:
-        return hidden_size // width
-    return hidden_size / (width + 0.5)
-
-
 def _adapterhub_config(adapter: str, width: int | None, hidden_size: int | None) -> Any:
     import adapters
 
@@ -173,29 +161,6 @@ def adapter_config(
     return _peft_config(adapter, width)
 
 
-def _exact_bottlenecks(dense: Any, wide: Any, factor: float, hidden_size: int) -> Any:
-    """``wide`` with each AdapterHub bottleneck sized exactly ``factor`` × its dense size.
-
-    budget.widen divides the reduction factor by ``factor``, and AdapterHub's floor of
-    ``hidden / (reduction / factor)`` can lose a unit (384 // (16 / 5) == 119, not 120).
-    """
-    if hasattr(dense, "configs") and hasattr(dense, "architecture"):  # ConfigUnion (MAM)
-        from adapters import ConfigUnion
-
-        parts = zip(dense.configs, wide.configs)
-        return ConfigUnion(*[_exact_bottlenecks(d, w, factor, hidden_size) for d, w in parts])
-    if not hasattr(dense, "reduction_factor"):
-        return wide
-    width = int(hidden_size // dense.reduction_factor) * factor
-    if abs(width - round(width)) > 1e-9:
-        raise ConfigError(
-            f"Large-Sparse factor {factor} gives a non-integer bottleneck width "
-            f"({int(hidden_size // dense.reduction_factor)} x {factor}); pick a factor that keeps "
-            "it an integer"
-        )
-    return wide.replace(reduction_factor=bottleneck_reduction(hidden_size, round(width)))
-
-
 def head_modules(model: nn.Module) -> list[str]:
     """Names of the task-head modules: the model's children with weights besides the backbone."""
     return [
@@ -243,8 +208,7 @@ def attach_adapter(
     config = adapter_config(adapter, library, width, hidden_size)
     sparsity = None
     if large_sparse != 1:
-        wide, sparsity = widen_for_large_sparse(config, large_sparse)
-        config = _exact_bottlenecks(config, wide, large_sparse, hidden_size)
+        config, sparsity = widen_for_large_sparse(config, large_sparse, hidden_size)
     if library == "peft":
         import peft
 

@@ -69,18 +69,46 @@ def _scaled(value: float, factor: float, what: str) -> int:
     return int(round(scaled))
 
 
-def widen(config: Any, factor: float) -> Any:
-    """A copy of a PEFT or AdapterHub adapter config with every width multiplied by ``factor``."""
+def bottleneck_reduction(hidden_size: int, width: int) -> float:
+    """A reduction factor from which AdapterHub builds a bottleneck of exactly ``width``.
+
+    AdapterHub computes ``int(hidden_size // reduction_factor)``; a float factor such as 32 / 5
+    can floor one unit short, so a width that does not divide the hidden size gets the factor
+    of ``width + 0.5``, safely inside the interval that floors to ``width``.
+    """
+    if hidden_size % width == 0:
+        return hidden_size // width
+    return hidden_size / (width + 0.5)
+
+
+def _widen_reduction(reduction: float, factor: float, hidden_size: int | None) -> float:
+    if hidden_size is None:
+        return reduction / factor
+    width = _scaled(int(hidden_size // reduction), factor, "bottleneck size")
+    return bottleneck_reduction(hidden_size, width)
+
+
+def widen(config: Any, factor: float, hidden_size: int | None = None) -> Any:
+    """A copy of a PEFT or AdapterHub adapter config with every width multiplied by ``factor``.
+
+    AdapterHub sizes bottlenecks as ``hidden_size // reduction_factor``: pass the model's
+    ``hidden_size`` to get bottlenecks of exactly ``factor`` times the dense size (without it
+    the reduction factor is divided by ``factor``, which can floor one unit short).
+    """
     name = type(config).__name__
     if hasattr(config, "configs") and hasattr(config, "architecture"):  # AdapterHub ConfigUnion
         from adapters import ConfigUnion
 
-        return ConfigUnion(*[widen(c, factor) for c in config.configs])
+        return ConfigUnion(*[widen(c, factor, hidden_size) for c in config.configs])
     if hasattr(config, "reduction_factor") and hasattr(config, "replace"):  # AdapterHub bottleneck
         reduction = config.reduction_factor
         if isinstance(reduction, dict):
-            return config.replace(reduction_factor={k: v / factor for k, v in reduction.items()})
-        return config.replace(reduction_factor=reduction / factor)
+            return config.replace(
+                reduction_factor={
+                    k: _widen_reduction(v, factor, hidden_size) for k, v in reduction.items()
+                }
+            )
+        return config.replace(reduction_factor=_widen_reduction(reduction, factor, hidden_size))
     if name == "PrefixTuningConfig" and hasattr(config, "replace"):  # AdapterHub
         return config.replace(
             prefix_length=_scaled(config.prefix_length, factor, "prefix length"),
@@ -114,8 +142,11 @@ def widen(config: Any, factor: float) -> Any:
     )
 
 
-def large_sparse(config: Any, factor: float) -> tuple[Any, float]:
-    """The adapter config widened by ``factor`` and the sparsity that keeps the dense budget."""
+def large_sparse(config: Any, factor: float, hidden_size: int | None = None) -> tuple[Any, float]:
+    """The adapter config widened by ``factor`` and the sparsity that keeps the dense budget.
+
+    ``hidden_size`` (the model's) makes AdapterHub bottleneck sizes exact; see :func:`widen`.
+    """
     if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor >= 1:
         raise ConfigError(f"Large-Sparse factor must be a number >= 1, got {factor!r}; e.g. 4")
-    return widen(config, factor), 1.0 - 1.0 / factor
+    return widen(config, factor, hidden_size), 1.0 - 1.0 / factor

@@ -11,7 +11,7 @@ from sparseadapter.errors import ConfigError
 SCOPES = ("global", "layer")
 ZERO_INIT_POLICIES = ("surrogate", "dense")
 DEFAULT_HEAD_PATTERNS = (
-    r"(^|\.)(classifier|score|qa_outputs|lm_head|heads|modules_to_save|original_module)(\.|$)",
+    r"(^|\.)(classifier|classification_head|score|qa_outputs|lm_head|heads|modules_to_save|original_module)(\.|$)",
 )
 
 
