@@ -46,6 +46,7 @@ RUN_FLAGS: dict[str, tuple[str, type]] = {
     "--max-grad-norm": ("train.max_grad_norm", float),
     "--seed": ("train.seed", int),
     "--select": ("train.select", str),
+    "--checkpoint-every": ("train.checkpoint_every", int),
     "--output": ("output", str),
 }
 _EXTRA_HELP = {
@@ -111,6 +112,12 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
         help="Replace a finished run in the output folder (only once the new run has finished).",
     )
     parser.add_argument("--quiet", action="store_true", help="No progress bar or epoch lines.")
+    parser.add_argument(
+        "--resume",
+        metavar="RUN",
+        help="Continue the interrupted run in folder RUN (its --output) from its last checkpoint "
+        "with its own config; other options must not change that config.",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run_config(args: argparse.Namespace) -> RunConfig:
+def _run_config(args: argparse.Namespace, base: dict[str, Any] | None = None) -> RunConfig:
     from sparseadapter.runconfig import FULL_FINETUNE, NO_PRUNING, resolve
 
     flags: dict[str, Any] = {
@@ -160,16 +167,24 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
     implied = flags.get("prune.method") == NO_PRUNING or "model.large_sparse" in flags
     if implied and "prune.sparsity" not in flags:
         flags["prune.sparsity"] = None
-    return resolve(args.config, flags, args.overrides)
+    return resolve(args.config, flags, args.overrides, base=base)
 
 
 def _train(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
-    from sparseadapter.train import summary, train
+    from sparseadapter.train import interrupted_config, summary, train
 
-    config = _run_config(args)
-    final = train(config, overwrite=args.overwrite, quiet=args.quiet)
+    if args.resume is None:
+        config = _run_config(args)
+    else:
+        for flag, value in (("--output", args.output), ("--overwrite", args.overwrite)):
+            if value:
+                raise _UsageError(f"--resume RUN continues the run in RUN: drop {flag}")
+        config = _run_config(args, base=interrupted_config(args.resume))
+    final = train(
+        config, overwrite=args.overwrite, quiet=args.quiet, resume=args.resume is not None
+    )
     if PartialState().is_main_process:  # one summary under `accelerate launch`
         print(summary(final, config))
     return 0

@@ -156,6 +156,13 @@ class TrainConfig:
         default="best",
         metadata={"help": "Which epoch's weights to keep: 'best' dev score or 'last'."},
     )
+    checkpoint_every: int = field(
+        default=100,
+        metadata={
+            "help": "Save a resumable checkpoint every N optimizer steps and after every epoch "
+            "(sparseadapter train --resume RUN); 0 = no checkpoints."
+        },
+    )
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size", "grad_accum"):
@@ -176,6 +183,11 @@ class TrainConfig:
             )
         if self.select not in SELECTIONS:
             raise ConfigError(f"train.select must be 'best' or 'last', got {self.select!r}")
+        if self.checkpoint_every < 0:
+            raise ConfigError(
+                f"train.checkpoint_every must be >= 0 (0 = no checkpoints), got "
+                f"{self.checkpoint_every}"
+            )
         if self.select == "best" and not self.eval_each_epoch:
             raise ConfigError(
                 "train.select=best needs train.eval_each_epoch=true; or set train.select=last"
@@ -400,9 +412,16 @@ def resolve(
     config_file: str | Path | None = None,
     flags: dict[str, Any] | None = None,
     overrides: list[str] | None = None,
+    base: dict[str, Any] | None = None,
 ) -> RunConfig:
-    """A run config from a YAML file, then ``section.key`` flags, then ``--set`` overrides."""
-    data = load_yaml(config_file) if config_file else {}
+    """A run config from ``base`` (e.g. a saved run's config), then a YAML file, then
+    ``section.key`` flags, then ``--set`` overrides."""
+    data = {name: dict(v) if isinstance(v, dict) else v for name, v in (base or {}).items()}
+    for name, values in (load_yaml(config_file) if config_file else {}).items():
+        if isinstance(values, dict) and isinstance(data.get(name), dict):
+            data[name].update(values)
+        else:
+            data[name] = values
     for path, value in (flags or {}).items():
         set_key(data, path, value)
     for assignment in overrides or []:
@@ -412,3 +431,16 @@ def resolve(
 
 def save_yaml(config: RunConfig, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
+
+
+def changed_keys(old: RunConfig, new: RunConfig) -> list[str]:
+    """``section.key: old -> new`` for every key (but ``output``) whose value differs."""
+    before, after = old.to_dict(), new.to_dict()
+    changes = []
+    for section in _SECTIONS:
+        keys = dict.fromkeys([*before[section], *after[section]])
+        for key in keys:
+            a, b = before[section].get(key), after[section].get(key)
+            if a != b:
+                changes.append(f"{section}.{key}: {a!r} -> {b!r}")
+    return changes

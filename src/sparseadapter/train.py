@@ -6,7 +6,13 @@ after every epoch → the best (or last) epoch's weights → the run folder.
 
 A run is written into ``<output>.partial/`` and renamed to ``<output>/`` only when it finished,
 so an unfinished run never looks finished and ``--overwrite`` replaces an old run only once the
-new one succeeded. Only the main process writes.
+new one succeeded. Only the main process writes. Every ``train.checkpoint_every`` optimizer
+steps and after every epoch the run saves ``<output>.partial/checkpoint.pt`` (see
+:mod:`sparseadapter.resume`); ``train(config, resume=True)`` continues from it and ends with the
+same weights and metrics as a run that was never interrupted.
+
+Data parallelism is DDP through accelerate (``torchrun`` / ``accelerate launch``); sharded
+parameters (FSDP, DeepSpeed, Megatron-LM) are refused, see :func:`check_parallelism`.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 import sys
 import time
@@ -25,8 +32,9 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.data_loader import skip_first_batches
 from accelerate.state import AcceleratorState, GradientState
-from accelerate.utils import broadcast, set_seed
+from accelerate.utils import DistributedType, broadcast, gather_object, set_seed
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -34,10 +42,18 @@ from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 
 from sparseadapter.adapters import build_model, load_model, resolve_library, resolve_model
 from sparseadapter.budget import parameter_report
-from sparseadapter.checkpoint import export_dense, load_sparse, save_sparse
+from sparseadapter.checkpoint import _base_identity, export_dense, load_sparse, save_sparse
 from sparseadapter.config import SparsityConfig
-from sparseadapter.errors import ConfigError
-from sparseadapter.runconfig import RunConfig, TrainConfig, load_yaml, save_yaml
+from sparseadapter.errors import CheckpointError, ConfigError
+from sparseadapter.resume import (
+    CHECKPOINT_FILE,
+    Progress,
+    read_checkpoint,
+    rng_states,
+    set_rng_states,
+    write_checkpoint,
+)
+from sparseadapter.runconfig import RunConfig, TrainConfig, changed_keys, load_yaml, save_yaml
 from sparseadapter.sparsify import apply_masks, get_masks, sparsify
 from sparseadapter.tasks.glue import Example, TaskSpec, compute_metrics, get_task, load_glue
 
@@ -48,6 +64,13 @@ LOG_FILE = "log.txt"
 ADAPTER_DIR = "adapter"
 MODEL_DIR = "model"
 PARTIAL_SUFFIX = ".partial"
+# when set to a folder, every process writes rank<N>.pt there: its masks and final trainable weights
+DEBUG_DUMP_ENV = "SPARSEADAPTER_DEBUG_DUMP"
+SHARDED = {
+    DistributedType.FSDP: "FSDP",
+    DistributedType.DEEPSPEED: "DeepSpeed",
+    DistributedType.MEGATRON_LM: "Megatron-LM",
+}
 
 log = logging.getLogger("sparseadapter.train")
 
@@ -122,16 +145,44 @@ class PadCollator:
 
 
 def make_accelerator(config: RunConfig) -> Accelerator:
-    """A fresh Accelerator for this run (runs in one process may differ in precision)."""
-    AcceleratorState._reset_state()
-    GradientState._reset_state()
-    accelerator = Accelerator(
-        mixed_precision=config.train.mixed_precision,
-        gradient_accumulation_steps=config.train.grad_accum,
-    )
+    """A fresh Accelerator for this run (runs in one process may differ in precision).
+
+    Under ``torchrun`` on a machine without GPUs accelerate finds no backend and would let every
+    process train alone; then the processes are joined over gloo on the CPU instead.
+    """
+
+    def fresh(cpu: bool) -> Accelerator:
+        AcceleratorState._reset_state(reset_partial_state=cpu)
+        GradientState._reset_state()
+        return Accelerator(
+            cpu=cpu,
+            mixed_precision=config.train.mixed_precision,
+            gradient_accumulation_steps=config.train.grad_accum,
+        )
+
+    accelerator = fresh(cpu=False)
+    if accelerator.num_processes == 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        accelerator = fresh(cpu=True)
+    check_parallelism(accelerator)
     if config.train.mixed_precision == "fp16" and accelerator.device.type == "cpu":
         raise ConfigError("fp16 mixed precision needs a GPU; use --mixed-precision bf16 on CPU")
     return accelerator
+
+
+def check_parallelism(accelerator: Accelerator) -> None:
+    """Refuse parallelism that shards or wraps parameters: the masks would silently stop working.
+
+    Masks are tied to the parameter tensors of the model; FSDP and DeepSpeed ZeRO-3 replace
+    them with flat shards, and DeepSpeed/Megatron-LM step their own optimizers. Data parallel
+    (DDP) on CPUs or GPUs is supported.
+    """
+    name = SHARDED.get(accelerator.distributed_type)
+    if name is not None:
+        raise ConfigError(
+            f"{name} is not supported yet: it shards or wraps the parameters, so the pruning "
+            "masks would not be enforced. Train data parallel instead (accelerate launch "
+            "--multi_gpu, or torchrun); see docs/distributed.md"
+        )
 
 
 def _problem_type(task: TaskSpec) -> str:
@@ -183,15 +234,21 @@ def _broadcast_masks(model: nn.Module, config: SparsityConfig, accelerator: Acce
     apply_masks(model, masks, config)
 
 
-def _train_loader(config: RunConfig, features: list[dict[str, Any]], tokenizer) -> DataLoader:
-    """Shuffled training batches; the order depends on the seed only."""
+def _train_loader(
+    config: RunConfig, features: list[dict[str, Any]], tokenizer, generator: torch.Generator
+) -> DataLoader:
+    """Shuffled training batches; the order depends on the state of ``generator`` only."""
     return DataLoader(
         features,
         batch_size=config.train.batch_size,
         shuffle=True,
         collate_fn=PadCollator(tokenizer.pad_token_id or 0),
-        generator=torch.Generator().manual_seed(config.train.seed),
+        generator=generator,
     )
+
+
+def _data_generator(config: RunConfig) -> torch.Generator:
+    return torch.Generator().manual_seed(config.train.seed)
 
 
 def _dev_loaders(config: RunConfig, data: RunData, tokenizer) -> dict[str, DataLoader]:
@@ -240,6 +297,26 @@ def _score(dev: dict[str, dict[str, float]], task: TaskSpec) -> float:
     return dev[task.dev_splits[0]][task.main_metric]
 
 
+def _partial_dir(output: Path) -> Path:
+    return output.with_name(output.name + PARTIAL_SUFFIX)
+
+
+def interrupted(config: RunConfig) -> bool:
+    """Whether the run's output folder has an unfinished run that can be resumed."""
+    return (_partial_dir(config.output_dir()) / CHECKPOINT_FILE).is_file()
+
+
+def _check_writable(folder: Path) -> None:
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"cannot write the run folder {folder}: {existing} is not a writable folder; "
+            "choose another --output"
+        )
+
+
 def _output_dirs(config: RunConfig, overwrite: bool) -> tuple[Path, Path]:
     output = config.output_dir()
     if (output / FINAL_FILE).exists() and not overwrite:
@@ -252,11 +329,60 @@ def _output_dirs(config: RunConfig, overwrite: bool) -> tuple[Path, Path]:
         raise ConfigError(
             f"{output} exists and is not a sparseadapter run; choose another --output"
         )
-    return output, output.with_name(output.name + PARTIAL_SUFFIX)
+    if interrupted(config) and not overwrite:
+        raise ConfigError(
+            f"{output} has an interrupted run with a checkpoint: pass --resume {output} to "
+            "continue it, or --overwrite to start over"
+        )
+    partial = _partial_dir(output)
+    _check_writable(partial)
+    return output, partial
+
+
+def interrupted_config(run_dir: str | Path) -> dict[str, Any]:
+    """The config (as a dict) of the interrupted run in ``run_dir``, to resume it.
+
+    ``run_dir`` is the run's output folder (or its ``.partial`` folder); ConfigError if it
+    holds no checkpoint.
+    """
+    output = Path(run_dir)
+    if output.name.endswith(PARTIAL_SUFFIX):
+        output = output.with_name(output.name.removesuffix(PARTIAL_SUFFIX))
+    _checkpoint_path(output)
+    data = load_yaml(_partial_dir(output) / CONFIG_FILE)
+    data["output"] = str(output)
+    return data
+
+
+def _checkpoint_path(output: Path) -> Path:
+    path = _partial_dir(output) / CHECKPOINT_FILE
+    if path.is_file():
+        return path
+    if (output / FINAL_FILE).is_file():
+        raise ConfigError(f"{output} is a finished run: there is nothing to resume")
+    raise ConfigError(
+        f"nothing to resume in {output}: no checkpoint {path} (one is written every "
+        "train.checkpoint_every steps and after each epoch); start the run again without --resume"
+    )
+
+
+def _resume_dirs(config: RunConfig) -> tuple[Path, Path, dict[str, Any]]:
+    """The output and partial folders and the checkpoint of a run to resume with ``config``."""
+    output = config.output_dir()
+    path = _checkpoint_path(output)
+    saved = RunConfig.from_dict(load_yaml(path.parent / CONFIG_FILE))
+    changes = changed_keys(saved, config)
+    if changes:
+        raise ConfigError(
+            f"resume of a run with a changed config ({'; '.join(changes)}): drop the options "
+            "that change it, or start a new run with --overwrite"
+        )
+    return output, path.parent, read_checkpoint(path)
 
 
 def _publish(partial: Path, output: Path) -> None:
-    """Move the finished run into place, replacing an old run only now."""
+    """Move the finished run into place (without its checkpoint), replacing an old run only now."""
+    (partial / CHECKPOINT_FILE).unlink(missing_ok=True)
     if output.exists():
         old = output.with_name(output.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
@@ -296,21 +422,38 @@ class _TqdmHandler(logging.Handler):
         tqdm.write(self.format(record), file=sys.stderr)
 
 
-def train(config: RunConfig, overwrite: bool = False, quiet: bool = False) -> dict[str, Any]:
-    """Run one training run and write its folder; returns the content of ``final.json``."""
-    output, partial = _output_dirs(config, overwrite)
+def train(
+    config: RunConfig, overwrite: bool = False, quiet: bool = False, resume: bool = False
+) -> dict[str, Any]:
+    """Run one training run and write its folder; returns the content of ``final.json``.
+
+    ``resume=True`` continues the interrupted run in ``config.output_dir()`` from its
+    checkpoint; ``config`` must be the run's own (ConfigError naming the changed keys if not).
+    """
+    checkpoint = None
+    if resume:
+        output, partial, checkpoint = _resume_dirs(config)
+    else:
+        output, partial = _output_dirs(config, overwrite)
     data = load_run_data(config)
     accelerator = make_accelerator(config)
+    if checkpoint is not None and checkpoint["num_processes"] != accelerator.num_processes:
+        raise ConfigError(
+            f"the run was checkpointed with {checkpoint['num_processes']} processes, this resume "
+            f"has {accelerator.num_processes}: resume it with as many processes"
+        )
     set_seed(config.train.seed)
     model, model_path = build_run_model(config, data.task)
     tokenizer = load_tokenizer(model_path)
-    if accelerator.is_main_process:
+    if checkpoint is not None:
+        _restore_model(model, checkpoint, config)
+    if accelerator.is_main_process and checkpoint is None:
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
         save_yaml(config, partial / CONFIG_FILE)
     accelerator.wait_for_everyone()
     with _log_to(partial / LOG_FILE if accelerator.is_main_process else None, quiet):
-        final = _train(config, data, model, tokenizer, accelerator, partial, quiet)
+        final = _train(config, data, model, tokenizer, accelerator, partial, quiet, checkpoint)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         _publish(partial, output)
@@ -359,17 +502,23 @@ def _train(
     accelerator: Accelerator,
     folder: Path,
     quiet: bool,
+    checkpoint: dict[str, Any] | None,
 ) -> dict[str, Any]:
     task, cfg = data.task, config.train
     log.debug("run %s: %s", config.output_dir(), json.dumps(config.to_dict()))
     features = encode(tokenizer, data.train, config.data.max_length, task.is_regression)
-    train_loader = _train_loader(config, features, tokenizer)
+    generator = _data_generator(config)
+    train_loader = _train_loader(config, features, tokenizer, generator)
     model.to(accelerator.device)
-    sparsity_report = None
-    if config.prune is not None:
-        # a loader of its own, so that pruning leaves the training data order unchanged
-        scoring = _train_loader(config, features, tokenizer)
-        sparsity_report = _prune(config.prune, model, scoring, accelerator)
+    if checkpoint is None:
+        progress = Progress()
+        sparsity = None
+        if config.prune is not None:
+            # a loader of its own, so that pruning leaves the training data order unchanged
+            scoring = _train_loader(config, features, tokenizer, _data_generator(config))
+            sparsity = _prune(config.prune, model, scoring, accelerator).to_dict()
+    else:
+        progress, sparsity = Progress(**checkpoint["progress"]), checkpoint["sparsity"]
     optimizer, scheduler = _optimizer(model, cfg, len(train_loader))
     model, optimizer, train_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, scheduler
@@ -378,23 +527,35 @@ def _train(
         split: accelerator.prepare(loader)
         for split, loader in _dev_loaders(config, data, tokenizer).items()
     }
+    if checkpoint is not None:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        generator.set_state(progress.data_state)
+        if accelerator.is_main_process:  # the epochs after the checkpoint are trained again
+            _write_history(folder, progress.history)
+        log.info("resumed at epoch %d, batch %d", progress.epoch, progress.batches_done)
+        set_rng_states(checkpoint["rng"][accelerator.process_index])
 
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] | None = None
-    best_state: dict[str, torch.Tensor] | None = None
-    train_seconds = eval_seconds = 0.0
-    seen = 0
+    def save() -> None:
+        _save_checkpoint(folder, accelerator, model, optimizer, scheduler, progress, sparsity)
+
     bar = tqdm(
         total=cfg.epochs * len(train_loader),
+        initial=(progress.epoch - 1) * len(train_loader) + progress.batches_done,
         desc="train",
         unit="batch",
         disable=quiet or not accelerator.is_local_main_process,
         dynamic_ncols=True,
     )
-    for epoch in range(1, cfg.epochs + 1):
+    for epoch in range(progress.epoch, cfg.epochs + 1):
+        if progress.batches_done == 0:
+            progress.data_state = generator.get_state()
+        loader = train_loader
+        if progress.batches_done:  # resumed mid-epoch: the same order, without the batches done
+            loader = skip_first_batches(train_loader, progress.batches_done)
         model.train()
-        start, loss_sum, batches = time.perf_counter(), 0.0, 0
-        for batch in train_loader:
+        start = time.perf_counter()
+        for batch in loader:
             with accelerator.accumulate(model):
                 loss = model(**batch).loss
                 accelerator.backward(loss)
@@ -403,37 +564,43 @@ def _train(
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
-            loss_sum += loss.item()
-            batches += 1
-            seen += len(batch["labels"]) * accelerator.num_processes
+            progress.loss_sum += loss.item()
+            progress.batches_done += 1
+            progress.seen += len(batch["labels"]) * accelerator.num_processes
             bar.update()
             bar.set_postfix(
                 epoch=f"{epoch}/{cfg.epochs}",
-                loss=f"{loss_sum / batches:.4f}",
-                ex_s=f"{seen / (train_seconds + time.perf_counter() - start):.1f}",
+                loss=f"{progress.loss_sum / progress.batches_done:.4f}",
+                ex_s=f"{progress.seen / (progress.train_seconds + time.perf_counter() - start):.1f}",
             )
-        train_seconds += time.perf_counter() - start
-        record: dict[str, Any] = {"epoch": epoch, "train_loss": loss_sum / max(batches, 1)}
-        if cfg.eval_each_epoch or epoch == cfg.epochs:
-            start = time.perf_counter()
-            record["dev"] = evaluate(model, dev_loaders, task, accelerator)
-            eval_seconds += time.perf_counter() - start
-            record["score"] = _score(record["dev"], task)
-            if cfg.select == "last" or best is None or record["score"] > best["score"]:
-                best = record
-                # the last epoch's weights are the model's own: no copy needed
-                last = epoch == cfg.epochs or cfg.select == "last"
-                best_state = None if last else _trainable_state(accelerator.unwrap_model(model))
-        history.append(record)
+            if accelerator.sync_gradients:
+                progress.steps += 1
+                mid_epoch = not accelerator.gradient_state.end_of_dataloader
+                if (
+                    mid_epoch
+                    and cfg.checkpoint_every
+                    and progress.steps % cfg.checkpoint_every == 0
+                ):
+                    progress.train_seconds += time.perf_counter() - start
+                    save()
+                    start = time.perf_counter()
+        progress.train_seconds += time.perf_counter() - start
+        record = _end_epoch(epoch, progress, model, dev_loaders, task, cfg, accelerator)
         log.info("epoch %d/%d: %s", epoch, cfg.epochs, _describe(record, task))
         if accelerator.is_main_process:
             with (folder / EPOCHS_FILE).open("a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
+        progress.epoch, progress.batches_done, progress.loss_sum = epoch + 1, 0, 0.0
+        progress.data_state = generator.get_state()
+        if cfg.checkpoint_every:
+            save()
     bar.close()
 
     model = accelerator.unwrap_model(model)
-    if best_state is not None:
-        _load_trainable_state(model, best_state)
+    if progress.best_state is not None:
+        _load_trainable_state(model, progress.best_state)
+    _debug_dump(model, accelerator)
+    best = progress.best
     assert best is not None  # the last epoch is always evaluated
     final = {
         "task": task.name,
@@ -444,20 +611,119 @@ def _train(
         "select": cfg.select,
         "examples": {"train": len(data.train), **{s: len(e) for s, e in data.dev.items()}},
         "parameters": parameter_report(model, config.prune or SparsityConfig()).to_dict(),
-        "sparsity": sparsity_report.to_dict() if sparsity_report else None,
+        "sparsity": sparsity,
         "timing": {
-            "prune_seconds": sparsity_report.seconds if sparsity_report else 0.0,
-            "train_seconds": train_seconds,
-            "eval_seconds": eval_seconds,
-            "train_examples_per_second": seen / train_seconds if train_seconds else 0.0,
+            "prune_seconds": sparsity["seconds"] if sparsity else 0.0,
+            "train_seconds": progress.train_seconds,
+            "eval_seconds": progress.eval_seconds,
+            "train_examples_per_second": progress.seen / progress.train_seconds
+            if progress.train_seconds
+            else 0.0,
         },
     }
     if accelerator.is_main_process:
         save_run_model(model, tokenizer, folder, config)
         (folder / FINAL_FILE).write_text(json.dumps(final, indent=2), encoding="utf-8")
         log.debug("final: %s", json.dumps(final))
-    final["history"] = history
+    final["history"] = progress.history
     return final
+
+
+def _end_epoch(
+    epoch: int,
+    progress: Progress,
+    model: nn.Module,
+    dev_loaders: dict[str, DataLoader],
+    task: TaskSpec,
+    cfg: TrainConfig,
+    accelerator: Accelerator,
+) -> dict[str, Any]:
+    """The epoch's record (evaluated if due), added to the history; tracks the best epoch."""
+    record: dict[str, Any] = {
+        "epoch": epoch,
+        "train_loss": progress.loss_sum / max(progress.batches_done, 1),
+    }
+    if cfg.eval_each_epoch or epoch == cfg.epochs:
+        start = time.perf_counter()
+        record["dev"] = evaluate(model, dev_loaders, task, accelerator)
+        progress.eval_seconds += time.perf_counter() - start
+        record["score"] = _score(record["dev"], task)
+        best = progress.best
+        if cfg.select == "last" or best is None or record["score"] > best["score"]:
+            progress.best = record
+            # the last epoch's weights are the model's own: no copy needed
+            last = epoch == cfg.epochs or cfg.select == "last"
+            progress.best_state = (
+                None if last else _trainable_state(accelerator.unwrap_model(model))
+            )
+    progress.history.append(record)
+    return record
+
+
+def _write_history(folder: Path, history: list[dict[str, Any]]) -> None:
+    lines = "".join(json.dumps(record) + "\n" for record in history)
+    (folder / EPOCHS_FILE).write_text(lines, encoding="utf-8")
+
+
+def _save_checkpoint(
+    folder: Path,
+    accelerator: Accelerator,
+    model: nn.Module,
+    optimizer,
+    scheduler,
+    progress: Progress,
+    sparsity: dict[str, Any] | None,
+) -> None:
+    """Write the run's resumable state (main process; every process adds its RNG states)."""
+    rng = gather_object([rng_states()])
+    if not accelerator.is_main_process:
+        return
+    model = accelerator.unwrap_model(model)
+    write_checkpoint(
+        folder / CHECKPOINT_FILE,
+        {
+            "num_processes": accelerator.num_processes,
+            "base_model": _base_identity(model),
+            "trainable": _trainable_state(model),
+            "masks": {name: mask.cpu() for name, mask in get_masks(model).items()},
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": rng,
+            "progress": progress.to_dict(),
+            "sparsity": sparsity,
+        },
+    )
+    log.debug("checkpoint at epoch %d, batch %d", progress.epoch, progress.batches_done)
+
+
+def _restore_model(model: nn.Module, checkpoint: dict[str, Any], config: RunConfig) -> None:
+    """Load a checkpoint's trainable weights and masks into the freshly built ``model``."""
+    saved, current = checkpoint["base_model"], _base_identity(model)
+    differ = [k for k in current if k != "name_or_path" and saved.get(k) != current[k]]
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    if differ or trainable != set(checkpoint["trainable"]):
+        what = f"base model ({', '.join(differ)} differ)" if differ else "adapter"
+        raise CheckpointError(
+            f"the checkpoint of {config.output_dir()} was written for another {what}: resume "
+            f"with the model the run started with ({config.model.name}), or start a new run "
+            "with --overwrite"
+        )
+    _load_trainable_state(model, checkpoint["trainable"])
+    if checkpoint["masks"]:
+        apply_masks(model, checkpoint["masks"], config.prune)
+
+
+def _debug_dump(model: nn.Module, accelerator: Accelerator) -> None:
+    """With SPARSEADAPTER_DEBUG_DUMP=DIR: this process's masks and trained weights, for tests."""
+    folder = os.environ.get(DEBUG_DUMP_ENV)
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        state = {
+            "num_processes": accelerator.num_processes,
+            "masks": {name: mask.cpu() for name, mask in get_masks(model).items()},
+            "trainable": _trainable_state(model),
+        }
+        torch.save(state, Path(folder) / f"rank{accelerator.process_index}.pt")
 
 
 def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
