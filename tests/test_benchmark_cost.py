@@ -58,8 +58,11 @@ def test_quick_run_reports_step_time_ratios(quick_run):
         for key, v in variants.items():
             if key == "dense":
                 continue
-            low, high = v["ci95"]
-            assert is_positive(v["ratio"]) and low <= v["ratio"] <= high
+            for ratio, (low, high) in (
+                (v["ratio"], v["ci95"]),
+                (v["paired_ratio"], v["paired_ci95"]),
+            ):
+                assert is_positive(ratio) and is_positive(low) and low <= high
             assert math.isfinite(v["enforcement_ms"])
             # the masks are real: the kept fraction matches the variant's sparsity
             assert v["kept"] / v["prunable"] == pytest.approx(1 - v["sparsity"], abs=1e-3)
@@ -97,8 +100,12 @@ def test_quick_run_writes_the_markdown_report(quick_run):
 def test_ratio_with_ci_of_paired_rounds(cost):
     dense = [1.0, 1.2, 0.9, 3.0, 1.1]
     stats = cost.ratio_with_ci([2 * t for t in dense], dense, resamples=200)
-    assert stats["ratio"] == pytest.approx(2.0)
-    assert stats["ci95"] == pytest.approx([2.0, 2.0])
+    assert stats["ratio"] == stats["paired_ratio"] == pytest.approx(2.0)
+    assert stats["ci95"] == stats["paired_ci95"] == pytest.approx([2.0, 2.0])
+    # a slow first round: the ratio of medians mixes rounds, the paired ratio does not
+    mixed = cost.ratio_with_ci([3.0, 2.2, 4.4], [1.0, 2.0, 4.0], resamples=200)
+    assert mixed["ratio"] == pytest.approx(1.5)
+    assert mixed["paired_ratio"] == pytest.approx(1.1)
     noisy = cost.ratio_with_ci([1.0, 1.5, 1.1, 1.2, 1.3], dense, resamples=500)
     assert noisy["ci95"][0] < noisy["ratio"] < noisy["ci95"][1]
 
