@@ -71,9 +71,13 @@ def set_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+def _temporary(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp")
+
+
 def write_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """Atomically replace the checkpoint at ``path`` with ``payload``."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = _temporary(path)
     with open(tmp, "wb") as f:
         torch.save({"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **payload}, f)
         f.flush()
@@ -84,6 +88,12 @@ def write_checkpoint(path: Path, payload: dict[str, Any]) -> None:
         os.fsync(directory)  # make the rename itself durable
     finally:
         os.close(directory)
+
+
+def remove_checkpoint(path: Path) -> None:
+    """Delete the checkpoint at ``path`` and a temporary file left by a save that was killed."""
+    path.unlink(missing_ok=True)
+    _temporary(path).unlink(missing_ok=True)
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:

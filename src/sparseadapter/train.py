@@ -44,11 +44,12 @@ from sparseadapter.adapters import build_model, load_model, resolve_library, res
 from sparseadapter.budget import parameter_report
 from sparseadapter.checkpoint import _base_identity, export_dense, load_sparse, save_sparse
 from sparseadapter.config import SparsityConfig
-from sparseadapter.errors import CheckpointError, ConfigError
+from sparseadapter.errors import CheckpointError, ConfigError, SparseAdapterError
 from sparseadapter.resume import (
     CHECKPOINT_FILE,
     Progress,
     read_checkpoint,
+    remove_checkpoint,
     rng_states,
     set_rng_states,
     write_checkpoint,
@@ -382,7 +383,7 @@ def _resume_dirs(config: RunConfig) -> tuple[Path, Path, dict[str, Any]]:
 
 def _publish(partial: Path, output: Path) -> None:
     """Move the finished run into place (without its checkpoint), replacing an old run only now."""
-    (partial / CHECKPOINT_FILE).unlink(missing_ok=True)
+    remove_checkpoint(partial / CHECKPOINT_FILE)
     if output.exists():
         old = output.with_name(output.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
@@ -452,8 +453,14 @@ def train(
         partial.mkdir(parents=True)
         save_yaml(config, partial / CONFIG_FILE)
     accelerator.wait_for_everyone()
-    with _log_to(partial / LOG_FILE if accelerator.is_main_process else None, quiet):
-        final = _train(config, data, model, tokenizer, accelerator, partial, quiet, checkpoint)
+    try:
+        with _log_to(partial / LOG_FILE if accelerator.is_main_process else None, quiet):
+            final = _train(config, data, model, tokenizer, accelerator, partial, quiet, checkpoint)
+    except SparseAdapterError:
+        # bad input found while pruning: leave no half-made run behind (unless it can resume)
+        if accelerator.is_main_process and not (partial / CHECKPOINT_FILE).exists():
+            shutil.rmtree(partial, ignore_errors=True)
+        raise
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         _publish(partial, output)

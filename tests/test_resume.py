@@ -1,0 +1,128 @@
+"""An interrupted run resumed with ``--resume`` ends exactly like a run that was never interrupted.
+
+The run is killed with SIGKILL in a child process, once between two checkpoints (the batches
+trained since the last checkpoint are lost and trained again) and once in the middle of
+writing a checkpoint. The child kills itself at a fixed checkpoint, so the kill always lands
+mid-epoch whatever the machine's load. The tiny BERT keeps its dropout, so the resumed run only
+matches if the RNG states are restored too. Everything runs on one thread (bitwise comparison).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_train import tiny_bert  # noqa: F401  (session fixture: a tiny BERT folder)
+
+from sparseadapter.cli import main
+from sparseadapter.resume import CHECKPOINT_FILE, read_checkpoint
+
+# 48 examples in batches of 8: 6 steps per epoch; checkpoints after steps 2, 4, epoch 1, 8, 10,
+# epoch 2. The 5th checkpoint is the one after step 10 (epoch 2, batch 4).
+STEPS_PER_EPOCH = 6
+KILL_AT_CHECKPOINT = 5
+
+# Runs the CLI in a child that SIGKILLs itself at checkpoint KILL_AT: "before" it is written,
+# or "during" the write (after half of its bytes reached the temporary file).
+CHILD = """
+import io, os, signal, sys
+import torch
+import sparseadapter.train as train
+mode, kill_at = sys.argv[1], int(sys.argv[2])
+calls = 0
+def kill():
+    os.kill(os.getpid(), signal.SIGKILL)
+real_write, real_save = train.write_checkpoint, torch.save
+def write(path, payload):
+    global calls
+    calls += 1
+    if mode == "before" and calls == kill_at:
+        kill()
+    real_write(path, payload)
+def save(obj, f, *args, **kwargs):
+    if mode == "during" and calls == kill_at:
+        data = io.BytesIO()
+        real_save(obj, data, *args, **kwargs)
+        f.write(data.getvalue()[: len(data.getvalue()) // 2])
+        f.flush()
+        os.fsync(f.fileno())
+        kill()
+    real_save(obj, f, *args, **kwargs)
+train.write_checkpoint, torch.save = write, save
+from sparseadapter.cli import main
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def run_args(tiny_bert: str, glue_dir: Path, output: Path) -> list[str]:  # noqa: F811
+    return [
+        "train", "--model", tiny_bert, "--task", "stsb", "--data-dir", str(glue_dir),
+        "--max-train-samples", "48", "--max-eval-samples", "32", "--max-length", "32",
+        "--epochs", "2", "--batch-size", "8", "--lr", "0.01", "--pruner", "snip",
+        "--scoring-examples", "16", "--checkpoint-every", "2", "--output", str(output), "--quiet",
+    ]  # fmt: skip
+
+
+def outcome(run: Path) -> dict:
+    """What must not depend on an interruption: scores, epoch records, the saved adapter bytes."""
+    final = json.loads((run / "final.json").read_text())
+    epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {
+        "score": final["score"],
+        "dev": final["dev"],
+        "selected_epoch": final["selected_epoch"],
+        "sparsity": {k: v for k, v in final["sparsity"].items() if k != "seconds"},
+        "parameters": final["parameters"],
+        "epochs": epochs,
+        "adapter": (run / "adapter" / "adapter.safetensors").read_bytes(),
+    }
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_bert, glue_dir, tmp_path_factory) -> dict:  # noqa: F811
+    torch.set_num_threads(1)
+    run = tmp_path_factory.mktemp("reference") / "run"
+    assert main(run_args(tiny_bert, glue_dir, run)) == 0
+    return outcome(run)
+
+
+def killed_run(mode: str, args: list[str]) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-c", CHILD, mode, str(KILL_AT_CHECKPOINT), *args]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+
+
+@pytest.mark.parametrize("mode", ["before", "during"])
+def test_sigkill_then_resume_gives_the_same_run(
+    mode,
+    uninterrupted,
+    tiny_bert,  # noqa: F811
+    glue_dir,
+    tmp_path,
+):
+    run = tmp_path / "run"
+    killed_run(mode, run_args(tiny_bert, glue_dir, run))
+    assert not run.exists()
+    partial = run.with_name("run.partial")
+    # the last complete checkpoint is the 4th (after step 8: epoch 2, batch 2), even when the
+    # process died while writing the 5th
+    progress = read_checkpoint(partial / CHECKPOINT_FILE)["progress"]
+    assert (progress["epoch"], progress["batches_done"], progress["steps"]) == (2, 2, 8)
+    assert 0 < progress["batches_done"] < STEPS_PER_EPOCH
+    assert len(progress["history"]) == 1
+    leftover = list(partial.glob(f".{CHECKPOINT_FILE}.tmp"))
+    assert bool(leftover) == (mode == "during")
+
+    torch.set_num_threads(1)
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    assert outcome(run) == uninterrupted
+    assert not partial.exists()
+    assert not [p.name for p in run.iterdir() if CHECKPOINT_FILE in p.name]
+    assert "resumed at epoch 2, batch 2" in (run / "log.txt").read_text()
