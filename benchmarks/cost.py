@@ -593,7 +593,12 @@ def header_lines(results: dict[str, Any]) -> list[str]:
         "# Cost benchmark: sparse vs dense adapters (MiniLM-L6, CPU)",
         "",
         f"Produced by `{results['command']}` ({results['mode']} mode) on {results['date']} "
-        f"in {results.get('seconds', 0):.0f} s.",
+        f"in {results.get('seconds', 0):.0f} s"
+        + (
+            f"; report re-rendered with `--render` on {results['rendered']}."
+            if "rendered" in results
+            else "."
+        ),
         "",
         f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs; torch {m['torch']} with "
         f"{m['torch_threads']} threads (OMP_WAIT_POLICY={m['omp_wait_policy']}), transformers "
@@ -948,6 +953,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.render:
         results = json.loads(path.read_text())
         results["checkpoint_size"] = checkpoint_sizes()
+        results["rendered"] = datetime.datetime.now().isoformat(timespec="seconds")
         write(results, args.output)
         return 0
     settings = resolve_settings(args)

@@ -30,7 +30,7 @@ def is_positive(value) -> bool:
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory) -> tuple[dict, str]:
+def quick_run(tmp_path_factory) -> tuple[dict, str, Path]:
     output = tmp_path_factory.mktemp("cost")
     run = subprocess.run(
         [sys.executable, str(SCRIPT), "--quick", "--output", str(output)],
@@ -39,12 +39,12 @@ def quick_run(tmp_path_factory) -> tuple[dict, str]:
         timeout=900,
     )
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
-    return json.loads((output / "cost.json").read_text()), (output / "cost.md").read_text()
+    return json.loads((output / "cost.json").read_text()), (output / "cost.md").read_text(), output
 
 
 @pytest.mark.slow
 def test_quick_run_reports_step_time_ratios(quick_run):
-    results, _ = quick_run
+    results, _, _ = quick_run
     settings = results["settings"]
     assert results["mode"] == "quick"
     assert results["machine"]["torch_threads"] == settings["threads"]
@@ -70,7 +70,7 @@ def test_quick_run_reports_step_time_ratios(quick_run):
 
 @pytest.mark.slow
 def test_quick_run_reports_pruning_and_memory(quick_run):
-    results, _ = quick_run
+    results, _, _ = quick_run
     for family in results["pruning"].values():
         assert list(family["methods"]) == available_scorers()
         for method, entry in family["methods"].items():
@@ -86,7 +86,7 @@ def test_quick_run_reports_pruning_and_memory(quick_run):
 
 @pytest.mark.slow
 def test_quick_run_writes_the_markdown_report(quick_run):
-    results, markdown = quick_run
+    results, markdown, _ = quick_run
     for section in ("## Goals", "## Training step time", "## Pruning time", "## Peak memory"):
         assert section in markdown
     assert "## Checkpoint bytes" in markdown
@@ -95,6 +95,16 @@ def test_quick_run_writes_the_markdown_report(quick_run):
             if key != "dense":
                 assert f"| {family} | {key} | " in markdown
                 assert f"{v['ratio']:.3f}" in markdown
+
+
+@pytest.mark.slow
+def test_render_rewrites_the_report_from_the_json(quick_run, cost):
+    _, markdown, output = quick_run
+    (output / "cost.md").unlink()
+    assert cost.main(["--render", "--output", str(output)]) == 0
+    rendered = (output / "cost.md").read_text()
+    assert "re-rendered with `--render`" in rendered
+    assert rendered.split("\n", 3)[3] == markdown.split("\n", 3)[3]  # same body
 
 
 def test_ratio_with_ci_of_paired_rounds(cost):
