@@ -33,7 +33,7 @@ from typing import Any
 
 from sparseadapter.runconfig import RunConfig
 from sparseadapter.sweep import SweepSpec, aggregate, markdown_table, plot
-from sparseadapter.train import train
+from sparseadapter.train import interrupted, train
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -166,7 +166,7 @@ def run_all(args: argparse.Namespace) -> None:
             return
         print(f"[{len(records) + 1}] {record_key(run)} ({len(todo)} left)", flush=True)
         start = time.monotonic()
-        final = train(run, overwrite=True, quiet=True)
+        final = train(run, quiet=True, resume=interrupted(run))
         dev = final["dev"][next(iter(final["dev"]))]
         record = {
             "run": record_key(run),

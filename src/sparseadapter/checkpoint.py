@@ -101,7 +101,7 @@ def _head_configs(model: nn.Module, library: str) -> dict[str, dict]:
     return {name: dict(model.config.prediction_heads[name]) for name in model.heads}
 
 
-def _base_identity(model: nn.Module) -> dict[str, Any]:
+def base_identity(model: nn.Module) -> dict[str, Any]:
     config = model.config
     embedding = model.get_input_embeddings().weight.detach()
     rows = embedding[:EMBEDDING_DIGEST_ROWS].cpu().contiguous()
@@ -114,7 +114,7 @@ def _base_identity(model: nn.Module) -> dict[str, Any]:
 
 
 def _check_base(model: nn.Module, meta: dict[str, Any]) -> None:
-    saved, current = meta["base_model"], _base_identity(model)
+    saved, current = meta["base_model"], base_identity(model)
     # AdapterHub flex heads set num_labels themselves; they are rebuilt from meta["heads"]
     keys = [k for k in FINGERPRINT_KEYS if not (k == "num_labels" and meta["heads"])]
     diffs = [
@@ -277,7 +277,7 @@ def save_sparse(
         "adapter_name": name,
         "adapter_config": _adapter_config_dict(_adapter_config(model, library, name)),
         "heads": _head_configs(model, library),
-        "base_model": _base_identity(model),
+        "base_model": base_identity(model),
         "sparsity_config": state.config.to_dict() if state and state.config else None,
         "storage_dtype": str(storage).removeprefix("torch.") if storage else None,
         "pruned_tensors": layout,

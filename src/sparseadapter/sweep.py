@@ -14,8 +14,9 @@ A sweep file (YAML)::
 
 Combinations that mean the same run are merged: ``pruner: none`` (dense) and ``adapter: full``
 (full fine-tuning) ignore the sparsity, and Large-Sparse K fixes it at 1 - 1/K. Large-Sparse
-without a pruner is skipped. Runs whose folder holds ``final.json`` are skipped, so an
-interrupted sweep continues where it stopped. A run that fails with a
+without a pruner is skipped. Runs whose folder holds ``final.json`` are skipped and a run
+killed midway resumes from its last checkpoint, so an interrupted sweep continues where it
+stopped. A run that fails with a
 :class:`SparseAdapterError` is recorded and the sweep goes on.
 
 Outputs in the sweep folder: ``runs.csv`` (one row per run), ``results.csv`` and ``results.md``
@@ -45,7 +46,7 @@ from sparseadapter.runconfig import (
     set_key,
     set_value,
 )
-from sparseadapter.train import FINAL_FILE, train
+from sparseadapter.train import FINAL_FILE, interrupted, train
 
 GRID_ALIASES = {
     "adapter": "model.adapter",
@@ -174,7 +175,7 @@ def run_sweep(
             continue
         echo(f"[{i}/{len(configs)}] {name}")
         try:
-            final = train(config, quiet=quiet)
+            final = train(config, quiet=quiet, resume=interrupted(config))
         except SparseAdapterError as err:
             failed[name] = str(err)
             echo(f"[{i}/{len(configs)}] {name} failed: {err}")

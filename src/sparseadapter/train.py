@@ -42,7 +42,7 @@ from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 
 from sparseadapter.adapters import build_model, load_model, resolve_library, resolve_model
 from sparseadapter.budget import parameter_report
-from sparseadapter.checkpoint import _base_identity, export_dense, load_sparse, save_sparse
+from sparseadapter.checkpoint import base_identity, export_dense, load_sparse, save_sparse
 from sparseadapter.config import SparsityConfig
 from sparseadapter.errors import CheckpointError, ConfigError, SparseAdapterError
 from sparseadapter.resume import (
@@ -690,7 +690,7 @@ def _save_checkpoint(
         folder / CHECKPOINT_FILE,
         {
             "num_processes": accelerator.num_processes,
-            "base_model": _base_identity(model),
+            "base_model": base_identity(model),
             "trainable": _trainable_state(model),
             "masks": {name: mask.cpu() for name, mask in get_masks(model).items()},
             "optimizer": optimizer.state_dict(),
@@ -705,7 +705,7 @@ def _save_checkpoint(
 
 def _restore_model(model: nn.Module, checkpoint: dict[str, Any], config: RunConfig) -> None:
     """Load a checkpoint's trainable weights and masks into the freshly built ``model``."""
-    saved, current = checkpoint["base_model"], _base_identity(model)
+    saved, current = checkpoint["base_model"], base_identity(model)
     differ = [k for k in current if k != "name_or_path" and saved.get(k) != current[k]]
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     if differ or trainable != set(checkpoint["trainable"]):
