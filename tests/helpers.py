@@ -20,12 +20,11 @@ BART_EOS = 2
 HEAD = re.compile(r"(^|\.)(classifier|classification_head|modules_to_save)\.")
 
 
-def tiny_config(arch: str, num_labels: int = 2) -> PretrainedConfig:
-    """A random-weight config of ``arch`` with hidden size 32 and 2 layers (2 + 2 for BART)."""
-    common = {"vocab_size": VOCAB_SIZE, "max_position_embeddings": 64, "num_labels": num_labels}
-    if arch == "bart":
-        return AutoConfig.for_model(
-            "bart",
+def tiny_config(arch: str = "bert", num_labels: int = 2, **overrides) -> PretrainedConfig:
+    """A random-weight config of ``arch`` with hidden size 32 and 2 layers (2 + 2 for BART);
+    ``overrides`` replace any of its fields."""
+    sizes = (
+        dict(
             d_model=32,
             encoder_layers=2,
             decoder_layers=2,
@@ -33,16 +32,12 @@ def tiny_config(arch: str, num_labels: int = 2) -> PretrainedConfig:
             decoder_attention_heads=2,
             encoder_ffn_dim=64,
             decoder_ffn_dim=64,
-            **common,
         )
-    return AutoConfig.for_model(
-        arch,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        **common,
+        if arch == "bart"
+        else dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
     )
+    common = {"vocab_size": VOCAB_SIZE, "max_position_embeddings": 64, "num_labels": num_labels}
+    return AutoConfig.for_model(arch, **{**sizes, **common, **overrides})
 
 
 def tiny_model(arch: str, num_labels: int = 2, seed: int = 0) -> nn.Module:

@@ -11,12 +11,13 @@ import textwrap
 from pathlib import Path
 
 import adapters
+import helpers
 import numpy as np
 import peft
 import pytest
 import safetensors.torch
 import torch
-from transformers import AutoConfig, AutoModelForSequenceClassification
+from transformers import AutoModelForSequenceClassification
 
 import sparseadapter as sa
 from sparseadapter import checkpoint
@@ -33,27 +34,9 @@ from sparseadapter.checkpoint import (
 from sparseadapter.errors import CheckpointError, ConfigError
 from sparseadapter.sparsify import masked_parameters
 
-TINY = {
-    "bert": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64),
-    "roberta": dict(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
-    ),
-    "bart": dict(
-        d_model=32,
-        encoder_layers=2,
-        decoder_layers=2,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=64,
-        decoder_ffn_dim=64,
-    ),
-}
-
 
 def tiny_config(model_type: str = "bert", **overrides):
-    return AutoConfig.for_model(
-        model_type, **{"vocab_size": 100, "num_labels": 3, **TINY[model_type], **overrides}
-    )
+    return helpers.tiny_config(model_type, **{"num_labels": 3, **overrides})
 
 
 def base_model(config, seed: int = 0):
@@ -296,14 +279,8 @@ def test_unknown_storage_dtype_is_refused(tmp_path):
 @pytest.fixture(scope="module")
 def sized_models():
     """Adapters large enough that the header is a small part of the file."""
-    config = AutoConfig.for_model(
-        "bert",
-        hidden_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=256,
-        vocab_size=100,
-        num_labels=2,
+    config = tiny_config(
+        hidden_size=256, num_attention_heads=4, intermediate_size=256, num_labels=2
     )
     lora = peft.LoraConfig(task_type="SEQ_CLS", r=32, target_modules=["query", "value"])
     return {
