@@ -89,6 +89,7 @@ class MaskedParameters:
         self.params = params
         self.config = config
         self.masks = {n: masks[n].to(device=p.device, dtype=torch.bool) for n, p in params.items()}
+        self._pruned = {n: ~m for n, m in self.masks.items()}
         self._factors: list[torch.Tensor] = []
         self._handles = [p.register_hook(self._gradient_hook(n)) for n, p in params.items()]
         _LIVE.add(self)
@@ -98,10 +99,10 @@ class MaskedParameters:
 
     def _gradient_hook(self, name: str):
         def hook(grad: torch.Tensor) -> torch.Tensor:
-            mask = self.masks[name]
-            if mask.device != grad.device:
-                mask = self.masks[name] = mask.to(grad.device)
-            return grad.masked_fill(~mask, 0.0)
+            pruned = self._pruned[name]
+            if pruned.device != grad.device:
+                pruned = self._pruned[name] = pruned.to(grad.device)
+            return grad.masked_fill(pruned, 0.0)
 
         return hook
 
