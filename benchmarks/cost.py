@@ -738,7 +738,8 @@ def large_sparse_lines(results: dict[str, Any]) -> list[str]:
         "not add up to the total; enforcement is the profiled part of it). Masks are dense "
         "tensors and pruned weights still enter dense matrix products, so a 4x wider adapter "
         "does about 4x the adapter's arithmetic: the extra time is roughly three times the dense "
-        "adapter's own share of the step, whatever the sparsity.",
+        "adapter's own share of the step, whatever the sparsity (per-family reasons in "
+        "docs/benchmarks.md, 'Why Large-Sparse can cost more than 10%').",
         "",
         *table(
             ["family", "trainable", "total", "forward", "backward", "optimizer", "enforcement"],
