@@ -75,8 +75,9 @@ FAMILIES: dict[str, tuple[str, str]] = {
 }
 GOALS = {"step_time": 1.02, "large_sparse": 1.10, "memory": 1.05, "enforcement_share": 0.02}
 PHASES = ("forward", "backward", "optimizer")
-# What the mask engine adds to a step: the gradient hooks' ~mask and masked_fill, and the
-# optimizer post-hook's _foreach_mul_ (inclusive times: their copies and allocations count).
+# Operators the mask engine adds to a step: masked_fill in the gradient hooks (and bitwise_not
+# where a hook inverts its mask), _foreach_mul_ in the optimizer post-hook. Inclusive times, so
+# their copies and allocations count.
 ENFORCEMENT_OPS = ("aten::bitwise_not", "aten::masked_fill", "aten::_foreach_mul_")
 DENSE = "dense"
 # Any method gives the same step cost (masks are dense tensors); SNIP gives realistic masks.
