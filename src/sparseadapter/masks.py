@@ -90,7 +90,6 @@ class MaskedParameters:
         self.config = config
         self.masks = {n: masks[n].to(device=p.device, dtype=torch.bool) for n, p in params.items()}
         self._pruned = {n: ~m for n, m in self.masks.items()}
-        self._factors: list[torch.Tensor] = []
         self._handles = [p.register_hook(self._gradient_hook(n)) for n, p in params.items()]
         _LIVE.add(self)
         if _STEP_HOOK is None:
@@ -108,15 +107,11 @@ class MaskedParameters:
 
     @torch.no_grad()
     def apply_(self) -> None:
-        """Set every pruned weight to exactly zero (one fused call)."""
+        """Set every pruned weight to exactly zero (one fused call, boolean masks as factors)."""
         tensors = list(self.params.values())
-        first = tensors[0]
-        if not self._factors or (self._factors[0].device, self._factors[0].dtype) != (
-            first.device,
-            first.dtype,
-        ):
-            self._factors = [self.masks[n].to(p.device, p.dtype) for n, p in self.params.items()]
-        torch._foreach_mul_(tensors, self._factors)
+        if next(iter(self.masks.values())).device != tensors[0].device:
+            self.masks = {n: m.to(self.params[n].device) for n, m in self.masks.items()}
+        torch._foreach_mul_(tensors, list(self.masks.values()))
 
     def remove(self) -> None:
         """Stop enforcing; the weights keep their current values."""
