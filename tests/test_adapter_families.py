@@ -35,9 +35,6 @@ from sparseadapter.adapters import (
     resolve_model,
 )
 
-# The default exclude misses BART's head, `classification_head` (engine bug pinned by
-# test_default_exclude_covers_bart_head); the other tests add it so they check everything else.
-
 # (id, library, adapter, width on the hidden-32 tiny models)
 ADAPTER_CASES = [
     ("hub-houlsby", "adapterhub", "houlsby", 8),
