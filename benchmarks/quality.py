@@ -33,7 +33,7 @@ from typing import Any
 
 from sparseadapter.runconfig import RunConfig
 from sparseadapter.sweep import SweepSpec, aggregate, markdown_table, plot
-from sparseadapter.train import interrupted, train
+from sparseadapter.train import FINAL_FILE, interrupted, train
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -166,7 +166,11 @@ def run_all(args: argparse.Namespace) -> None:
             return
         print(f"[{len(records) + 1}] {record_key(run)} ({len(todo)} left)", flush=True)
         start = time.monotonic()
-        final = train(run, quiet=True, resume=interrupted(run))
+        finished = Path(run.output) / FINAL_FILE  # killed after publishing, before recording
+        if finished.is_file():
+            final = json.loads(finished.read_text(encoding="utf-8"))
+        else:
+            final = train(run, quiet=True, resume=interrupted(run))
         dev = final["dev"][next(iter(final["dev"]))]
         record = {
             "run": record_key(run),
