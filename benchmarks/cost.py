@@ -53,10 +53,11 @@ from sparseadapter import (  # noqa: E402
     sparsify,
 )
 from sparseadapter.adapters import build_model, resolve_model  # noqa: E402
+from sparseadapter.batching import PadCollator  # noqa: E402
 from sparseadapter.errors import ConfigError  # noqa: E402
 from sparseadapter.scoring import available_scorers, get_scorer  # noqa: E402
 from sparseadapter.tasks.glue import get_task, load_glue  # noqa: E402
-from sparseadapter.train import PadCollator, encode, load_tokenizer  # noqa: E402
+from sparseadapter.train import encode, load_tokenizer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"

@@ -37,6 +37,7 @@ def _record(adapter, pruner, sparsity, seed, score, large_sparse=1, lr=1e-3):
     tag = f"{pruner}{sparsity}" + (f"ls{large_sparse}" if large_sparse != 1 else "")
     return {
         "run": f"rte-{adapter}-{tag}-s{seed}",
+        "protocol": "length-grouped",
         "task": "rte",
         "adapter": adapter,
         "pruner": pruner,
@@ -62,7 +63,10 @@ def test_report_verdicts_follow_the_rules(tmp_path):
             _record("lora", "none", 0.0, seed, 0.60 + noise),
             _record("lora", "snip", 0.4, seed, 0.55 + noise),  # 5 points worse
         ]
-    (tmp_path / "quality_runs.jsonl").write_text("\n".join(json.dumps(r) for r in records))
+    legacy = {**_record("mam", "none", 0.0, 1, 0.9), "run": "rte-mam-old"}
+    del legacy["protocol"]  # recorded before protocols were named
+    lines = [json.dumps(r) for r in [*records, legacy]]
+    (tmp_path / "quality_runs.jsonl").write_text("\n".join(lines))
     args = quality.parse_args(["--report-only", "--results-dir", str(tmp_path)])
     text = quality.report(args).read_text()
     claim1 = text.split("## Claim 1")[1].split("## Claim 2")[0]
@@ -71,3 +75,22 @@ def test_report_verdicts_follow_the_rules(tmp_path):
     claim2 = text.split("## Claim 2")[1].split("## Claim 3")[0]
     assert "**Verdict: mixed" in claim2  # houlsby within 1 point, lora 5 points below
     assert "not measured yet" in text.split("## Claim 3")[1].split("## Claim 4")[0]
+    # the earlier protocol's record is reported apart, never mixed into the claims
+    assert "| rte | mam | none |" not in text.split("## Earlier protocol")[0]
+    assert (
+        "| rte | mam | none | 0 | 1 | 0.001 | 1 | accuracy 90.00"
+        in text.split("## Earlier protocol")[1]
+    )
+
+
+def test_workers_never_take_the_same_run(tmp_path):
+    quality = _quality_module()
+    args = quality.parse_args(["--quick", "--runs-dir", str(tmp_path)])
+    (run, *_) = quality.planned_runs("rte", "1", {}, args)
+    assert quality.take(run)
+    assert not quality.take(run)  # held by this live process
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True
+    )
+    Path(f"{run.output}.lock").write_text(dead.stdout.decode().strip())
+    assert quality.take(run)  # its worker died: the run is free again

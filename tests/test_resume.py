@@ -126,3 +126,16 @@ def test_sigkill_then_resume_gives_the_same_run(
     assert not partial.exists()
     assert not [p.name for p in run.iterdir() if CHECKPOINT_FILE in p.name]
     assert "resumed at epoch 2, batch 2" in (run / "log.txt").read_text()
+
+
+def test_resume_with_length_grouped_batches(tiny_bert, glue_dir, tmp_path):  # noqa: F811
+    args = run_args(tiny_bert, glue_dir, tmp_path / "reference")
+    args += ["--set", "data.group_by_length=true"]
+    torch.set_num_threads(1)
+    assert main(args) == 0
+    reference = outcome(tmp_path / "reference")
+    run = tmp_path / "run"
+    killed_run("before", [str(run) if a == str(tmp_path / "reference") else a for a in args])
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    assert outcome(run) == reference
+    assert "resumed at epoch 2, batch 2" in (run / "log.txt").read_text()

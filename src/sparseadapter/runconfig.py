@@ -108,6 +108,14 @@ class DataConfig:
         default=None, metadata={"help": "Use only the first N examples of each dev split."}
     )
     max_length: int = field(default=128, metadata={"help": "Truncate inputs to this many tokens."})
+    group_by_length: bool = field(
+        default=False,
+        metadata={
+            "help": "Batch training examples of similar length together (random batch order): "
+            "1.5-3x fewer padded tokens on GLUE, so faster on CPU; batches differ from plain "
+            "shuffling."
+        },
+    )
 
     def __post_init__(self) -> None:
         from sparseadapter.tasks.glue import get_task

@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 
 from sparseadapter.adapters import build_model, load_model, resolve_library, resolve_model
+from sparseadapter.batching import LengthGroupedBatches, PadCollator
 from sparseadapter.budget import parameter_report
 from sparseadapter.checkpoint import base_identity, export_dense, load_sparse, save_sparse
 from sparseadapter.config import SparsityConfig
@@ -125,24 +126,6 @@ def encode(
         {**{key: values[i] for key, values in encoded.items()}, "labels": cast(e.label)}
         for i, e in enumerate(examples)
     ]
-
-
-class PadCollator:
-    """Pads each batch to its longest example (dynamic padding)."""
-
-    def __init__(self, pad_token_id: int):
-        self.pad_token_id = pad_token_id
-
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        length = max(len(f["input_ids"]) for f in features)
-        batch = {}
-        for key in features[0]:
-            if key == "labels":
-                batch[key] = torch.tensor([f[key] for f in features])
-                continue
-            pad = self.pad_token_id if key == "input_ids" else 0
-            batch[key] = torch.tensor([f[key] + [pad] * (length - len(f[key])) for f in features])
-        return batch
 
 
 def make_accelerator(config: RunConfig) -> Accelerator:
@@ -239,11 +222,18 @@ def _train_loader(
     config: RunConfig, features: list[dict[str, Any]], tokenizer, generator: torch.Generator
 ) -> DataLoader:
     """Shuffled training batches; the order depends on the state of ``generator`` only."""
+    collate = PadCollator(tokenizer.pad_token_id or 0)
+    if config.data.group_by_length:
+        lengths = [len(f["input_ids"]) for f in features]
+        batches = LengthGroupedBatches(lengths, config.train.batch_size, generator)
+        # the loader's base seed then comes from the data generator, not from the global RNG
+        # that dropout uses, so a resumed run draws the same dropout masks
+        return DataLoader(features, batch_sampler=batches, collate_fn=collate, generator=generator)
     return DataLoader(
         features,
         batch_size=config.train.batch_size,
         shuffle=True,
-        collate_fn=PadCollator(tokenizer.pad_token_id or 0),
+        collate_fn=collate,
         generator=generator,
     )
 
