@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -269,8 +270,34 @@ def _fmt(cell: dict | None) -> str:
     return f"{100 * cell['mean']:.2f} ± {100 * cell['std']:.2f} (n={cell['seeds']})"
 
 
-def _verdict(diffs: list[float | None], holds) -> str:
+def _difference(cell: dict | None, dense: dict | None, label: str) -> dict | None:
+    """cell − dense in points, with the standard error of that difference over seeds."""
+    if cell is None or dense is None or cell["seeds"] < 2 or dense["seeds"] < 2:
+        return None
+    se = math.sqrt(cell["std"] ** 2 / cell["seeds"] + dense["std"] ** 2 / dense["seeds"])
+    return {"label": label, "diff": 100 * (cell["mean"] - dense["mean"]), "se": 100 * se}
+
+
+def _differences(diffs: list[dict | None]) -> list[str]:
+    """One line per measured cell, and how many differences are within 2 standard errors of 0."""
     known = [d for d in diffs if d is not None]
+    if not known:
+        return []
+    lines = [f"- {d['label']}: {d['diff']:+.2f} ± {d['se']:.2f} points" for d in known]
+    ties = sum(abs(d["diff"]) <= 2 * d["se"] for d in known)
+    return [
+        "Differences from dense (± standard error over seeds):",
+        "",
+        *lines,
+        "",
+        f"{ties} of {len(known)} differences are within 2 standard errors of zero: at this "
+        "number of seeds those cells cannot tell the two apart.",
+        "",
+    ]
+
+
+def _verdict(diffs: list[dict | None], holds) -> str:
+    known = [d["diff"] for d in diffs if d is not None]
     if not known:
         return "not measured yet"
     results = [holds(d) for d in known]
@@ -304,7 +331,7 @@ def claim_section(
     spec = CLAIMS[claim]
     lines = [f"## Claim {claim}: {spec['title']}", ""]
     pictures = []
-    diffs: list[float | None] = []
+    diffs: list[dict | None] = []
     if claim in ("1", "2"):
         sparsities = spec["grid"]["sparsity"]
         pruners = [p for p in spec["grid"]["pruner"] if p != "none"]
@@ -321,11 +348,7 @@ def claim_section(
                     for s in sparsities:
                         c = _find(mine, pruner=p, sparsity=s, large_sparse=1)
                         row.append(_fmt(c))
-                        diffs.append(
-                            None
-                            if (c is None or dense is None or c["seeds"] < 2 or dense["seeds"] < 2)
-                            else 100 * (c["mean"] - dense["mean"])
-                        )
+                        diffs.append(_difference(c, dense, f"{task} {adapter} {p} {int(s * 100)}%"))
                 lines.append("| " + " | ".join(row) + " |")
         rule = (lambda d: d >= 0) if claim == "1" else (lambda d: d >= -1.0)
         rule_text = (
@@ -343,11 +366,7 @@ def claim_section(
                 lines.append(
                     "| " + " | ".join([task, adapter, _fmt(dense), _fmt(wide), _fmt(full)]) + " |"
                 )
-                diffs.append(
-                    None
-                    if (wide is None or dense is None or wide["seeds"] < 2 or dense["seeds"] < 2)
-                    else 100 * (wide["mean"] - dense["mean"])
-                )
+                diffs.append(_difference(wide, dense, f"{task} {adapter} Large-Sparse"))
         rule = lambda d: d > 0  # noqa: E731
         rule_text = "Large-Sparse mean > dense mean"
     else:
@@ -399,6 +418,7 @@ def claim_section(
         "",
         f"**Verdict: {verdict}.** Rule: {rule_text}, per cell with at least 2 seeds each.",
         "",
+        *_differences(diffs),
     ]
     return "\n".join(lines), pictures
 

@@ -72,6 +72,9 @@ def test_report_verdicts_follow_the_rules(tmp_path):
     claim1 = text.split("## Claim 1")[1].split("## Claim 2")[0]
     assert "**Verdict: mixed (on 2 of 4 cells measured).**" in claim1
     assert "| rte | houlsby | 60.50 ± 0.71 (n=2) | 62.50 ± 0.71 (n=2) |" in claim1
+    assert "- rte houlsby snip 40%: +2.00 ± 0.71 points" in claim1
+    assert "- rte lora snip 40%: -5.00 ± 0.71 points" in claim1
+    assert "0 of 2 differences are within 2 standard errors of zero" in claim1
     claim2 = text.split("## Claim 2")[1].split("## Claim 3")[0]
     assert "**Verdict: mixed" in claim2  # houlsby within 1 point, lora 5 points below
     assert "not measured yet" in text.split("## Claim 3")[1].split("## Claim 4")[0]
