@@ -71,7 +71,7 @@ CLAIMS: dict[str, dict[str, Any]] = {
     "3": {
         "title": "Large-Sparse (4x width, 75% sparse) vs dense, and full fine-tuning",
         "adapters": ["houlsby", "lora"],
-        "grid": {"pruner": ["none", "snip"], "large_sparse": [1, 4], "sparsity": [0.75]},
+        "grid": {"pruner": ["snip"], "large_sparse": [4], "sparsity": [0.75]},
         "full_finetune": True,
     },
     "4": {
@@ -152,12 +152,13 @@ def planned_runs(task: str, claim: str, records: dict, args) -> list[RunConfig]:
             grid = {"adapter": [adapter], "pruner": ["none"], "seed": [1], "train.lr": args.lr_grid}
             runs += runs_for(grid, base, args.runs_dir / task)
             continue
-        grid = {"adapter": [adapter], **spec["grid"], "seed": args.seeds, "train.lr": [lr]}
-        runs += runs_for(grid, base, args.runs_dir / task)
+        for grid in ({"pruner": ["none"]}, spec["grid"]):  # every claim compares with dense
+            grid = {"adapter": [adapter], **grid, "seed": args.seeds, "train.lr": [lr]}
+            runs += runs_for(grid, base, args.runs_dir / task)
     if spec.get("full_finetune"):
         grid = {"adapter": ["full"], "seed": args.seeds, "train.lr": [FULL_FT_LR]}
         runs += runs_for(grid, base, args.runs_dir / task)
-    return runs
+    return list({record_key(r): r for r in runs}.values())
 
 
 def _lock(run: RunConfig) -> Path:
