@@ -33,7 +33,7 @@ def test_quick_mode_runs_and_resumes(tmp_path):
     assert len((tmp_path / "quality_runs.jsonl").read_text().splitlines()) == len(records)
 
 
-def _record(adapter, pruner, sparsity, seed, score, large_sparse=1, lr=1e-3):
+def _record(adapter, pruner, sparsity, seed, score, large_sparse=1, lr=1e-3, collapsed=False):
     tag = f"{pruner}{sparsity}" + (f"ls{large_sparse}" if large_sparse != 1 else "")
     return {
         "run": f"rte-{adapter}-{tag}-s{seed}",
@@ -48,7 +48,7 @@ def _record(adapter, pruner, sparsity, seed, score, large_sparse=1, lr=1e-3):
         "epochs": 3,
         "metric": "accuracy",
         "score": score,
-        "collapsed": False,
+        "collapsed": collapsed,
         "nonzero_trainable": 100,
     }
 
@@ -62,8 +62,10 @@ def test_report_verdicts_follow_the_rules(tmp_path):
             _record("houlsby", "snip", 0.4, seed, 0.62 + noise),  # beats dense: claim 1 holds
             _record("lora", "none", 0.0, seed, 0.60 + noise),
             _record("lora", "snip", 0.4, seed, 0.55 + noise),  # 5 points worse
+            _record("mam", "none", 0.0, seed, 0.5 if seed == 2 else 0.7, collapsed=seed == 2),
+            _record("mam", "snip", 0.4, seed, 0.66 + noise),  # "beats" a collapsed dense run
         ]
-    legacy = {**_record("mam", "none", 0.0, 1, 0.9), "run": "rte-mam-old"}
+    legacy = {**_record("pfeiffer", "none", 0.0, 1, 0.9), "run": "rte-pfeiffer-old"}
     del legacy["protocol"]  # recorded before protocols were named
     lines = [json.dumps(r) for r in [*records, legacy]]
     (tmp_path / "quality_runs.jsonl").write_text("\n".join(lines))
@@ -75,15 +77,26 @@ def test_report_verdicts_follow_the_rules(tmp_path):
     assert "- rte houlsby snip 40%: +2.00 ± 0.71 points" in claim1
     assert "- rte lora snip 40%: -5.00 ± 0.71 points" in claim1
     assert "0 of 2 differences are within 2 standard errors of zero" in claim1
+    assert "| rte | mam | 60.00 ± 14.14 (n=2) ⚠ 1 collapsed |" in claim1
+    assert "Left out of the verdict, a run collapsed: rte mam snip 40%." in claim1
     claim2 = text.split("## Claim 2")[1].split("## Claim 3")[0]
     assert "**Verdict: mixed" in claim2  # houlsby within 1 point, lora 5 points below
     assert "not measured yet" in text.split("## Claim 3")[1].split("## Claim 4")[0]
     # the earlier protocol's record is reported apart, never mixed into the claims
-    assert "| rte | mam | none |" not in text.split("## Earlier protocol")[0]
+    assert "| rte | pfeiffer | none |" not in text.split("## Earlier protocol")[0]
     assert (
-        "| rte | mam | none | 0 | 1 | 0.001 | 1 | accuracy 90.00"
+        "| rte | pfeiffer | none | 0 | 1 | 0.001 | 1 | accuracy 90.00"
         in text.split("## Earlier protocol")[1]
     )
+
+
+def test_lr_is_tuned_on_each_adapters_grid(tmp_path):
+    quality = _quality_module()
+    args = quality.parse_args(["--runs-dir", str(tmp_path), "--adapters", "houlsby", "mam"])
+    tuning = {(r.model.adapter, r.train.lr) for r in quality.planned_runs("rte", "1", {}, args)}
+    assert tuning == {("houlsby", 1e-3), ("houlsby", 3e-3), ("mam", 3e-4), ("mam", 1e-3)}
+    args = quality.parse_args(["--adapters", "mam", "--lr-grid", "1e-4"])
+    assert {r.train.lr for r in quality.planned_runs("rte", "1", {}, args)} == {1e-4}
 
 
 def test_workers_never_take_the_same_run(tmp_path):
