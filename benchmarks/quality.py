@@ -329,22 +329,27 @@ def _verdict(diffs: list[dict | None], holds) -> str:
     return "mixed" + suffix
 
 
-def _main_cells(cells: list[dict], task: str, adapter: str) -> list[dict]:
-    """The cells of the adapter's tuned learning rate (tuning-only lrs are left out)."""
-    dense = [
-        c for c in cells if c["task"] == task and c["adapter"] == adapter and c["pruner"] == "none"
-    ]
-    if not dense:
-        return []
-    # the tuned lr: the one with more seeds, else (only tuning runs so far) the best one
-    lr = max(dense, key=lambda c: (c["seeds"], c["mean"], -c["train.lr"]))["train.lr"]
+def tuned_lrs(records: list[dict]) -> dict[tuple[str, str], float]:
+    """(task, adapter) → the lr whose dense seed-1 run scored best (ties: the smaller lr),
+    the rule that ``tuned_lr`` applies before the grid is trained."""
+    best: dict[tuple[str, str], tuple[float, float]] = {}
+    for r in records:
+        if r["pruner"] == "none" and r["seed"] == 1:
+            key, mine = (r["task"], r["adapter"]), (r["score"], -r["lr"])
+            best[key] = max(best.get(key, mine), mine)
+    return {key: -neg_lr for key, (_, neg_lr) in best.items()}
+
+
+def _main_cells(cells: list[dict], tuned: dict, task: str, adapter: str) -> list[dict]:
+    """The cells of the adapter's tuned learning rate (the other tuning runs are left out)."""
+    lr = tuned.get((task, adapter))
     return [
         c for c in cells if c["task"] == task and c["adapter"] == adapter and c["train.lr"] == lr
     ]
 
 
 def claim_section(
-    claim: str, cells: list[dict], tasks: list[str], results_dir: Path
+    claim: str, cells: list[dict], tuned: dict, tasks: list[str], results_dir: Path
 ) -> tuple[str, list[str]]:
     spec = CLAIMS[claim]
     lines = [f"## Claim {claim}: {spec['title']}", ""]
@@ -359,7 +364,7 @@ def claim_section(
         lines += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
         for task in tasks:
             for adapter in spec["adapters"]:
-                mine = _main_cells(cells, task, adapter)
+                mine = _main_cells(cells, tuned, task, adapter)
                 dense = _find(mine, pruner="none")
                 row = [task, adapter, _fmt(dense)]
                 for p in pruners:
@@ -378,7 +383,7 @@ def claim_section(
         for task in tasks:
             full = _find([c for c in cells if c["task"] == task], adapter="full")
             for adapter in spec["adapters"]:
-                mine = _main_cells(cells, task, adapter)
+                mine = _main_cells(cells, tuned, task, adapter)
                 dense = _find(mine, pruner="none")
                 wide = _find(mine, pruner="snip", large_sparse=4)
                 lines.append(
@@ -391,7 +396,7 @@ def claim_section(
         sparsities = spec["grid"]["sparsity"]
         pruners = [p for p in spec["grid"]["pruner"] if p != "none"]
         for task in tasks:
-            mine = _main_cells(cells, task, "houlsby")
+            mine = _main_cells(cells, tuned, task, "houlsby")
             dense = _find(mine, pruner="none")
             if not mine:
                 continue
@@ -462,7 +467,7 @@ def report(args: argparse.Namespace) -> Path:
         "",
     ]
     for claim in CLAIMS:
-        section, _ = claim_section(claim, cells, tasks, args.results_dir)
+        section, _ = claim_section(claim, cells, tuned_lrs(records), tasks, args.results_dir)
         lines.append(section)
     lines += ["## Every cell", "", markdown_table(cells, ["train.lr"]), ""]
     legacy = list(load_records(args.records, LEGACY_PROTOCOL).values())
