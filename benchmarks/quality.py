@@ -92,18 +92,17 @@ def record_key(run: RunConfig) -> str:
     return Path(run.output).name
 
 
-def load_records(path: Path, protocol: str | None = PROTOCOL) -> dict[str, dict[str, Any]]:
-    """The recorded runs of ``protocol`` (None: of every protocol), by run name."""
+def load_records(path: Path, protocol: str = PROTOCOL) -> dict[str, dict[str, Any]]:
+    """The recorded runs of ``protocol``, by run name."""
     if not path.is_file():
         return {}
     records = {}
     for line in path.read_text(encoding="utf-8").splitlines():
         if line.strip():
             record = json.loads(line)
-            record.setdefault("protocol", LEGACY_PROTOCOL)
-            if protocol is None or record["protocol"] == protocol:
-                records[(record["protocol"], record["run"])] = record
-    return {run: r for (_, run), r in records.items()} if protocol else records
+            if record.setdefault("protocol", LEGACY_PROTOCOL) == protocol:
+                records[record["run"]] = record
+    return records
 
 
 def append_record(path: Path, record: dict[str, Any]) -> None:
@@ -145,6 +144,11 @@ def tuned_lr(task: str, adapter: str, records: dict, args) -> float | None:
         if record_key(run) not in records:
             return None
         scores[lr] = records[record_key(run)]["score"]
+    return best_lr(scores)
+
+
+def best_lr(scores: dict[float, float]) -> float:
+    """The tuning rule: the best dev score wins, ties go to the smaller learning rate."""
     return max(scores, key=lambda lr: (scores[lr], -lr))
 
 
@@ -294,10 +298,12 @@ def _difference(cell: dict | None, dense: dict | None, label: str) -> dict | Non
 def _differences(diffs: list[dict | None]) -> list[str]:
     """One line per measured cell, and how many differences are within 2 standard errors of 0."""
     known = [d for d in diffs if d is not None and "diff" in d]
-    left_out = [d["label"] for d in diffs if d is not None and "diff" not in d]
-    if left_out:
-        note = f"Left out of the verdict, a run collapsed: {', '.join(left_out)}."
-        left_out = [note, ""]
+    collapsed = [d["label"] for d in diffs if d is not None and "diff" not in d]
+    left_out = (
+        [f"Left out of the verdict, a run collapsed: {', '.join(collapsed)}.", ""]
+        if collapsed
+        else []
+    )
     if not known:
         return left_out
     lines = [f"- {d['label']}: {d['diff']:+.2f} ± {d['se']:.2f} points" for d in known]
@@ -329,15 +335,14 @@ def _verdict(diffs: list[dict | None], holds) -> str:
     return "mixed" + suffix
 
 
-def tuned_lrs(records: list[dict]) -> dict[tuple[str, str], float]:
-    """(task, adapter) → the lr whose dense seed-1 run scored best (ties: the smaller lr),
-    the rule that ``tuned_lr`` applies before the grid is trained."""
-    best: dict[tuple[str, str], tuple[float, float]] = {}
+def tuned_lrs(records: list[dict], args: argparse.Namespace) -> dict[tuple[str, str], float]:
+    """(task, adapter) → ``best_lr`` over the dense seed-1 runs recorded so far on the adapter's
+    grid: the lr ``tuned_lr`` picks once the whole grid is recorded."""
+    scores: dict[tuple[str, str], dict[float, float]] = {}
     for r in records:
-        if r["pruner"] == "none" and r["seed"] == 1:
-            key, mine = (r["task"], r["adapter"]), (r["score"], -r["lr"])
-            best[key] = max(best.get(key, mine), mine)
-    return {key: -neg_lr for key, (_, neg_lr) in best.items()}
+        if r["pruner"] == "none" and r["seed"] == 1 and r["lr"] in lr_grid(r["adapter"], args):
+            scores.setdefault((r["task"], r["adapter"]), {})[r["lr"]] = r["score"]
+    return {key: best_lr(by_lr) for key, by_lr in scores.items()}
 
 
 def _main_cells(cells: list[dict], tuned: dict, task: str, adapter: str) -> list[dict]:
@@ -467,7 +472,7 @@ def report(args: argparse.Namespace) -> Path:
         "",
     ]
     for claim in CLAIMS:
-        section, _ = claim_section(claim, cells, tuned_lrs(records), tasks, args.results_dir)
+        section, _ = claim_section(claim, cells, tuned_lrs(records, args), tasks, args.results_dir)
         lines.append(section)
     lines += ["## Every cell", "", markdown_table(cells, ["train.lr"]), ""]
     legacy = list(load_records(args.records, LEGACY_PROTOCOL).values())
