@@ -15,17 +15,16 @@ Claims (paper: He et al., Findings of EMNLP 2022), at our scale (MiniLM-L6, CPU)
 Protocol ``length-grouped``: the learning rate is tuned on the dense adapter only (seed 1, grid
 ``LR_GRIDS`` or ``--lr-grid``, best dev score per task and adapter) and then used unchanged for
 every sparse and Large-Sparse run of that adapter; full fine-tuning uses 5e-5. Training batches are grouped by
-length (``data.group_by_length``: 2-3x faster on CPU than random batches, because far fewer
-padded tokens). Everything else is the CLI's defaults (AdamW, weight decay 0.1, linear schedule
+length (``data.group_by_length``: 2.5x more SST-2 examples per second than random batches, far
+fewer padded tokens; see ``benchmarks/batching.py``). Everything else is the CLI's defaults (AdamW, weight decay 0.1, linear schedule
 with 6% warm-up, batch 32, max length 128, best epoch on dev). Records of the earlier protocol
 (``random-batches``, plain shuffling) stay in the records file and are reported apart.
 
 Every finished run is appended to ``benchmarks/results/quality_runs.jsonl`` (committed), and a
 run found there is never trained again: the grid can be completed a part at a time, across
 sessions and machines. Run folders (checkpoints) go to ``--runs-dir`` and are not committed.
-``--workers N`` trains N runs at once, each on its share of the CPU threads (two 1-thread runs
-train ~20% more examples per second than one 2-thread run on a 2-core machine); workers take
-runs through lock files next to the run folders, so they never train the same run.
+``--workers N`` trains N runs at once, each on its share of the CPU threads; workers take runs
+through lock files next to the run folders, so they never train the same run.
 """
 
 from __future__ import annotations
@@ -481,7 +480,7 @@ def report(args: argparse.Namespace) -> Path:
             f"## Earlier protocol: {LEGACY_PROTOCOL}",
             "",
             "The same runs with plain shuffled batches (no length grouping), recorded before the "
-            "benchmark switched protocols to train 2-3x faster; not mixed into the claims above.",
+            "benchmark switched protocols to train faster; not mixed into the claims above.",
             "",
             markdown_table(_cells(legacy), ["train.lr"]),
             "",

@@ -1,0 +1,153 @@
+"""Length-grouped vs shuffled training batches (``data.group_by_length``): padding and speed.
+
+For each GLUE task: padded tokens per real token over one epoch of batches of 32 (max length
+128), with plain shuffling and with ``LengthGroupedBatches``. Then, on SST-2 (the quality
+benchmark's 8k training subset), Houlsby on MiniLM-L6: training steps (forward, backward, AdamW)
+alternating one grouped and one shuffled batch, examples per second of each, and their ratio.
+
+    python benchmarks/batching.py            # writes benchmarks/results/batching.{json,md}
+    python benchmarks/batching.py --quick    # two tasks, a few steps, prints only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+
+from sparseadapter.adapters import build_model, resolve_model  # noqa: E402
+from sparseadapter.batching import LengthGroupedBatches, PadCollator  # noqa: E402
+from sparseadapter.tasks.glue import get_task, load_glue  # noqa: E402
+from sparseadapter.train import encode, load_tokenizer  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+TASKS = {"rte": None, "mrpc": None, "stsb": None, "cola": None, "sst2": 8000}
+BATCH = 32
+
+
+def shuffled(n: int, seed: int) -> list[list[int]]:
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    return [order[k : k + BATCH] for k in range(0, n, BATCH)]
+
+
+def grouped(lengths: list[int], seed: int) -> list[list[int]]:
+    return list(LengthGroupedBatches(lengths, BATCH, torch.Generator().manual_seed(seed)))
+
+
+def padding(features: list[dict], batches: list[list[int]]) -> float:
+    """Tokens fed to the model (each batch padded to its longest example) per real token."""
+    lengths = [len(f["input_ids"]) for f in features]
+    fed = sum(max(lengths[i] for i in b) * len(b) for b in batches)
+    return fed / sum(lengths)
+
+
+def step_speed(features: list[dict], tokenizer, steps: int) -> dict[str, float]:
+    """Examples per second of grouped and shuffled batches, one step of each in turn."""
+    model, _ = build_model(resolve_model("minilm"), 2, "houlsby")
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    collate = PadCollator(tokenizer.pad_token_id or 0)
+    lengths = [len(f["input_ids"]) for f in features]
+    kinds = {"grouped": grouped(lengths, 0), "shuffled": shuffled(len(features), 0)}
+    seconds = {kind: [] for kind in kinds}
+    model.train()
+    for step in range(steps + 2):  # the first two rounds warm up, untimed
+        for kind, batches in kinds.items():
+            batch = collate([features[i] for i in batches[step]])
+            start = time.perf_counter()
+            model(**batch).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            if step >= 2:
+                seconds[kind].append(time.perf_counter() - start)
+    speed = {
+        kind: sum(len(b) for b in kinds[kind][2 : steps + 2]) / sum(s)
+        for kind, s in seconds.items()
+    }
+    median = {kind: statistics.median(s) for kind, s in seconds.items()}
+    return {
+        "steps": steps,
+        "examples_per_second": speed,
+        "median_step_ms": {k: 1000 * v for k, v in median.items()},
+        "speedup": speed["grouped"] / speed["shuffled"],
+    }
+
+
+def markdown(results: dict) -> str:
+    speed = results["speed"]
+    lines = [
+        "# Length-grouped vs shuffled training batches",
+        "",
+        f"Produced by `python benchmarks/batching.py`; torch {results['torch']}, "
+        f"{results['threads']} threads, {results['cpus']} CPUs. Batches of {BATCH}, max length 128.",
+        "",
+        "| task | training examples | padded / real tokens, shuffled | grouped |",
+        "|---|---|---|---|",
+    ]
+    for task, row in results["padding"].items():
+        lines.append(
+            f"| {task} | {row['examples']} | {row['shuffled']:.2f} | {row['grouped']:.2f} |"
+        )
+    lines += [
+        "",
+        f"Training steps on {results['speed_task']} (Houlsby, MiniLM-L6), one grouped and one "
+        f"shuffled batch in turn, {speed['steps']} of each after 2 warm-up rounds:",
+        "",
+        "| batches | examples / s | median step ms |",
+        "|---|---|---|",
+        *(
+            f"| {k} | {speed['examples_per_second'][k]:.1f} | {speed['median_step_ms'][k]:.0f} |"
+            for k in ("grouped", "shuffled")
+        ),
+        "",
+        f"Speed-up of grouped batches: **{speed['speedup']:.2f}x** examples per second.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data" / "glue")
+    p.add_argument("--steps", type=int, default=100, help="timed steps of each kind")
+    p.add_argument("--quick", action="store_true", help="rte and sst2, 3 steps, print only")
+    args = p.parse_args(argv)
+    tasks = {"rte": None, "sst2": 8000} if args.quick else TASKS
+    steps = 3 if args.quick else args.steps
+    tokenizer = load_tokenizer(resolve_model("minilm"))
+    results = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "padding": {},
+        "speed_task": "sst2",
+    }
+    for task, limit in tasks.items():
+        spec = get_task(task)
+        examples = load_glue(spec.name, "train", args.data_dir, limit)
+        features = encode(tokenizer, examples, 128, spec.is_regression)
+        results["padding"][task] = {
+            "examples": len(features),
+            "shuffled": padding(features, shuffled(len(features), 0)),
+            "grouped": padding(features, grouped([len(f["input_ids"]) for f in features], 0)),
+        }
+    results["speed"] = step_speed(features, tokenizer, steps)  # the last task: sst2
+    text = markdown(results)
+    print(text)
+    if not args.quick:
+        (RESULTS / "batching.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+        (RESULTS / "batching.md").write_text(text, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
