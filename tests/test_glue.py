@@ -138,7 +138,14 @@ def test_error_unknown_label_names_value_file_and_line(tmp_path):
     with pytest.raises(DataError, match=r"unknown label 'negative' on line 3 of .*SST-2.dev\.tsv"):
         load_glue("sst2", "validation", tmp_path)
     _write(tmp_path / "STS-B" / "train.tsv", "sentence1\tsentence2\tscore\na\tb\tn/a\n")
-    with pytest.raises(DataError, match="unknown label 'n/a' on line 2.*a number"):
+    with pytest.raises(DataError, match="unknown label 'n/a' on line 2.*a finite number"):
+        load_glue("stsb", "train", tmp_path)
+
+
+@pytest.mark.parametrize("score", ["nan", "inf", "-Infinity"])
+def test_error_non_finite_regression_label(tmp_path, score):
+    _write(tmp_path / "STS-B" / "train.tsv", f"sentence1\tsentence2\tscore\na\tb\t1.5\nc\td\t{score}\n")
+    with pytest.raises(DataError, match=f"unknown label '{score}' on line 3.*a finite number"):
         load_glue("stsb", "train", tmp_path)
 
 

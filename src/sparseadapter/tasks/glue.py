@@ -8,6 +8,7 @@ needs a hub) and are plain floats on their natural scale (accuracy in [0, 1], no
 from __future__ import annotations
 
 import csv
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -221,9 +222,12 @@ def _parse_label(
     value: str, label_ids: dict[str, int] | None, path: Path, line: int
 ) -> int | float:
     try:
-        return float(value) if label_ids is None else label_ids[value]
+        label = float(value) if label_ids is None else label_ids[value]
+        if not math.isfinite(label):
+            raise ValueError(value)
+        return label
     except (KeyError, ValueError):
-        expected = "a number" if label_ids is None else f"one of {', '.join(label_ids)}"
+        expected = "a finite number" if label_ids is None else f"one of {', '.join(label_ids)}"
         raise DataError(
             f"unknown label {value!r} on line {line} of {path}; expected {expected}"
         ) from None
