@@ -144,7 +144,9 @@ def test_error_unknown_label_names_value_file_and_line(tmp_path):
 
 @pytest.mark.parametrize("score", ["nan", "inf", "-Infinity"])
 def test_error_non_finite_regression_label(tmp_path, score):
-    _write(tmp_path / "STS-B" / "train.tsv", f"sentence1\tsentence2\tscore\na\tb\t1.5\nc\td\t{score}\n")
+    _write(
+        tmp_path / "STS-B" / "train.tsv", f"sentence1\tsentence2\tscore\na\tb\t1.5\nc\td\t{score}\n"
+    )
     with pytest.raises(DataError, match=f"unknown label '{score}' on line 3.*a finite number"):
         load_glue("stsb", "train", tmp_path)
 
