@@ -217,10 +217,10 @@ def make_variant(
 def enforced(variant: Variant) -> Iterator[None]:
     """Attach the variant's masks (if any) for the steps inside, then detach them.
 
-    The engine's optimizer post-hook re-applies every live mask set after any optimizer's step,
-    so with several sparse models in one process each step would also pay for the others'
-    masks. Attaching a variant's masks only around its own steps (untimed) gives each variant
-    the cost it has when trained alone.
+    The engine's optimizer post-hook looks at every live mask set after any optimizer's step
+    (to re-mask the parameters that optimizer holds). Attaching a variant's masks only around
+    its own steps (untimed) keeps the other variants' mask sets out of its timings, so each
+    variant costs what it costs when trained alone.
     """
     if variant.masks:
         apply_masks(variant.model, variant.masks, variant.config)

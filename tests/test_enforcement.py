@@ -100,6 +100,21 @@ def test_an_optimizer_that_moves_zero_gradient_weights_is_corrected():
     assert (_pruned_values(model) == 0.0).all()
 
 
+def test_step_hook_remasks_only_the_stepping_optimizers_parameters():
+    model_a, model_b = _sparse_model(), _sparse_model(method="magnitude")
+    opt_a = Drift([p for p in model_a.parameters() if p.requires_grad])
+    opt_b = torch.optim.SGD([p for p in model_b.parameters() if p.requires_grad], lr=0.0)
+    name = ADAPTER_NAMES[0]
+    weight_b, pruned_b = dict(model_b.named_parameters())[name], ~sa.get_masks(model_b)[name]
+    with torch.no_grad():
+        weight_b[pruned_b] = 3.0  # a deliberate edit, outside any optimizer
+    _train(model_a, opt_a, steps=1)
+    assert (_pruned_values(model_a) == 0.0).all()
+    assert (weight_b[pruned_b] == 3.0).all(), "stepping A must not touch B's weights"
+    opt_b.step()
+    assert (_pruned_values(model_b) == 0.0).all()
+
+
 def test_names_and_state_dict_keys_unchanged():
     plain = TinyAdapterModel(hidden=16, bottleneck=8)
     keys = list(plain.state_dict())

@@ -9,8 +9,9 @@ Enforcement has two parts, both optimizer-agnostic:
 1. a gradient hook on each pruned parameter zeroes the gradient at pruned positions (NaN-safe),
    so optimizer state (momentum, Adam moments) never becomes non-zero there and weight decay
    acts on a zero weight;
-2. a global optimizer step post-hook multiplies every live masked parameter by its mask in one
-   fused ``_foreach_mul_`` call, as insurance against optimizers that move zero-gradient weights.
+2. a global optimizer step post-hook multiplies the masked parameters that the stepping optimizer
+   holds by their masks in one fused ``_foreach_mul_`` call per mask set, as insurance against
+   optimizers that move zero-gradient weights (parameters of other optimizers are left alone).
 Masks live outside ``state_dict`` (no new keys, no renamed parameters), so PEFT and AdapterHub
 save/load keep working unchanged.
 """
@@ -71,9 +72,10 @@ _LIVE: weakref.WeakSet[MaskedParameters] = weakref.WeakSet()
 _STEP_HOOK = None
 
 
-def _reapply_all_masks(optimizer, args, kwargs) -> None:
+def _reapply_stepped_masks(optimizer: torch.optim.Optimizer, args, kwargs) -> None:
+    stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}
     for masked in list(_LIVE):
-        masked.apply_()
+        masked.apply_(only=stepped)
 
 
 class MaskedParameters:
@@ -93,7 +95,7 @@ class MaskedParameters:
         self._handles = [p.register_hook(self._gradient_hook(n)) for n, p in params.items()]
         _LIVE.add(self)
         if _STEP_HOOK is None:
-            _STEP_HOOK = register_optimizer_step_post_hook(_reapply_all_masks)
+            _STEP_HOOK = register_optimizer_step_post_hook(_reapply_stepped_masks)
         self.apply_()
 
     def _gradient_hook(self, name: str):
@@ -106,12 +108,17 @@ class MaskedParameters:
         return hook
 
     @torch.no_grad()
-    def apply_(self) -> None:
-        """Set every pruned weight to exactly zero (one fused call, boolean masks as factors)."""
-        tensors = list(self.params.values())
-        if next(iter(self.masks.values())).device != tensors[0].device:
+    def apply_(self, only: set[int] | None = None) -> None:
+        """Set pruned weights to exactly zero (one fused call, boolean masks as factors).
+
+        ``only``: ids of the parameters to re-mask (an optimizer's); ``None`` re-masks all.
+        """
+        names = [n for n, p in self.params.items() if only is None or id(p) in only]
+        if not names:
+            return
+        if self.masks[names[0]].device != self.params[names[0]].device:
             self.masks = {n: m.to(self.params[n].device) for n, m in self.masks.items()}
-        torch._foreach_mul_(tensors, list(self.masks.values()))
+        torch._foreach_mul_([self.params[n] for n in names], [self.masks[n] for n in names])
 
     def remove(self) -> None:
         """Stop enforcing; the weights keep their current values."""
