@@ -33,6 +33,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -151,8 +152,14 @@ def best_lr(scores: dict[float, float]) -> float:
     return max(scores, key=lambda lr: (scores[lr], -lr))
 
 
-def planned_runs(task: str, claim: str, records: dict, args) -> list[RunConfig]:
-    """The runs of one claim on one task; lr-tuning runs first while the lr is unknown."""
+def planned_runs(
+    task: str, claim: str, records: dict, args, assume_lr: bool = False
+) -> list[RunConfig]:
+    """The runs of one claim on one task; lr-tuning runs first while the lr is unknown.
+
+    ``assume_lr``: while the lr is unknown, also list the runs that follow tuning, with the grid's
+    first lr standing in (for counting: their names will differ, their number will not).
+    """
     spec = CLAIMS[claim]
     runs: list[RunConfig] = []
     base = base_config(task, args)
@@ -162,7 +169,9 @@ def planned_runs(task: str, claim: str, records: dict, args) -> list[RunConfig]:
             lrs = lr_grid(adapter, args)
             grid = {"adapter": [adapter], "pruner": ["none"], "seed": [1], "train.lr": lrs}
             runs += runs_for(grid, base, args.runs_dir / task)
-            continue
+            if not assume_lr:
+                continue
+            lr = lrs[0]
         for grid in ({"pruner": ["none"]}, spec["grid"]):  # every claim compares with dense
             grid = {"adapter": [adapter], **grid, "seed": args.seeds, "train.lr": [lr]}
             runs += runs_for(grid, base, args.runs_dir / task)
@@ -259,6 +268,48 @@ def run_all(args: argparse.Namespace) -> None:
         append_record(args.records, record)
         _lock(run).unlink(missing_ok=True)
         print(f"    {record['metric']} = {record['score']:.4f} in {record['seconds']}s", flush=True)
+
+
+def plan(args: argparse.Namespace) -> str:
+    """Runs recorded and left per task and claim, and the hours they need at the recorded pace
+    (median ``seconds`` of the recorded runs of the same adapter, Large-Sparse or not).
+
+    A run shared by several claims (the dense baselines) is counted under the first of them.
+    The recorded seconds are those of one worker; ``--workers 2`` needs about half the hours.
+    """
+    records = load_records(args.records)
+    pace: dict[tuple, list[float]] = {}
+    for r in records.values():
+        pace.setdefault((r["adapter"], r["large_sparse"] > 1), []).append(r["seconds"])
+    everything = [s for times in pace.values() for s in times]
+    lines = [
+        "| task | claim | recorded | left | hours left (one worker) |",
+        "|---|---|---|---|---|",
+    ]
+    seen: set[str] = set()
+    total_left, total_seconds = 0, 0.0
+    for task in args.tasks:
+        for claim in args.claims:
+            runs = [
+                r
+                for r in planned_runs(task, claim, records, args, assume_lr=True)
+                if record_key(r) not in seen
+            ]
+            seen.update(record_key(r) for r in runs)
+            left = [r for r in runs if record_key(r) not in records]
+            seconds = sum(
+                statistics.median(
+                    pace.get((r.model.adapter, r.model.large_sparse > 1), everything) or [0.0]
+                )
+                for r in left
+            )
+            total_left, total_seconds = total_left + len(left), total_seconds + seconds
+            lines.append(
+                f"| {task} | {claim} | {len(runs) - len(left)} | {len(left)} | "
+                f"{seconds / 3600:.1f} |"
+            )
+    lines.append(f"| all | | {len(records)} | {total_left} | {total_seconds / 3600:.1f} |")
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- report
@@ -470,6 +521,15 @@ def report(args: argparse.Namespace) -> Path:
         + (f" — {', '.join(collapsed)}" if collapsed else ""),
         "",
     ]
+    whole_grid = argparse.Namespace(**{**vars(args), "tasks": list(TASKS), "claims": list(CLAIMS)})
+    lines += [
+        "## Progress",
+        "",
+        "Runs recorded and left per task and claim (`--plan`); the claims below use what is recorded.",
+        "",
+        plan(whole_grid),
+        "",
+    ]
     for claim in CLAIMS:
         section, _ = claim_section(claim, cells, tuned_lrs(records, args), tasks, args.results_dir)
         lines.append(section)
@@ -528,6 +588,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one of --workers
     p.add_argument("--report-only", action="store_true")
     p.add_argument(
+        "--plan",
+        action="store_true",
+        help="print the runs recorded and left per task and claim, and the time left; run nothing",
+    )
+    p.add_argument(
         "--quick",
         action="store_true",
         help="smoke test: claim 1 with LoRA on RTE, 64 examples, 1 epoch, 1 lr, 1 seed; "
@@ -559,6 +624,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker:
         run_all(args)
+        return 0
+    if args.plan:
+        print(plan(args))
         return 0
     if not args.report_only:
         if args.workers > 1:

@@ -46,6 +46,7 @@ def _record(adapter, pruner, sparsity, seed, score, large_sparse=1, lr=1e-3, col
         "lr": lr,
         "seed": seed,
         "epochs": 3,
+        "seconds": 100.0,
         "metric": "accuracy",
         "score": score,
         "collapsed": collapsed,
@@ -71,6 +72,8 @@ def test_report_verdicts_follow_the_rules(tmp_path):
     (tmp_path / "quality_runs.jsonl").write_text("\n".join(lines))
     args = quality.parse_args(["--report-only", "--results-dir", str(tmp_path)])
     text = quality.report(args).read_text()
+    progress = text.split("## Progress")[1].split("## Claim 1")[0]
+    assert "| cola | 4 | 0 | 42 |" in progress and "| all | | 12 | " in progress
     claim1 = text.split("## Claim 1")[1].split("## Claim 2")[0]
     assert "**Verdict: mixed (on 2 of 4 cells measured).**" in claim1
     assert "| rte | houlsby | 60.50 ± 0.71 (n=2) | 62.50 ± 0.71 (n=2) |" in claim1
@@ -110,3 +113,15 @@ def test_workers_never_take_the_same_run(tmp_path):
     )
     Path(f"{run.output}.lock").write_text(dead.stdout.decode().strip())
     assert quality.take(run)  # its worker died: the run is free again
+
+
+def test_plan_counts_runs_left_and_their_hours(tmp_path):
+    quality = _quality_module()
+    args = quality.parse_args(["--quick", "--runs-dir", str(tmp_path)])
+    assert "| rte | 1 | 0 | 2 | 0.0 |" in quality.plan(args)  # dense (= tuning) + SNIP 40%
+    (dense, sparse) = quality.planned_runs("rte", "1", {}, args, assume_lr=True)
+    record = {"run": quality.record_key(dense), "protocol": quality.PROTOCOL, "score": 0.6}
+    record.update(adapter="lora", large_sparse=1.0, seconds=7200.0)
+    quality.append_record(args.records, record)
+    assert quality.planned_runs("rte", "1", {}, args) == [dense]  # lr unknown: tuning only
+    assert "| rte | 1 | 1 | 1 | 2.0 |" in quality.plan(args)
