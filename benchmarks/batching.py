@@ -26,8 +26,8 @@ import torch  # noqa: E402
 
 from sparseadapter.adapters import build_model, resolve_model  # noqa: E402
 from sparseadapter.batching import LengthGroupedBatches, PadCollator  # noqa: E402
+from sparseadapter.data import encode, load_tokenizer  # noqa: E402
 from sparseadapter.tasks.glue import get_task, load_glue  # noqa: E402
-from sparseadapter.train import encode, load_tokenizer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

@@ -54,10 +54,10 @@ from sparseadapter import (  # noqa: E402
 )
 from sparseadapter.adapters import build_model, resolve_model  # noqa: E402
 from sparseadapter.batching import PadCollator  # noqa: E402
+from sparseadapter.data import encode, load_tokenizer  # noqa: E402
 from sparseadapter.errors import ConfigError  # noqa: E402
 from sparseadapter.scoring import available_scorers, get_scorer  # noqa: E402
 from sparseadapter.tasks.glue import get_task, load_glue  # noqa: E402
-from sparseadapter.train import encode, load_tokenizer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"

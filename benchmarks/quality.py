@@ -41,8 +41,9 @@ from pathlib import Path
 from typing import Any
 
 from sparseadapter.runconfig import RunConfig
+from sparseadapter.rundir import FINAL_FILE, interrupted
 from sparseadapter.sweep import SweepSpec, aggregate, markdown_table, plot
-from sparseadapter.train import FINAL_FILE, interrupted, train
+from sparseadapter.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

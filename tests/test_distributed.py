@@ -23,7 +23,8 @@ from test_train import tiny_bert  # noqa: F401  (session fixture: a tiny BERT fo
 
 from sparseadapter import ConfigError
 from sparseadapter.cli import main
-from sparseadapter.train import DEBUG_DUMP_ENV, check_parallelism
+from sparseadapter.distributed import check_parallelism
+from sparseadapter.train import DEBUG_DUMP_ENV
 
 # Each process pads its own batch of 8 to its own length, and the gradient is averaged by
 # all-reduce instead of inside one batch of 16: float rounding differs, nothing else. The
@@ -132,7 +133,7 @@ def test_fsdp_run_stops_before_training(
     monkeypatch,
     capsys,
 ):
-    monkeypatch.setattr("sparseadapter.train.Accelerator", FSDPAccelerator)
+    monkeypatch.setattr("sparseadapter.distributed.Accelerator", FSDPAccelerator)
     output = tmp_path / "run"
     assert main(run_args(tiny_bert, glue_dir, output, batch_size=8)) == 2
     err = capsys.readouterr().err

@@ -15,6 +15,7 @@ import yaml
 from safetensors.torch import load_file
 
 from sparseadapter import ConfigError, SparseAdapterError
+from sparseadapter.evaluate import evaluate_run, summary
 from sparseadapter.runconfig import (
     DEFAULT_LR_ADAPTER,
     DEFAULT_LR_FULL,
@@ -23,9 +24,10 @@ from sparseadapter.runconfig import (
     save_yaml,
     valid_keys,
 )
+from sparseadapter.rundir import load_run_model
 from sparseadapter.sparsify import get_masks
 from sparseadapter.tasks.glue import get_task
-from sparseadapter.train import evaluate_run, load_run_model, summary, train
+from sparseadapter.train import train
 
 
 @pytest.fixture(scope="session")

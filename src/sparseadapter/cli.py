@@ -173,7 +173,9 @@ def _run_config(args: argparse.Namespace, base: dict[str, Any] | None = None) ->
 def _train(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
-    from sparseadapter.train import interrupted_config, summary, train
+    from sparseadapter.evaluate import summary
+    from sparseadapter.rundir import interrupted_config
+    from sparseadapter.train import train
 
     if args.resume is None:
         config = _run_config(args)
@@ -191,7 +193,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from sparseadapter.train import evaluate_run
+    from sparseadapter.evaluate import evaluate_run
 
     result = evaluate_run(args.run, data_dir=args.data_dir)
     for split, metrics in result["dev"].items():
@@ -219,7 +221,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from sparseadapter.train import export_run
+    from sparseadapter.rundir import export_run
 
     path = export_run(args.run, args.format, args.output)
     print(f"exported {args.format} adapter to {path}")

@@ -46,7 +46,8 @@ from sparseadapter.runconfig import (
     set_key,
     set_value,
 )
-from sparseadapter.train import FINAL_FILE, interrupted, train
+from sparseadapter.rundir import FINAL_FILE, interrupted
+from sparseadapter.train import train
 
 GRID_ALIASES = {
     "adapter": "model.adapter",

@@ -39,6 +39,11 @@ class TaskSpec:
     def is_regression(self) -> bool:
         return self.num_labels == 1
 
+    @property
+    def problem_type(self) -> str:
+        """The ``problem_type`` of a Hugging Face sequence-classification model."""
+        return "regression" if self.is_regression else "single_label_classification"
+
 
 @dataclass(frozen=True)
 class Example:

@@ -1,0 +1,101 @@
+"""A run's data: GLUE examples, tokenized features, and the training and dev loaders."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+from transformers import AutoTokenizer
+
+from sparseadapter.batching import LengthGroupedBatches, PadCollator
+from sparseadapter.errors import ConfigError
+from sparseadapter.runconfig import RunConfig
+from sparseadapter.tasks.glue import Example, TaskSpec, get_task, load_glue
+
+
+@dataclass
+class RunData:
+    task: TaskSpec
+    train: list[Example]
+    dev: dict[str, list[Example]]
+
+
+def load_run_data(
+    config: RunConfig, data_dir: str | None = None, with_train: bool = True
+) -> RunData:
+    """The run's training examples (unless ``with_train=False``) and its dev split(s)."""
+    task = get_task(config.data.task)
+    data_dir = data_dir or config.data.data_dir
+    train = (
+        load_glue(task.name, "train", data_dir, config.data.max_train_samples) if with_train else []
+    )
+    dev = {
+        split: load_glue(task.name, split, data_dir, config.data.max_eval_samples)
+        for split in task.dev_splits
+    }
+    return RunData(task, train, dev)
+
+
+def load_tokenizer(model_path: str):
+    try:
+        return AutoTokenizer.from_pretrained(model_path)
+    except (OSError, ValueError) as err:
+        raise ConfigError(
+            f"no tokenizer found for model {model_path!r} ({str(err).splitlines()[0]}); "
+            "pass --model minilm, an HF model id, or a folder holding a model and its tokenizer"
+        ) from None
+
+
+def encode(
+    tokenizer, examples: list[Example], max_length: int, is_regression: bool
+) -> list[dict[str, Any]]:
+    """Tokenized examples (unpadded) with their labels."""
+    pairs = bool(examples) and examples[0].text_b is not None
+    encoded = tokenizer(
+        [e.text_a for e in examples],
+        [e.text_b for e in examples] if pairs else None,
+        truncation=True,
+        max_length=max_length,
+    )
+    cast = float if is_regression else int
+    return [
+        {**{key: values[i] for key, values in encoded.items()}, "labels": cast(e.label)}
+        for i, e in enumerate(examples)
+    ]
+
+
+def train_loader(
+    config: RunConfig, features: list[dict[str, Any]], tokenizer, generator: torch.Generator
+) -> DataLoader:
+    """Shuffled training batches; the order depends on the state of ``generator`` only."""
+    collate = PadCollator(tokenizer.pad_token_id or 0)
+    if config.data.group_by_length:
+        lengths = [len(f["input_ids"]) for f in features]
+        batches = LengthGroupedBatches(lengths, config.train.batch_size, generator)
+        # the loader's base seed then comes from the data generator, not from the global RNG
+        # that dropout uses, so a resumed run draws the same dropout masks
+        return DataLoader(features, batch_sampler=batches, collate_fn=collate, generator=generator)
+    return DataLoader(
+        features,
+        batch_size=config.train.batch_size,
+        shuffle=True,
+        collate_fn=collate,
+        generator=generator,
+    )
+
+
+def data_generator(config: RunConfig) -> torch.Generator:
+    return torch.Generator().manual_seed(config.train.seed)
+
+
+def dev_loaders(config: RunConfig, data: RunData, tokenizer) -> dict[str, DataLoader]:
+    return {
+        split: DataLoader(
+            encode(tokenizer, examples, config.data.max_length, data.task.is_regression),
+            batch_size=config.train.eval_batch_size,
+            collate_fn=PadCollator(tokenizer.pad_token_id or 0),
+        )
+        for split, examples in data.dev.items()
+    }

@@ -1,0 +1,75 @@
+"""Data parallelism through accelerate: one Accelerator per run, sharded parameters refused,
+and the same masks on every process. See docs/distributed.md."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
+from accelerate.utils import DistributedType, broadcast
+from torch import nn
+
+from sparseadapter.config import SparsityConfig
+from sparseadapter.errors import ConfigError
+from sparseadapter.runconfig import RunConfig
+from sparseadapter.sparsify import apply_masks, get_masks
+
+SHARDED = {
+    DistributedType.FSDP: "FSDP",
+    DistributedType.DEEPSPEED: "DeepSpeed",
+    DistributedType.MEGATRON_LM: "Megatron-LM",
+}
+
+
+def make_accelerator(config: RunConfig) -> Accelerator:
+    """A fresh Accelerator for this run (runs in one process may differ in precision).
+
+    Under ``torchrun`` on a machine without GPUs accelerate finds no backend and would let every
+    process train alone; then the processes are joined over gloo on the CPU instead.
+    """
+
+    def fresh(cpu: bool) -> Accelerator:
+        AcceleratorState._reset_state(reset_partial_state=cpu)
+        GradientState._reset_state()
+        return Accelerator(
+            cpu=cpu,
+            mixed_precision=config.train.mixed_precision,
+            gradient_accumulation_steps=config.train.grad_accum,
+        )
+
+    accelerator = fresh(cpu=False)
+    if accelerator.num_processes == 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        accelerator = fresh(cpu=True)
+    check_parallelism(accelerator)
+    if config.train.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+        raise ConfigError("fp16 mixed precision needs a GPU; use --mixed-precision bf16 on CPU")
+    return accelerator
+
+
+def check_parallelism(accelerator: Accelerator) -> None:
+    """Refuse parallelism that shards or wraps parameters: the masks would silently stop working.
+
+    Masks are tied to the parameter tensors of the model; FSDP and DeepSpeed ZeRO-3 replace
+    them with flat shards, and DeepSpeed/Megatron-LM step their own optimizers. Data parallel
+    (DDP) on CPUs or GPUs is supported.
+    """
+    name = SHARDED.get(accelerator.distributed_type)
+    if name is not None:
+        raise ConfigError(
+            f"{name} is not supported yet: it shards or wraps the parameters, so the pruning "
+            "masks would not be enforced. Train data parallel instead (accelerate launch "
+            "--multi_gpu, or torchrun); see docs/distributed.md"
+        )
+
+
+def broadcast_masks(model: nn.Module, config: SparsityConfig, accelerator: Accelerator) -> None:
+    """Make every process use the main process's masks (scores may differ in the last bit)."""
+    if accelerator.num_processes == 1:
+        return
+    masks = {
+        name: broadcast(mask.to(accelerator.device, torch.uint8)).bool()
+        for name, mask in get_masks(model).items()
+    }
+    apply_masks(model, masks, config)

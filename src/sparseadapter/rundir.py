@@ -1,0 +1,182 @@
+"""A run's output folder: its files, its life as ``<output>.partial/`` until it is published,
+and the trained model stored in it.
+
+A run is written into ``<output>.partial/`` and renamed to ``<output>/`` only when it finished,
+so an unfinished run never looks finished and ``--overwrite`` replaces an old run only once the
+new one succeeded. The ``.partial`` folder holds the resumable checkpoint
+(:mod:`sparseadapter.resume`); a published run holds ``config.yaml``, ``metrics.jsonl``,
+``final.json``, ``log.txt`` and the trained adapter (``adapter/``, a sparse checkpoint) or, for
+full fine-tuning, the whole model (``model/``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from sparseadapter.adapters import load_model, resolve_model
+from sparseadapter.checkpoint import export_dense, load_sparse, save_sparse
+from sparseadapter.errors import ConfigError
+from sparseadapter.resume import CHECKPOINT_FILE, read_checkpoint, remove_checkpoint
+from sparseadapter.runconfig import RunConfig, changed_keys, load_yaml
+from sparseadapter.tasks.glue import TaskSpec, get_task
+
+CONFIG_FILE = "config.yaml"
+EPOCHS_FILE = "metrics.jsonl"
+FINAL_FILE = "final.json"
+LOG_FILE = "log.txt"
+ADAPTER_DIR = "adapter"
+MODEL_DIR = "model"
+PARTIAL_SUFFIX = ".partial"
+
+
+def partial_dir(output: Path) -> Path:
+    return output.with_name(output.name + PARTIAL_SUFFIX)
+
+
+def interrupted(config: RunConfig) -> bool:
+    """Whether the run's output folder has an unfinished run that can be resumed."""
+    return (partial_dir(config.output_dir()) / CHECKPOINT_FILE).is_file()
+
+
+def _check_writable(folder: Path) -> None:
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"cannot write the run folder {folder}: {existing} is not a writable folder; "
+            "choose another --output"
+        )
+
+
+def new_run_dirs(config: RunConfig, overwrite: bool) -> tuple[Path, Path]:
+    output = config.output_dir()
+    if (output / FINAL_FILE).exists() and not overwrite:
+        raise ConfigError(
+            f"{output} already holds a finished run; pass --overwrite to replace it "
+            "or choose another --output"
+        )
+    is_other = output.exists() and (not output.is_dir() or any(output.iterdir()))
+    if is_other and not (output / FINAL_FILE).exists():
+        raise ConfigError(
+            f"{output} exists and is not a sparseadapter run; choose another --output"
+        )
+    if interrupted(config) and not overwrite:
+        raise ConfigError(
+            f"{output} has an interrupted run with a checkpoint: pass --resume {output} to "
+            "continue it, or --overwrite to start over"
+        )
+    partial = partial_dir(output)
+    _check_writable(partial)
+    return output, partial
+
+
+def interrupted_config(run_dir: str | Path) -> dict[str, Any]:
+    """The config (as a dict) of the interrupted run in ``run_dir``, to resume it.
+
+    ``run_dir`` is the run's output folder (or its ``.partial`` folder); ConfigError if it
+    holds no checkpoint.
+    """
+    output = Path(run_dir)
+    if output.name.endswith(PARTIAL_SUFFIX):
+        output = output.with_name(output.name.removesuffix(PARTIAL_SUFFIX))
+    _checkpoint_path(output)
+    data = load_yaml(partial_dir(output) / CONFIG_FILE)
+    data["output"] = str(output)
+    return data
+
+
+def _checkpoint_path(output: Path) -> Path:
+    path = partial_dir(output) / CHECKPOINT_FILE
+    if path.is_file():
+        return path
+    if (output / FINAL_FILE).is_file():
+        raise ConfigError(f"{output} is a finished run: there is nothing to resume")
+    raise ConfigError(
+        f"nothing to resume in {output}: no checkpoint {path} (one is written every "
+        "train.checkpoint_every steps and after each epoch); start the run again without --resume"
+    )
+
+
+def resume_dirs(config: RunConfig) -> tuple[Path, Path, dict[str, Any]]:
+    """The output and partial folders and the checkpoint of a run to resume with ``config``."""
+    output = config.output_dir()
+    path = _checkpoint_path(output)
+    saved = RunConfig.from_dict(load_yaml(path.parent / CONFIG_FILE))
+    changes = changed_keys(saved, config)
+    if changes:
+        raise ConfigError(
+            f"resume of a run with a changed config ({'; '.join(changes)}): drop the options "
+            "that change it, or start a new run with --overwrite"
+        )
+    return output, path.parent, read_checkpoint(path)
+
+
+def publish(partial: Path, output: Path) -> None:
+    """Move the finished run into place (without its checkpoint), replacing an old run only now."""
+    remove_checkpoint(partial / CHECKPOINT_FILE)
+    if output.exists():
+        old = output.with_name(output.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        output.rename(old)
+        partial.rename(output)
+        shutil.rmtree(old)
+    else:
+        partial.rename(output)
+
+
+def write_history(folder: Path, history: list[dict[str, Any]]) -> None:
+    lines = "".join(json.dumps(record) + "\n" for record in history)
+    (folder / EPOCHS_FILE).write_text(lines, encoding="utf-8")
+
+
+def finished_run(run_dir: str | Path) -> RunConfig:
+    """The config of a finished run folder; ConfigError if the folder holds none."""
+    run_dir = Path(run_dir)
+    if not (run_dir / FINAL_FILE).is_file():
+        raise ConfigError(
+            f"{run_dir} is not a finished run (no {FINAL_FILE}); pass the output folder of a "
+            "completed `sparseadapter train`"
+        )
+    return RunConfig.from_dict(load_yaml(run_dir / CONFIG_FILE))
+
+
+def save_run_model(model: nn.Module, tokenizer, folder: Path, config: RunConfig) -> None:
+    """The trained adapter as a sparse checkpoint; a fully fine-tuned model as an HF folder."""
+    if config.model.is_full_finetune:
+        model.save_pretrained(folder / MODEL_DIR)
+        tokenizer.save_pretrained(folder / MODEL_DIR)
+    else:
+        save_sparse(model, folder / ADAPTER_DIR)
+
+
+def load_run_model(run_dir: Path, config: RunConfig, task: TaskSpec) -> tuple[nn.Module, str]:
+    """The trained model of a finished run, and the path of its tokenizer."""
+    if config.model.is_full_finetune:
+        path = str(run_dir / MODEL_DIR)
+        return load_model(path, task.num_labels, task.problem_type), path
+    path = resolve_model(config.model.name)
+    base = load_model(path, task.num_labels, task.problem_type)
+    return load_sparse(base, run_dir / ADAPTER_DIR), path
+
+
+def export_run(run_dir: str | Path, format: str, output: str | Path | None = None) -> Path:
+    """Write a finished run's adapter as ``format`` (peft, adapterhub or sparse); its folder."""
+    run_dir = Path(run_dir)
+    config = finished_run(run_dir)
+    if config.model.is_full_finetune:
+        raise ConfigError(
+            f"a full fine-tuning run has no adapter to export: {run_dir / MODEL_DIR} already is "
+            "a plain Hugging Face model folder"
+        )
+    model, _ = load_run_model(run_dir, config, get_task(config.data.task))
+    target = Path(output) if output else run_dir / f"export-{format}"
+    if format == "sparse":
+        return save_sparse(model, target)
+    return export_dense(model, target, format)
