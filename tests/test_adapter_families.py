@@ -8,6 +8,7 @@ untouched; then training lowers the loss, moves kept adapter weights and never r
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -159,6 +160,15 @@ def test_snip_sparsify_then_train(arch, library, adapter, width, sparsity):
 def test_peft_prefix_needs_a_pooler(arch):
     with pytest.raises(ConfigError, match="no pooler.*adapterhub"):
         attach_adapter(tiny_model(arch), "prefix", "peft")
+
+
+def test_no_spurious_adapterhub_warning_when_training_an_adapter(caplog):
+    caplog.set_level(logging.WARNING)
+    model, _ = attach_adapter(tiny_model("bert"), "houlsby", "adapterhub", width=4)
+    assert "none are activated" not in caplog.text
+    assert "task" in str(model.active_adapters)
+    logging.getLogger("adapters.model_mixin").warning("none are activated (a real one)")
+    assert "a real one" in caplog.text  # the filter is gone afterwards
 
 
 def test_default_exclude_covers_bart_head():

@@ -27,6 +27,7 @@ mam) and for prefix tuning, and PEFT for lora and ia3; prefix tuning falls back 
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -231,8 +232,30 @@ def attach_adapter(
 
     adapters.init(model)
     model.add_adapter(adapter_name, config=config)
-    model.train_adapter(adapter_name)
+    train_adapterhub_adapter(model, adapter_name)
     return model, sparsity
+
+
+def train_adapterhub_adapter(model: nn.Module, name: str) -> None:
+    """``model.train_adapter(name)`` without AdapterHub's spurious warning "There are adapters
+    available but none are activated": it runs a forward context while it switches the active
+    adapter, before the new one is set, so the warning says nothing about the trained model."""
+    logger = logging.getLogger("adapters.model_mixin")
+    spurious = _DropMessage("none are activated for the forward pass")
+    logger.addFilter(spurious)
+    try:
+        model.train_adapter(name)
+    finally:
+        logger.removeFilter(spurious)
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
 
 
 def load_model(model: str, num_labels: int, problem_type: str | None = None) -> nn.Module:

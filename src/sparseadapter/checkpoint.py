@@ -28,6 +28,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from sparseadapter.adapters import train_adapterhub_adapter
 from sparseadapter.config import SparsityConfig
 from sparseadapter.errors import CheckpointError, ConfigError
 from sparseadapter.sparsify import apply_masks, get_masks, masked_parameters, remove_sparsity
@@ -358,7 +359,7 @@ def _attach_adapterhub(model: nn.Module, meta: dict[str, Any]) -> nn.Module:
     for head_name, head_config in meta["heads"].items():
         if head_name not in model.heads:
             model.add_prediction_head_from_config(head_name, dict(head_config))
-    model.train_adapter(name)
+    train_adapterhub_adapter(model, name)
     return model
 
 
