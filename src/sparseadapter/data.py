@@ -17,6 +17,8 @@ from sparseadapter.tasks.glue import Example, TaskSpec, get_task, load_glue
 
 @dataclass
 class RunData:
+    """A run's task, its training examples and its dev split(s) by name."""
+
     task: TaskSpec
     train: list[Example]
     dev: dict[str, list[Example]]
@@ -87,10 +89,12 @@ def train_loader(
 
 
 def data_generator(config: RunConfig) -> torch.Generator:
+    """The generator behind the training data order (seeded by the run's seed)."""
     return torch.Generator().manual_seed(config.train.seed)
 
 
 def dev_loaders(config: RunConfig, data: RunData, tokenizer) -> dict[str, DataLoader]:
+    """One loader per dev split, in file order."""
     return {
         split: DataLoader(
             encode(tokenizer, examples, config.data.max_length, data.task.is_regression),

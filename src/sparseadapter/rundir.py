@@ -36,6 +36,7 @@ PARTIAL_SUFFIX = ".partial"
 
 
 def partial_dir(output: Path) -> Path:
+    """Where the run in ``output`` lives until it is published."""
     return output.with_name(output.name + PARTIAL_SUFFIX)
 
 
@@ -56,6 +57,8 @@ def _check_writable(folder: Path) -> None:
 
 
 def new_run_dirs(config: RunConfig, overwrite: bool) -> tuple[Path, Path]:
+    """The output and partial folders of a new run; ConfigError if starting it would lose or
+    mix up another run (a finished one without ``overwrite``, foreign files, a resumable one)."""
     output = config.output_dir()
     if (output / FINAL_FILE).exists() and not overwrite:
         raise ConfigError(
