@@ -35,6 +35,7 @@ from sparseadapter.adapters import (
     resolve_library,
     resolve_model,
 )
+from sparseadapter.targets import lora_pairs
 
 # (id, library, adapter, width on the hidden-32 tiny models)
 ADAPTER_CASES = [
@@ -169,6 +170,25 @@ def test_no_spurious_adapterhub_warning_when_training_an_adapter(caplog):
     assert "task" in str(model.active_adapters)
     logging.getLogger("adapters.model_mixin").warning("none are activated (a real one)")
     assert "a real one" in caplog.text  # the filter is gone afterwards
+
+
+@pytest.mark.parametrize("library", ["peft", "adapterhub"])
+def test_lora_factor_pairs_are_found_and_kept_aligned(library):
+    model, _ = attach_adapter(tiny_model("bert"), "lora", library, width=4)
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    pairs = lora_pairs(params)
+    a_names = [n for n in params if "lora_A" in n]
+    assert len(a_names) >= 2 and [a for a, _ in pairs] == a_names
+    a, b = pairs[0]
+    with torch.no_grad():  # magnitude keeps A's row 0 and B's column 3: they never meet
+        for p in params.values():
+            p.fill_(1.0)
+        params[a].fill_(1e-3)
+        params[b].fill_(1e-3)
+        params[a][0], params[b][:, 3] = 10.0, 10.0
+    sparsify(model, SparsityConfig(method="magnitude", sparsity=0.9))
+    masks = get_masks(model)
+    assert all((masks[a].any(1) & masks[b].any(0)).any() for a, b in pairs)
 
 
 def test_default_exclude_covers_bart_head():

@@ -63,3 +63,39 @@ def test_kept_count_rounds_half_up():
     assert kept_count(10, 0.25) == 8  # 7.5 -> 8
     assert kept_count(10, 0.4) == 6
     assert kept_count(3, 0.0) == 3
+
+
+def _misaligned_lora_scores():
+    """A (rank 4 x 6) scores high only in row 0, B (5 x rank 4) only in column 3: kept weights
+    that never meet, unless the pair is kept aligned."""
+    a, b = torch.full((4, 6), 0.01), torch.full((5, 4), 0.01)
+    a[0], b[:, 3] = 5.0, 5.0
+    a[2, 1], b[4, 2] = 0.5, 0.4  # rank 2 is the best aligned one: min(0.5, 0.4) beats 0.01
+    return {"q.lora_A": a, "q.lora_B": b, "other": torch.full((30,), 1.0)}
+
+
+def _aligned_ranks(masks):
+    return (masks["q.lora_A"].any(1) & masks["q.lora_B"].any(0)).nonzero().flatten().tolist()
+
+
+@pytest.mark.parametrize("scope", ["global", "layer"])
+def test_lora_pairs_keep_an_aligned_rank(scope):
+    scores = _misaligned_lora_scores()
+    sparsity = 0.8 if scope == "global" else 0.9
+    assert _aligned_ranks(select_masks(scores, sparsity, scope)) == []  # pruned dead without
+    masks = select_masks(scores, sparsity, scope, pairs=[("q.lora_A", "q.lora_B")])
+    assert _aligned_ranks(masks) == [2]
+    assert masks["q.lora_A"][2, 1] and masks["q.lora_B"][4, 2]
+    counts = {k: int(m.sum()) for k, m in masks.items()}
+    naive = {k: int(m.sum()) for k, m in select_masks(scores, sparsity, scope).items()}
+    assert sum(counts.values()) == sum(naive.values())  # the budget stays exact
+    if scope == "layer":
+        assert counts == naive  # and so does every tensor's count
+
+
+def test_aligned_pairs_change_nothing_when_already_aligned():
+    scores = _misaligned_lora_scores()
+    pairs = [("q.lora_A", "q.lora_B")]
+    for sparsity in (0.0, 0.2, 0.4):
+        naive, aligned = select_masks(scores, sparsity), select_masks(scores, sparsity, pairs=pairs)
+        assert all(torch.equal(naive[k], aligned[k]) for k in scores)

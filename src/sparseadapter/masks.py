@@ -3,7 +3,9 @@
 Selection keeps exactly ``round((1 - s) * N)`` weights (rounding half up). Ties are broken by
 position (earlier parameter, then earlier flat index, wins), so the same scores always give the
 same masks. In global scope every tensor keeps at least its single best weight, so no adapter
-tensor is ever pruned dead; the total count stays exact.
+tensor is ever pruned dead; the total count stays exact. Low-rank factor pairs (LoRA's A and B,
+update B·A) are kept aligned: for one rank r, A's row r and B's column r each keep a weight
+(their best), so no B·A is pruned to zero by kept weights that never meet; in layer scope too.
 
 Enforcement has two parts, both optimizer-agnostic:
 1. a gradient hook on each pruned parameter zeroes the gradient at pruned positions (NaN-safe),
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import math
 import weakref
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -33,22 +36,48 @@ def kept_count(numel: int, sparsity: float) -> int:
     return min(numel, math.floor((1.0 - sparsity) * numel + 0.5))
 
 
-def _top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
-    order = torch.sort(scores, descending=True, stable=True).indices
+def _top_k(scores: torch.Tensor, k: int, forced: int | None = None) -> torch.Tensor:
     keep = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
-    keep[order[:k]] = True
+    if forced is not None:
+        keep[forced] = True
+    order = torch.sort(scores, descending=True, stable=True).indices
+    keep[order[~keep[order]][: k - int(keep.sum())]] = True
     return keep
 
 
+def aligned_picks(
+    scores: dict[str, torch.Tensor], pairs: Sequence[tuple[str, str]]
+) -> dict[str, int]:
+    """For each (A, B) factor pair (rank = A's dim 0 = B's dim 1): the flat indices of the best
+    weight of A's row r and of B's column r, for the rank r whose weaker side scores highest."""
+    picks = {}
+    for a_name, b_name in pairs:
+        a, b = scores[a_name].detach().double().cpu(), scores[b_name].detach().double().cpu()
+        a_best, a_arg = a.flatten(1).max(1)
+        b_best, b_arg = b.transpose(0, 1).flatten(1).max(1)
+        r = int(torch.minimum(a_best, b_best).argmax())
+        b_index = torch.arange(b.numel()).view(b.shape).transpose(0, 1).flatten(1)
+        picks[a_name] = r * a[0].numel() + int(a_arg[r])
+        picks[b_name] = int(b_index[r, b_arg[r]])
+    return picks
+
+
 def select_masks(
-    scores: dict[str, torch.Tensor], sparsity: float, scope: str = "global"
+    scores: dict[str, torch.Tensor],
+    sparsity: float,
+    scope: str = "global",
+    pairs: Sequence[tuple[str, str]] = (),
 ) -> dict[str, torch.Tensor]:
-    """Boolean keep-masks (True = kept) from scores, highest scores kept."""
+    """Boolean keep-masks (True = kept) from scores, highest scores kept.
+
+    ``pairs``: (A, B) names of low-rank factor pairs to keep aligned (see the module docstring).
+    """
+    forced = aligned_picks(scores, pairs)
     if scope == "layer":
         return {
-            name: _top_k(s.flatten().double(), max(1, kept_count(s.numel(), sparsity))).view(
-                s.shape
-            )
+            name: _top_k(
+                s.flatten().double(), max(1, kept_count(s.numel(), sparsity)), forced.get(name)
+            ).view(s.shape)
             for name, s in scores.items()
         }
     flat = torch.cat([s.detach().flatten().double().cpu() for s in scores.values()])
@@ -57,7 +86,12 @@ def select_masks(
     keep = torch.zeros(flat.numel(), dtype=torch.bool)
     if k >= len(sizes):
         offsets = torch.tensor([0, *sizes[:-1]]).cumsum(0)
-        best = torch.stack([s.detach().flatten().double().cpu().argmax() for s in scores.values()])
+        best = torch.tensor(
+            [
+                forced.get(name, int(s.detach().flatten().double().cpu().argmax()))
+                for name, s in scores.items()
+            ]
+        )
         keep[offsets + best] = True
     order = torch.sort(flat, descending=True, stable=True).indices
     rest = order[~keep[order]][: k - int(keep.sum())]

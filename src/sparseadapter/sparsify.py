@@ -18,7 +18,7 @@ from sparseadapter.config import SparsityConfig
 from sparseadapter.errors import CheckpointError, ScoreError, ScoringDataError
 from sparseadapter.masks import MaskedParameters, select_masks
 from sparseadapter.scoring import get_scorer
-from sparseadapter.targets import prunable_parameters
+from sparseadapter.targets import lora_pairs, prunable_parameters
 
 STATE_ATTRIBUTE = "_sparseadapter_masks"
 
@@ -224,7 +224,7 @@ def sparsify(
     with _eval_mode(model), _surrogate_init(candidates, zero_init, config.seed):
         scores = scorer.fn(model, params, scoring_batches, config)
         _check_scores(scores, params, config.method)
-    masks = select_masks(scores, config.sparsity, config.scope)
+    masks = select_masks(scores, config.sparsity, config.scope, lora_pairs(params))
     setattr(model, STATE_ATTRIBUTE, MaskedParameters(params, masks, config))
     return SparsityReport(
         config=config,

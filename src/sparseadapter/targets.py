@@ -10,7 +10,9 @@ so masks pair with weights by name and identity, never by shape.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
+import torch
 from torch import nn
 
 from sparseadapter.config import SparsityConfig
@@ -54,3 +56,16 @@ def prunable_parameters(model: nn.Module, config: SparsityConfig) -> dict[str, n
             "AdapterHub's add_adapter + train_adapter), or widen SparsityConfig.include/exclude"
         )
     return found
+
+
+def lora_pairs(params: Mapping[str, torch.Tensor]) -> list[tuple[str, str]]:
+    """(A, B) names of the LoRA factor pairs among ``params``: PEFT's ``...lora_A.<name>.weight``
+    with ``...lora_B.<name>.weight``, AdapterHub's ``...loras.<name>.lora_A`` with ``lora_B``.
+    A pair needs A's dim 0 (the rank) to equal B's dim 1."""
+    pairs = []
+    for a_name, a in params.items():
+        head, found, tail = a_name.rpartition("lora_A")
+        b = params.get(head + "lora_B" + tail) if found else None
+        if b is not None and a.dim() >= 2 and b.dim() >= 2 and a.shape[0] == b.shape[1]:
+            pairs.append((a_name, head + "lora_B" + tail))
+    return pairs
