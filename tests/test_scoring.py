@@ -5,6 +5,7 @@ import torch
 from tiny_module import ADAPTER_NAMES, TinyAdapterModel, tiny_batches
 
 import sparseadapter as sa
+from sparseadapter.masks import select_masks
 from sparseadapter.scoring import get_scorer
 from sparseadapter.targets import prunable_parameters
 
@@ -131,3 +132,17 @@ def test_registered_custom_scorer_is_used():
     sa.sparsify(model, sa.SparsityConfig(method="test_prefer_last", sparsity=0.5, scope="layer"))
     mask = sa.get_masks(model)["adapter_down.weight"].flatten()
     assert mask[mask.numel() // 2 :].all() and not mask[: mask.numel() // 2].any()
+
+
+@pytest.mark.parametrize("method", ["snip", "grasp", "synflow", "magnitude"])
+def test_score_weights_are_what_sparsify_ranks(method):
+    model = TinyAdapterModel(hidden=16, bottleneck=8)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    config = sa.SparsityConfig(method=method, sparsity=0.7)
+    scores = sa.score_weights(model, config, batches=tiny_batches())
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # nothing pruned
+    assert sa.get_masks(model) == {}
+    sa.sparsify(model, config, batches=tiny_batches())
+    expected = select_masks(scores, 0.7)
+    assert sa.get_masks(model).keys() == expected.keys()
+    assert all(torch.equal(sa.get_masks(model)[n], expected[n]) for n in expected)

@@ -18,6 +18,7 @@ from sparseadapter.sparsify import (
     apply_masks,
     get_masks,
     remove_sparsity,
+    score_weights,
     sparsify,
 )
 
@@ -45,5 +46,6 @@ __all__ = [
     "register_scorer",
     "remove_sparsity",
     "save_sparse",
+    "score_weights",
     "sparsify",
 ]

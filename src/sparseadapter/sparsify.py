@@ -209,6 +209,41 @@ def sparsify(
     config = config or SparsityConfig()
     start = time.perf_counter()
     remove_sparsity(model)
+    scored = _score(model, config, batches)
+    params = scored.params
+    masks = select_masks(scored.scores, config.sparsity, config.scope, lora_pairs(params))
+    setattr(model, STATE_ATTRIBUTE, MaskedParameters(params, masks, config))
+    return SparsityReport(
+        config=config,
+        tensors=[
+            TensorReport(n, tuple(p.shape), int(masks[n].sum()), n in scored.zero_init)
+            for n, p in params.items()
+        ],
+        dense_tensors=[n for n in scored.zero_init if n not in params],
+        scoring_examples=scored.examples,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def score_weights(
+    model: nn.Module,
+    config: SparsityConfig | None = None,
+    batches: Iterable[dict] | None = None,
+) -> dict[str, torch.Tensor]:
+    """The scores that ``sparsify`` ranks (higher = kept first), by prunable parameter name,
+    computed exactly as ``sparsify`` computes them; nothing is pruned."""
+    return _score(model, config or SparsityConfig(), batches).scores
+
+
+@dataclass
+class _Scored:
+    params: dict[str, nn.Parameter]  # the tensors to prune
+    scores: dict[str, torch.Tensor]
+    zero_init: list[str]  # prunable tensors that were all zeros
+    examples: int  # scoring examples used
+
+
+def _score(model: nn.Module, config: SparsityConfig, batches: Iterable[dict] | None) -> _Scored:
     candidates = prunable_parameters(model, config)
     zero_init = [n for n, p in candidates.items() if not p.detach().any()]
     params = candidates
@@ -224,18 +259,8 @@ def sparsify(
     with _eval_mode(model), _surrogate_init(candidates, zero_init, config.seed):
         scores = scorer.fn(model, params, scoring_batches, config)
         _check_scores(scores, params, config.method)
-    masks = select_masks(scores, config.sparsity, config.scope, lora_pairs(params))
-    setattr(model, STATE_ATTRIBUTE, MaskedParameters(params, masks, config))
-    return SparsityReport(
-        config=config,
-        tensors=[
-            TensorReport(n, tuple(p.shape), int(masks[n].sum()), n in zero_init)
-            for n, p in params.items()
-        ],
-        dense_tensors=[n for n in zero_init if n not in params],
-        scoring_examples=sum(_batch_size(b) for b in scoring_batches or []),
-        seconds=time.perf_counter() - start,
-    )
+    examples = sum(_batch_size(b) for b in scoring_batches or [])
+    return _Scored(params, scores, zero_init, examples)
 
 
 def apply_masks(
