@@ -1,10 +1,13 @@
-"""Builders shared by tests: tiny random models, batches, real RTE batches, a training loop."""
+"""Builders shared by tests: tiny random models, batches, real RTE batches, a training loop,
+and running a benchmark script."""
 
 from __future__ import annotations
 
 import csv
 import math
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -125,3 +128,13 @@ def head_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
         for n, p in model.named_parameters()
         if p.requires_grad and HEAD.search(n)
     }
+
+
+def run_benchmark(script: str, *args: str) -> subprocess.CompletedProcess:
+    """Run ``benchmarks/<script>`` with ``args`` in a new process; fails the test if it fails."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / script
+    done = subprocess.run(
+        [sys.executable, str(path), *args], capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    return done

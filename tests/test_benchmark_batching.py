@@ -1,21 +1,14 @@
 """benchmarks/batching.py --quick: padding and speed of grouped vs shuffled batches, end to end."""
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "batching.py"
+from helpers import run_benchmark
 
 
 @pytest.mark.slow
 def test_quick_run_reports_padding_and_speed():
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick"], capture_output=True, text=True, timeout=900
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_benchmark("batching.py", "--quick")
     rows = dict(re.findall(r"\| (rte|sst2) \| \d+ \| ([\d.]+ \| [\d.]+) \|", done.stdout))
     assert set(rows) == {"rte", "sst2"}
     for cells in rows.values():

@@ -5,11 +5,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_benchmark
 
 from sparseadapter import available_scorers
 
@@ -32,13 +32,7 @@ def is_positive(value) -> bool:
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory) -> tuple[dict, str, Path]:
     output = tmp_path_factory.mktemp("cost")
-    run = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--output", str(output)],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
+    run_benchmark("cost.py", "--quick", "--output", str(output))
     return json.loads((output / "cost.json").read_text()), (output / "cost.md").read_text(), output
 
 

@@ -1,21 +1,14 @@
 """benchmarks/lora_alignment.py --quick: aligned pair selection leaves no LoRA module dead."""
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "lora_alignment.py"
+from helpers import run_benchmark
 
 
 @pytest.mark.slow
 def test_quick_run_counts_dead_modules_and_aligned_selection_has_none():
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick"], capture_output=True, text=True, timeout=900
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_benchmark("lora_alignment.py", "--quick")
     rows = re.findall(
         r"\| r (\d+) \| (\d+)% \| (per weight|aligned pairs) \| (\d+) of 12 \|", done.stdout
     )
