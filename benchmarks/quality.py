@@ -241,10 +241,11 @@ def run_all(args: argparse.Namespace) -> None:
         print(f"[{len(records) + 1}] {record_key(run)} ({len(todo)} left)", flush=True)
         start = time.monotonic()
         finished = Path(run.output) / FINAL_FILE  # killed after publishing, before recording
+        resumed = finished.is_file() or interrupted(run)  # then ``seconds`` is only the rest
         if finished.is_file():
             final = json.loads(finished.read_text(encoding="utf-8"))
         else:
-            final = train(run, quiet=True, resume=interrupted(run))
+            final = train(run, quiet=True, resume=resumed)
         dev = final["dev"][next(iter(final["dev"]))]
         record = {
             "run": record_key(run),
@@ -265,6 +266,7 @@ def run_all(args: argparse.Namespace) -> None:
             "nonzero_trainable": final["parameters"]["nonzero_trainable"],
             "trainable": final["parameters"]["trainable"],
             "seconds": round(time.monotonic() - start, 1),
+            "resumed": resumed,
         }
         append_record(args.records, record)
         _lock(run).unlink(missing_ok=True)
@@ -273,7 +275,8 @@ def run_all(args: argparse.Namespace) -> None:
 
 def plan(args: argparse.Namespace) -> str:
     """Runs recorded and left per task and claim, and the hours they need at the recorded pace
-    (median ``seconds`` of the recorded runs of the same adapter, Large-Sparse or not).
+    (median ``seconds`` of the recorded runs of the same adapter, Large-Sparse or not, that
+    were trained in one go: a resumed run's ``seconds`` cover only what was left of it).
 
     A run shared by several claims (the dense baselines) is counted under the first of them.
     The recorded seconds are those of one worker; ``--workers 2`` needs about half the hours.
@@ -281,7 +284,8 @@ def plan(args: argparse.Namespace) -> str:
     records = load_records(args.records)
     pace: dict[tuple, list[float]] = {}
     for r in records.values():
-        pace.setdefault((r["adapter"], r["large_sparse"] > 1), []).append(r["seconds"])
+        if not r.get("resumed", False):
+            pace.setdefault((r["adapter"], r["large_sparse"] > 1), []).append(r["seconds"])
     everything = [s for times in pace.values() for s in times]
     lines = [
         "| task | claim | recorded | left | hours left (one worker) |",

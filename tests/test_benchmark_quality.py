@@ -125,3 +125,6 @@ def test_plan_counts_runs_left_and_their_hours(tmp_path):
     quality.append_record(args.records, record)
     assert quality.planned_runs("rte", "1", {}, args) == [dense]  # lr unknown: tuning only
     assert "| rte | 1 | 1 | 1 | 2.0 |" in quality.plan(args)
+    resumed = {**record, "run": "rte-lora-other", "seconds": 60.0, "resumed": True}
+    quality.append_record(args.records, resumed)  # its seconds are only the rest of a run
+    assert "| rte | 1 | 1 | 1 | 2.0 |" in quality.plan(args)
