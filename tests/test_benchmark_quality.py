@@ -46,6 +46,7 @@ def _record(adapter, pruner, sparsity, seed, score, large_sparse=1, lr=1e-3, col
         "lr": lr,
         "seed": seed,
         "epochs": 3,
+        "max_train_samples": None,
         "seconds": 100.0,
         "metric": "accuracy",
         "score": score,
@@ -121,10 +122,27 @@ def test_plan_counts_runs_left_and_their_hours(tmp_path):
     assert "| rte | 1 | 0 | 2 | 0.0 |" in quality.plan(args)  # dense (= tuning) + SNIP 40%
     (dense, sparse) = quality.planned_runs("rte", "1", {}, args, assume_lr=True)
     record = {"run": quality.record_key(dense), "protocol": quality.PROTOCOL, "score": 0.6}
-    record.update(adapter="lora", large_sparse=1.0, seconds=7200.0)
+    record.update(task="rte", adapter="lora", large_sparse=1.0, seconds=7200.0)
+    record.update(epochs=1, max_train_samples=64)
     quality.append_record(args.records, record)
     assert quality.planned_runs("rte", "1", {}, args) == [dense]  # lr unknown: tuning only
     assert "| rte | 1 | 1 | 1 | 2.0 |" in quality.plan(args)
     resumed = {**record, "run": "rte-lora-other", "seconds": 60.0, "resumed": True}
     quality.append_record(args.records, resumed)  # its seconds are only the rest of a run
     assert "| rte | 1 | 1 | 1 | 2.0 |" in quality.plan(args)
+    # a task with no runs yet borrows the pace, scaled by its work (epochs x training words)
+    words = {t: quality.training_words(args.data_dir, t, 64) for t in ("rte", "cola")}
+    assert words["rte"] > 2 * words["cola"]  # RTE's sentence pairs are longer than CoLA's sentences
+    args.tasks = ["cola"]
+    cola_hours = 2 * 2.0 * words["cola"] / words["rte"]  # dense + SNIP 40%, both still to run
+    assert f"| cola | 1 | 0 | 2 | {cola_hours:.1f} |" in quality.plan(args)
+
+
+def test_epochs_are_set_per_task_unless_given():
+    quality = _quality_module()
+    per_task = quality.parse_args([])
+    assert {t: quality.base_config(t, per_task)["train"]["epochs"] for t in quality.TASKS} == (
+        quality.EPOCHS
+    )
+    fixed = quality.parse_args(["--epochs", "3"])
+    assert {quality.base_config(t, fixed)["train"]["epochs"] for t in quality.TASKS} == {3}
