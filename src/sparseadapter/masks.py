@@ -72,8 +72,8 @@ def select_masks(
 
     ``pairs``: (A, B) names of low-rank factor pairs to keep aligned (see the module docstring).
     """
-    forced = aligned_picks(scores, pairs)
     if scope == "layer":
+        forced = aligned_picks(scores, pairs)
         return {
             name: _top_k(
                 s.flatten().double(), max(1, kept_count(s.numel(), sparsity)), forced.get(name)
@@ -84,13 +84,11 @@ def select_masks(
     sizes = [s.numel() for s in scores.values()]
     k = kept_count(flat.numel(), sparsity)
     keep = torch.zeros(flat.numel(), dtype=torch.bool)
-    if k >= len(sizes):
+    if k >= len(sizes):  # a budget too small for one weight per tensor skips the floor
+        forced = aligned_picks(scores, pairs)
         offsets = torch.tensor([0, *sizes[:-1]]).cumsum(0)
         best = torch.tensor(
-            [
-                forced.get(name, int(s.detach().flatten().double().cpu().argmax()))
-                for name, s in scores.items()
-            ]
+            [forced.get(name, int(part.argmax())) for name, part in zip(scores, flat.split(sizes))]
         )
         keep[offsets + best] = True
     order = torch.sort(flat, descending=True, stable=True).indices
