@@ -404,6 +404,14 @@ def _differences(diffs: list[dict | None]) -> list[str]:
     ]
 
 
+def _spread(best: dict, worst: dict) -> str:
+    d = _difference(best, worst, "spread")
+    if best is worst or d is None or "diff" not in d:
+        return ""
+    within = "within" if d["diff"] <= 2 * d["se"] else "beyond"
+    return f"; spread {d['diff']:.2f} ± {d['se']:.2f} points ({within} 2 SE)"
+
+
 def _verdict(diffs: list[dict | None], holds) -> str:
     known = [d["diff"] for d in diffs if d is not None and "diff" in d]
     if not known:
@@ -518,10 +526,13 @@ def claim_section(
                     lines.append(
                         f"- {task} @{int(s * 100)}%: "
                         + " > ".join(f"{c['pruner']} {100 * c['mean']:.2f}" for c in ranked)
+                        + _spread(ranked[0], ranked[-1])
                     )
         lines += [
             "",
-            "**Verdict:** descriptive (the paper's Figure 2 shape: which pruner leads at which sparsity, above).",
+            "**Verdict:** descriptive (the paper's Figure 2 shape: which pruner leads at which "
+            "sparsity, above). The spread is the first minus the last, ± its standard error over "
+            "seeds; within 2 standard errors the ranking is not measurable at this number of seeds.",
             "",
         ]
         return "\n".join(lines), pictures

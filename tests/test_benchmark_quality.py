@@ -62,6 +62,7 @@ def test_report_verdicts_follow_the_rules(tmp_path):
         records += [
             _record("houlsby", "none", 0.0, seed, 0.60 + noise),
             _record("houlsby", "snip", 0.4, seed, 0.62 + noise),  # beats dense: claim 1 holds
+            _record("houlsby", "random", 0.4, seed, 0.58 + noise),
             _record("lora", "none", 0.0, seed, 0.60 + noise),
             _record("lora", "snip", 0.4, seed, 0.55 + noise),  # 5 points worse
             _record("mam", "none", 0.0, seed, 0.5 if seed == 2 else 0.7, collapsed=seed == 2),
@@ -74,7 +75,7 @@ def test_report_verdicts_follow_the_rules(tmp_path):
     args = quality.parse_args(["--report-only", "--results-dir", str(tmp_path)])
     text = quality.report(args).read_text()
     progress = text.split("## Progress")[1].split("## Claim 1")[0]
-    assert "| cola | 4 | 0 | 42 |" in progress and "| all | | 12 | " in progress
+    assert "| cola | 4 | 0 | 42 |" in progress and "| all | | 14 | " in progress
     claim1 = text.split("## Claim 1")[1].split("## Claim 2")[0]
     assert "**Verdict: mixed (on 2 of 4 cells measured).**" in claim1
     assert "| rte | houlsby | 60.50 ± 0.71 (n=2) | 62.50 ± 0.71 (n=2) |" in claim1
@@ -86,6 +87,10 @@ def test_report_verdicts_follow_the_rules(tmp_path):
     claim2 = text.split("## Claim 2")[1].split("## Claim 3")[0]
     assert "**Verdict: mixed" in claim2  # houlsby within 1 point, lora 5 points below
     assert "not measured yet" in text.split("## Claim 3")[1].split("## Claim 4")[0]
+    claim4 = text.split("## Claim 4")[1].split("## Every cell")[0]
+    assert (
+        "- rte @40%: snip 62.50 > random 58.50; spread 4.00 ± 0.71 points (beyond 2 SE)" in claim4
+    )
     # the earlier protocol's record is reported apart, never mixed into the claims
     assert "| rte | pfeiffer | none |" not in text.split("## Earlier protocol")[0]
     assert (
