@@ -104,15 +104,25 @@ def record_key(run: RunConfig) -> str:
     return Path(run.output).name
 
 
-def load_records(path: Path, protocol: str = PROTOCOL) -> dict[str, dict[str, Any]]:
-    """The recorded runs of ``protocol``, by run name."""
+def task_epochs(args: argparse.Namespace) -> dict[str, int]:
+    return {task: args.epochs or EPOCHS[task] for task in TASKS}
+
+
+def load_records(
+    path: Path, protocol: str = PROTOCOL, epochs: dict[str, int] | None = None
+) -> dict[str, dict[str, Any]]:
+    """The recorded runs of ``protocol``, by run name; with ``epochs`` (task → epochs), only
+    those trained for their task's epochs (run names do not say, so a changed epoch count
+    must not reuse the old runs)."""
     if not path.is_file():
         return {}
     records = {}
     for line in path.read_text(encoding="utf-8").splitlines():
         if line.strip():
             record = json.loads(line)
-            if record.setdefault("protocol", LEGACY_PROTOCOL) == protocol:
+            if record.setdefault("protocol", LEGACY_PROTOCOL) != protocol:
+                continue
+            if epochs is None or record["epochs"] == epochs.get(record["task"]):
                 records[record["run"]] = record
     return records
 
@@ -227,7 +237,7 @@ def _alive(pid: int) -> bool:
 def run_all(args: argparse.Namespace) -> None:
     deadline = time.monotonic() + args.max_minutes * 60 if args.max_minutes else None
     while True:
-        records = load_records(args.records)  # other workers append to it
+        records = load_records(args.records, epochs=task_epochs(args))  # workers append to it
         todo = []
         for claim in args.claims:  # claim by claim, each on every task
             for task in args.tasks:
@@ -246,7 +256,7 @@ def run_all(args: argparse.Namespace) -> None:
         if run is None:  # every run left is being trained by another worker, or waits for its lr
             time.sleep(20)
             continue
-        if record_key(run) in load_records(args.records):  # recorded since todo was listed
+        if record_key(run) in load_records(args.records, epochs=task_epochs(args)):  # since listed
             _lock(run).unlink(missing_ok=True)
             continue
         print(f"[{len(records) + 1}] {record_key(run)} ({len(todo)} left)", flush=True)
@@ -305,7 +315,7 @@ def plan(args: argparse.Namespace) -> str:
     A run shared by several claims (the dense baselines) is counted under the first of them.
     The recorded seconds are those of one worker; ``--workers 2`` needs about half the hours.
     """
-    records = load_records(args.records)
+    records = load_records(args.records, epochs=task_epochs(args))
     pace: dict[tuple, list[float]] = {}  # seconds per unit of work, most specific key first
     for r in records.values():
         if not r.get("resumed", False):
@@ -349,9 +359,9 @@ def plan(args: argparse.Namespace) -> str:
 # ---------------------------------------------------------------- report
 
 
-def _cells(records: list[dict]) -> list[dict]:
+def _cells(records: list[dict], extra_keys: tuple[str, ...] = ()) -> list[dict]:
     rows = [{**r, "train.lr": r["lr"]} for r in records]
-    return aggregate(rows, ["train.lr"])
+    return aggregate(rows, ["train.lr", *extra_keys])
 
 
 def _find(cells, **match) -> dict | None:
@@ -547,7 +557,7 @@ def claim_section(
 
 
 def report(args: argparse.Namespace) -> Path:
-    records = list(load_records(args.records).values())
+    records = list(load_records(args.records, epochs=task_epochs(args)).values())
     cells = _cells(records)
     tasks = [t for t in TASKS if any(r["task"] == t for r in records)]
     collapsed = [r["run"] for r in records if r["collapsed"]]
@@ -588,6 +598,18 @@ def report(args: argparse.Namespace) -> Path:
             "benchmark switched protocols to train faster; not mixed into the claims above.",
             "",
             markdown_table(_cells(legacy), ["train.lr"]),
+            "",
+        ]
+    current = {r["run"] for r in records}
+    superseded = [r for r in load_records(args.records).values() if r["run"] not in current]
+    if superseded:
+        lines += [
+            "## Superseded: other epoch counts",
+            "",
+            "Runs trained for another number of epochs than their task trains now (`EPOCHS`); "
+            "not mixed into the claims above.",
+            "",
+            markdown_table(_cells(superseded, ("epochs",)), ["train.lr", "epochs"]),
             "",
         ]
     out = args.results_dir / "quality.md"
@@ -681,7 +703,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             run_all(args)
     if args.quick:
-        records = list(load_records(args.records).values())
+        records = list(load_records(args.records, epochs=task_epochs(args)).values())
         print(markdown_table(_cells(records), ["train.lr"]))
         return 0
     print(f"wrote {report(args)}")

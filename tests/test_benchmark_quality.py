@@ -45,7 +45,7 @@ def _record(adapter, pruner, sparsity, seed, score, large_sparse=1, lr=1e-3, col
         "large_sparse": large_sparse,
         "lr": lr,
         "seed": seed,
-        "epochs": 3,
+        "epochs": 6,  # RTE's
         "max_train_samples": None,
         "seconds": 100.0,
         "metric": "accuracy",
@@ -70,7 +70,8 @@ def test_report_verdicts_follow_the_rules(tmp_path):
         ]
     legacy = {**_record("pfeiffer", "none", 0.0, 1, 0.9), "run": "rte-pfeiffer-old"}
     del legacy["protocol"]  # recorded before protocols were named
-    lines = [json.dumps(r) for r in [*records, legacy]]
+    shorter = {**_record("lora", "none", 0.0, 3, 0.7), "epochs": 2}  # another epoch count
+    lines = [json.dumps(r) for r in [*records, legacy, shorter]]
     (tmp_path / "quality_runs.jsonl").write_text("\n".join(lines))
     args = quality.parse_args(["--report-only", "--results-dir", str(tmp_path)])
     text = quality.report(args).read_text()
@@ -91,7 +92,11 @@ def test_report_verdicts_follow_the_rules(tmp_path):
     assert (
         "- rte @40%: snip 62.50 > random 58.50; spread 4.00 ± 0.71 points (beyond 2 SE)" in claim4
     )
-    # the earlier protocol's record is reported apart, never mixed into the claims
+    # runs of other epoch counts, and of the earlier protocol, are reported apart
+    assert (
+        "| rte | lora | none | 0 | 1 | 0.001 | 2 | 1 | accuracy 70.00"
+        in text.split("## Superseded: other epoch counts")[1].split("## Earlier protocol")[0]
+    )
     assert "| rte | pfeiffer | none |" not in text.split("## Earlier protocol")[0]
     assert (
         "| rte | pfeiffer | none | 0 | 1 | 0.001 | 1 | accuracy 90.00"
