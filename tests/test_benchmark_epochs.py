@@ -1,0 +1,18 @@
+"""benchmarks/epochs.py --quick: a dev score per epoch, and a finished run is read, not retrained."""
+
+import re
+
+import pytest
+from helpers import run_benchmark
+
+
+@pytest.mark.slow
+def test_quick_run_scores_every_epoch_and_reuses_finished_runs(tmp_path):
+    first = run_benchmark("epochs.py", "--quick", "--runs-dir", str(tmp_path))
+    (row,) = re.findall(r"\| rte \| accuracy \| 1 \| ([\d.]+) \| ([\d.]+) \| 6 \|", first.stdout)
+    assert all(0.0 <= float(score) <= 100.0 for score in row)
+    run = tmp_path / "rte-houlsby-dense-e2-s1"
+    stamp = (run / "final.json").stat().st_mtime_ns
+    again = run_benchmark("epochs.py", "--quick", "--runs-dir", str(tmp_path))
+    assert "| rte | accuracy | 1 | {} | {} | 6 |".format(*row) in again.stdout
+    assert (run / "final.json").stat().st_mtime_ns == stamp  # read, not trained again
