@@ -22,7 +22,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from quality import DEFAULT_DATA, EPOCHS, RESULTS, ROOT, TASKS  # noqa: E402
+from quality import DEFAULT_DATA, EPOCHS, RESULTS, ROOT, TASKS, base_config  # noqa: E402
 
 from sparseadapter.runconfig import RunConfig  # noqa: E402
 from sparseadapter.rundir import EPOCHS_FILE, FINAL_FILE, interrupted  # noqa: E402
@@ -30,19 +30,21 @@ from sparseadapter.train import train  # noqa: E402
 
 
 def run_config(task: str, seed: int, args: argparse.Namespace) -> RunConfig:
-    data = {"task": task, "data_dir": str(args.data_dir), "max_length": 128}
-    data.update(TASKS[task], group_by_length=True)
-    if args.max_train_samples:
-        data.update(max_train_samples=args.max_train_samples, max_eval_samples=64)
-    name = f"{task}-houlsby-dense-e{args.epochs}-s{seed}"
-    return RunConfig.from_dict(
-        {
-            "model": {"name": "minilm", "adapter": "houlsby"},
-            "data": data,
-            "train": {"epochs": args.epochs, "batch_size": 32, "lr": 1e-3, "seed": seed},
-            "output": str(args.runs_dir / name),
-        }
+    """The quality benchmark's settings (``base_config``) for the dense Houlsby adapter."""
+    quick = args.max_train_samples is not None
+    protocol = argparse.Namespace(
+        model="minilm",
+        data_dir=args.data_dir,
+        max_train_samples=args.max_train_samples,
+        max_eval_samples=64 if quick else None,
+        max_length=128,
+        epochs=args.epochs,
     )
+    config = base_config(task, protocol)
+    config["model"]["adapter"] = "houlsby"
+    config["train"].update(lr=1e-3, seed=seed)
+    config["output"] = str(args.runs_dir / f"{task}-houlsby-dense-e{args.epochs}-s{seed}")
+    return RunConfig.from_dict(config)
 
 
 def per_epoch(run: RunConfig) -> tuple[str, list[float]]:

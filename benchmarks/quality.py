@@ -146,7 +146,7 @@ def base_config(task: str, args: argparse.Namespace) -> dict[str, Any]:
     return {
         "model": {"name": args.model},
         "data": data,
-        "train": {"epochs": args.epochs or EPOCHS[task], "batch_size": 32},
+        "train": {"epochs": task_epochs(args)[task], "batch_size": 32},
     }
 
 
