@@ -25,7 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from quality import DEFAULT_DATA, EPOCHS, RESULTS, ROOT, TASKS, base_config  # noqa: E402
 
 from sparseadapter.runconfig import RunConfig  # noqa: E402
-from sparseadapter.rundir import EPOCHS_FILE, FINAL_FILE, interrupted  # noqa: E402
+from sparseadapter.rundir import EPOCHS_FILE, finished_result, interrupted  # noqa: E402
 from sparseadapter.train import train  # noqa: E402
 
 
@@ -51,10 +51,7 @@ def per_epoch(run: RunConfig) -> tuple[str, list[float]]:
     """The run's main metric and its dev score after each epoch; trains the run first unless it
     is finished."""
     output = Path(run.output)
-    if (output / FINAL_FILE).is_file():
-        final = json.loads((output / FINAL_FILE).read_text(encoding="utf-8"))
-    else:
-        final = train(run, quiet=True, resume=interrupted(run))
+    final = finished_result(run) or train(run, quiet=True, resume=interrupted(run))
     lines = (output / EPOCHS_FILE).read_text(encoding="utf-8").splitlines()
     return final["main_metric"], [json.loads(line)["score"] for line in lines if line.strip()]
 

@@ -46,7 +46,12 @@ from pathlib import Path
 from typing import Any
 
 from sparseadapter.runconfig import RunConfig
-from sparseadapter.rundir import FINAL_FILE, interrupted
+from sparseadapter.rundir import (
+    finished_result,
+    interrupted,
+    partial_dir,
+    saved_config_changes,
+)
 from sparseadapter.sweep import SweepSpec, aggregate, markdown_table, plot
 from sparseadapter.tasks.glue import load_glue
 from sparseadapter.train import train
@@ -204,6 +209,27 @@ def planned_runs(
     return list({record_key(r): r for r in runs}.values())
 
 
+def set_aside_stale(run: RunConfig) -> None:
+    """Rename the run's folders (finished or ``.partial``) that hold a run of another config,
+    one trained under an earlier protocol (say another epoch count), to ``<name>.superseded``:
+    their results are in the records already, and must not pass for this run's."""
+    output = run.output_dir()
+    for folder in (output, partial_dir(output)):
+        changes = saved_config_changes(folder, run)
+        if changes:
+            aside = folder.with_name(f"{folder.name}.superseded")
+            n = 1
+            while aside.exists():
+                n += 1
+                aside = folder.with_name(f"{folder.name}.superseded{n}")
+            folder.rename(aside)
+            print(
+                f"    {folder.name} was a run of another config ({'; '.join(changes)}): "
+                f"moved to {aside.name}",
+                flush=True,
+            )
+
+
 def _lock(run: RunConfig) -> Path:
     return Path(f"{run.output}.lock")
 
@@ -262,11 +288,10 @@ def run_all(args: argparse.Namespace) -> None:
             continue
         print(f"[{len(records) + 1}] {record_key(run)} ({len(todo)} left)", flush=True)
         start = time.monotonic()
-        finished = Path(run.output) / FINAL_FILE  # killed after publishing, before recording
-        resumed = finished.is_file() or interrupted(run)  # then ``seconds`` is only the rest
-        if finished.is_file():
-            final = json.loads(finished.read_text(encoding="utf-8"))
-        else:
+        set_aside_stale(run)
+        final = finished_result(run)  # killed after publishing, before recording
+        resumed = final is not None or interrupted(run)  # then ``seconds`` is only the rest
+        if final is None:
             final = train(run, quiet=True, resume=resumed)
         dev = final["dev"][next(iter(final["dev"]))]
         record = {

@@ -156,3 +156,29 @@ def test_epochs_are_set_per_task_unless_given():
     )
     fixed = quality.parse_args(["--epochs", "3"])
     assert {quality.base_config(t, fixed)["train"]["epochs"] for t in quality.TASKS} == {3}
+
+
+def test_folders_of_another_config_are_set_aside_not_reused(tmp_path):
+    from sparseadapter.runconfig import RunConfig, save_yaml
+
+    quality = _quality_module()
+    args = quality.parse_args(["--quick", "--runs-dir", str(tmp_path)])
+    (run, other, *_) = quality.planned_runs("rte", "1", {}, args, assume_lr=True)
+    old = RunConfig.from_dict({**run.to_dict(), "train": {**run.to_dict()["train"], "epochs": 9}})
+    output = run.output_dir()
+    for folder in (output, output.with_name(output.name + ".partial")):
+        folder.mkdir(parents=True)
+        save_yaml(old, folder / "config.yaml")
+    (output / "final.json").write_text('{"score": 0.9}')
+    current = other.output_dir()
+    current.mkdir(parents=True)
+    save_yaml(other, current / "config.yaml")
+    (current / "final.json").write_text('{"score": 0.7}')
+    (output.parent / f"{output.name}.superseded").mkdir()  # set aside once before
+
+    quality.set_aside_stale(run)
+    quality.set_aside_stale(other)
+    assert quality.finished_result(run) is None and not quality.interrupted(run)
+    assert json.loads((output.parent / f"{output.name}.superseded2" / "final.json").read_text())
+    assert (output.parent / f"{output.name}.partial.superseded" / "config.yaml").is_file()
+    assert quality.finished_result(other) == {"score": 0.7}  # same config: kept and read

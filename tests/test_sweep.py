@@ -137,6 +137,14 @@ def test_sweep_runs_resumes_and_writes_results(tmp_path, tiny_bert, glue_dir, ca
     assert table.count("\n") == 2 + 3 and "±" in table
     assert (out / "sparsity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    # the sweep file changed since: the old runs are reported, never taken for the new ones
+    base["train"]["epochs"] = 2
+    changed = run_sweep(write_sweep(tmp_path, grid, base), quiet=True)
+    assert not changed.ran and not changed.skipped and not changed.rows
+    assert len(changed.failed) == 6
+    assert all("train.epochs: 1 -> 2" in err for err in changed.failed.values())
+    assert sorted(out.glob("*/final.json")) == finals  # nothing moved or lost
+
 
 def test_a_failed_run_is_reported_and_the_sweep_goes_on(tmp_path, tiny_bert, glue_dir, capsys):  # noqa: F811
     torch.set_num_threads(1)

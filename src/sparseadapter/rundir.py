@@ -111,8 +111,7 @@ def resume_dirs(config: RunConfig) -> tuple[Path, Path, dict[str, Any]]:
     """The output and partial folders and the checkpoint of a run to resume with ``config``."""
     output = config.output_dir()
     path = _checkpoint_path(output)
-    saved = RunConfig.from_dict(load_yaml(path.parent / CONFIG_FILE))
-    changes = changed_keys(saved, config)
+    changes = saved_config_changes(path.parent, config)
     if changes:
         raise ConfigError(
             f"resume of a run with a changed config ({'; '.join(changes)}): drop the options "
@@ -137,6 +136,31 @@ def publish(partial: Path, output: Path) -> None:
 def write_history(folder: Path, history: list[dict[str, Any]]) -> None:
     lines = "".join(json.dumps(record) + "\n" for record in history)
     (folder / EPOCHS_FILE).write_text(lines, encoding="utf-8")
+
+
+def saved_config_changes(folder: Path, config: RunConfig) -> list[str]:
+    """How the config saved in a run folder (finished or ``.partial``) differs from ``config``;
+    empty if they agree or the folder holds no config."""
+    path = folder / CONFIG_FILE
+    if not path.is_file():
+        return []
+    return changed_keys(RunConfig.from_dict(load_yaml(path)), config)
+
+
+def finished_result(config: RunConfig) -> dict[str, Any] | None:
+    """The final results of the finished run of ``config`` (its ``final.json``), or None if it
+    has not finished; ConfigError if its folder holds a run of another config, whose results
+    must not pass for this one's."""
+    output = config.output_dir()
+    if not (output / FINAL_FILE).is_file():
+        return None
+    changes = saved_config_changes(output, config)
+    if changes:
+        raise ConfigError(
+            f"{output} holds a finished run of another config ({'; '.join(changes)}): move it "
+            "away or choose another output to train this one, or --overwrite to replace it"
+        )
+    return json.loads((output / FINAL_FILE).read_text(encoding="utf-8"))
 
 
 def finished_run(run_dir: str | Path) -> RunConfig:

@@ -16,8 +16,9 @@ Combinations that mean the same run are merged: ``pruner: none`` (dense) and ``a
 (full fine-tuning) ignore the sparsity, and Large-Sparse K fixes it at 1 - 1/K. Large-Sparse
 without a pruner is skipped. Runs whose folder holds ``final.json`` are skipped and a run
 killed midway resumes from its last checkpoint, so an interrupted sweep continues where it
-stopped. A run that fails with a
-:class:`SparseAdapterError` is recorded and the sweep goes on.
+stopped. A run that fails with a :class:`SparseAdapterError` is recorded and the sweep goes on;
+so is a run whose folder holds a finished run of another config (say the sweep file's epochs
+changed since): its old results are never reported as the new run's.
 
 Outputs in the sweep folder: ``runs.csv`` (one row per run), ``results.csv`` and ``results.md``
 (mean ± std over seeds per cell) and ``sparsity.png`` (score vs sparsity, a line per pruner, a
@@ -29,7 +30,6 @@ from __future__ import annotations
 import copy
 import csv
 import itertools
-import json
 import re
 import statistics
 from collections.abc import Callable
@@ -46,7 +46,7 @@ from sparseadapter.runconfig import (
     set_key,
     set_value,
 )
-from sparseadapter.rundir import FINAL_FILE, interrupted
+from sparseadapter.rundir import finished_result, interrupted
 from sparseadapter.train import train
 
 GRID_ALIASES = {
@@ -170,12 +170,12 @@ def run_sweep(
     ran, skipped, failed = [], [], {}
     for i, config in enumerate(configs, 1):
         name = Path(config.output).name
-        if (Path(config.output) / FINAL_FILE).is_file():
-            skipped.append(name)
-            echo(f"[{i}/{len(configs)}] {name}: finished before, skipped")
-            continue
-        echo(f"[{i}/{len(configs)}] {name}")
         try:
+            if finished_result(config) is not None:
+                skipped.append(name)
+                echo(f"[{i}/{len(configs)}] {name}: finished before, skipped")
+                continue
+            echo(f"[{i}/{len(configs)}] {name}")
             final = train(config, quiet=quiet, resume=interrupted(config))
         except SparseAdapterError as err:
             failed[name] = str(err)
@@ -202,10 +202,12 @@ def collect_rows(configs: list[RunConfig], extra_keys: list[str] = ()) -> list[d
     """One row per finished run: its options, dev metrics, parameter counts and timing."""
     rows = []
     for config in configs:
-        path = Path(config.output) / FINAL_FILE
-        if not path.is_file():
+        try:
+            final = finished_result(config)
+        except ConfigError:  # a run of another config in its folder: run_sweep reports it
             continue
-        final = json.loads(path.read_text(encoding="utf-8"))
+        if final is None:
+            continue
         dev = final["dev"][next(iter(final["dev"]))]
         rows.append(
             {
