@@ -58,3 +58,23 @@ def test_pad_collator_pads_to_the_longest_example():
     assert batch["input_ids"].tolist() == [[5, 6, 7], [5, 0, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     assert batch["labels"].tolist() == [1, 0]
+
+
+def test_dev_batches_go_shortest_first_and_keep_every_example(minilm_path, glue_dir):
+    from sparseadapter.data import dev_loaders, load_run_data, load_tokenizer
+    from sparseadapter.runconfig import RunConfig
+
+    config = RunConfig.from_dict(
+        {
+            "model": {"name": minilm_path},
+            "data": {"task": "rte", "data_dir": str(glue_dir), "max_eval_samples": 200},
+            "train": {"eval_batch_size": 16},
+        }
+    )
+    data = load_run_data(config, with_train=False)
+    (loader,) = dev_loaders(config, data, load_tokenizer(minilm_path)).values()
+    batches = list(loader)
+    widths = [b["input_ids"].shape[1] for b in batches]
+    assert widths == sorted(widths) and widths[0] < widths[-1]
+    labels = sorted(label for b in batches for label in b["labels"].tolist())
+    assert labels == sorted(int(e.label) for e in data.dev["validation"])
