@@ -488,6 +488,7 @@ def claim_section(
     lines = [f"## Claim {claim}: {spec['title']}", ""]
     pictures = []
     diffs: list[dict | None] = []
+    task_of: list[str] = []  # the task of each entry of ``diffs``
     if claim in ("1", "2"):
         sparsities = spec["grid"]["sparsity"]
         pruners = [p for p in spec["grid"]["pruner"] if p != "none"]
@@ -505,6 +506,7 @@ def claim_section(
                         c = _find(mine, pruner=p, sparsity=s, large_sparse=1)
                         row.append(_fmt(c))
                         diffs.append(_difference(c, dense, f"{task} {adapter} {p} {int(s * 100)}%"))
+                        task_of.append(task)
                 lines.append("| " + " | ".join(row) + " |")
         rule = (lambda d: d >= 0) if claim == "1" else (lambda d: d >= -1.0)
         rule_text = (
@@ -523,6 +525,7 @@ def claim_section(
                     "| " + " | ".join([task, adapter, _fmt(dense), _fmt(wide), _fmt(full)]) + " |"
                 )
                 diffs.append(_difference(wide, dense, f"{task} {adapter} Large-Sparse"))
+                task_of.append(task)
         rule = lambda d: d > 0  # noqa: E731
         rule_text = "Large-Sparse mean > dense mean"
     else:
@@ -577,8 +580,14 @@ def claim_section(
         "",
         f"**Verdict: {verdict}.** Rule: {rule_text}, per cell with at least 2 seeds each.",
         "",
-        *_differences(diffs),
     ]
+    per_task = {
+        task: _verdict([d for d, t in zip(diffs, task_of) if t == task], rule) for task in tasks
+    }
+    measured = [f"{t}: {v}" for t, v in per_task.items() if v != "not measured yet"]
+    if len(measured) > 1:
+        lines += ["Per task: " + "; ".join(measured) + ".", ""]
+    lines += _differences(diffs)
     return "\n".join(lines), pictures
 
 

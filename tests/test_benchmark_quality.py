@@ -182,3 +182,27 @@ def test_folders_of_another_config_are_set_aside_not_reused(tmp_path):
     assert json.loads((output.parent / f"{output.name}.superseded2" / "final.json").read_text())
     assert (output.parent / f"{output.name}.partial.superseded" / "config.yaml").is_file()
     assert quality.finished_result(other) == {"score": 0.7}  # same config: kept and read
+
+
+def test_verdicts_are_given_per_task_once_two_tasks_are_measured(tmp_path):
+    quality = _quality_module()
+
+    def on(task, record):
+        return {**record, "task": task, "run": record["run"].replace("rte", task), "epochs": 5}
+
+    records = []
+    for seed, noise in [(1, 0.0), (2, 0.01)]:
+        records += [
+            _record("houlsby", "none", 0.0, seed, 0.60 + noise),
+            _record("houlsby", "snip", 0.4, seed, 0.62 + noise),  # holds on RTE
+            on("cola", _record("houlsby", "none", 0.0, seed, 0.30 + noise)),
+            on("cola", _record("houlsby", "snip", 0.4, seed, 0.20 + noise)),  # fails on CoLA
+        ]
+    (tmp_path / "quality_runs.jsonl").write_text("\n".join(json.dumps(r) for r in records))
+    args = quality.parse_args(["--report-only", "--results-dir", str(tmp_path)])
+    claim1 = quality.report(args).read_text().split("## Claim 1")[1].split("## Claim 2")[0]
+    assert "**Verdict: mixed (on 2 of 8 cells measured).**" in claim1
+    assert (
+        "Per task: rte: holds (on 1 of 4 cells measured); "
+        "cola: does not hold (on 1 of 4 cells measured)." in claim1
+    )
