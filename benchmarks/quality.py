@@ -47,6 +47,7 @@ from typing import Any
 
 from sparseadapter.runconfig import RunConfig
 from sparseadapter.rundir import (
+    CONFIG_FILE,
     finished_result,
     interrupted,
     partial_dir,
@@ -215,6 +216,8 @@ def set_aside_stale(run: RunConfig) -> None:
     their results are in the records already, and must not pass for this run's."""
     output = run.output_dir()
     for folder in (output, partial_dir(output)):
+        if not (folder / CONFIG_FILE).is_file():  # no run there, or killed before its config
+            continue
         changes = saved_config_changes(folder, run)
         if changes:
             aside = folder.with_name(f"{folder.name}.superseded")

@@ -140,11 +140,8 @@ def write_history(folder: Path, history: list[dict[str, Any]]) -> None:
 
 def saved_config_changes(folder: Path, config: RunConfig) -> list[str]:
     """How the config saved in a run folder (finished or ``.partial``) differs from ``config``;
-    empty if they agree or the folder holds no config."""
-    path = folder / CONFIG_FILE
-    if not path.is_file():
-        return []
-    return changed_keys(RunConfig.from_dict(load_yaml(path)), config)
+    empty if they agree, ConfigError if the folder holds no config."""
+    return changed_keys(RunConfig.from_dict(load_yaml(folder / CONFIG_FILE)), config)
 
 
 def finished_result(config: RunConfig) -> dict[str, Any] | None:
