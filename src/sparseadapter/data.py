@@ -94,9 +94,8 @@ def data_generator(config: RunConfig) -> torch.Generator:
 
 
 def dev_loaders(config: RunConfig, data: RunData, tokenizer) -> dict[str, DataLoader]:
-    """One loader per dev split, shortest examples first: batches then carry little padding,
-    which halves RTE's evaluation time; the metrics do not depend on the order (logits differ
-    from file-order batches by ~1e-8)."""
+    """One loader per dev split, shortest examples first: batches then carry little padding
+    (long-tailed tasks such as RTE evaluate faster); the metrics do not depend on the order."""
     return {
         split: DataLoader(
             sorted(
