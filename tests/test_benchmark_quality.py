@@ -55,6 +55,11 @@ def _record(adapter, pruner, sparsity, seed, score, large_sparse=1, lr=1e-3, col
     }
 
 
+def _on(task, record):
+    """``record`` moved to ``task`` (5 epochs: CoLA's)."""
+    return {**record, "task": task, "run": record["run"].replace("rte", task), "epochs": 5}
+
+
 def test_report_verdicts_follow_the_rules(tmp_path):
     quality = _quality_module()
     records = []
@@ -89,9 +94,7 @@ def test_report_verdicts_follow_the_rules(tmp_path):
     assert "**Verdict: mixed" in claim2  # houlsby within 1 point, lora 5 points below
     assert "not measured yet" in text.split("## Claim 3")[1].split("## Claim 4")[0]
     claim4 = text.split("## Claim 4")[1].split("## Every cell")[0]
-    assert (
-        "- rte @40%: snip 62.50 > random 58.50; spread 4.00 ± 0.71 points (beyond 2 SE)" in claim4
-    )
+    assert "rte" not in claim4  # not one of claim 4's tasks
     # runs of other epoch counts, and of the earlier protocol, are reported apart
     assert (
         "| rte | lora | none | 0 | 1 | 0.001 | 2 | 1 | accuracy 70.00"
@@ -148,6 +151,33 @@ def test_plan_counts_runs_left_and_their_hours(tmp_path):
     assert f"| cola | 1 | 0 | 2 | {cola_hours:.1f} |" in quality.plan(args)
 
 
+def test_claim_4_runs_on_its_own_tasks_only(tmp_path):
+    quality = _quality_module()
+    args = quality.parse_args(["--runs-dir", str(tmp_path), "--claims", "1", "4"])
+    assert quality.CLAIMS["4"]["tasks"] == ["sst2", "cola", "stsb"]
+    assert quality.planned_runs("rte", "4", {}, args, assume_lr=True) == []
+    pruners = {r.pruner for r in quality.planned_runs("cola", "4", {}, args, assume_lr=True)}
+    assert pruners == {"none", "random", "magnitude", "snip", "grasp", "synflow"}
+    table = quality.plan(args)
+    assert "| rte | 1 |" in table and "| cola | 4 |" in table
+    assert "| rte | 4 |" not in table and "| mrpc | 4 |" not in table
+    records = []
+    for seed, noise in [(1, 0.0), (2, 0.01)]:
+        for task_of in (lambda r: r, lambda r: _on("cola", r)):
+            records += [
+                task_of(_record("houlsby", "none", 0.0, seed, 0.60 + noise)),
+                task_of(_record("houlsby", "snip", 0.4, seed, 0.62 + noise)),
+                task_of(_record("houlsby", "random", 0.4, seed, 0.58 + noise)),
+            ]
+    (tmp_path / "quality_runs.jsonl").write_text("\n".join(json.dumps(r) for r in records))
+    args = quality.parse_args(["--report-only", "--results-dir", str(tmp_path)])
+    claim4 = quality.report(args).read_text().split("## Claim 4")[1].split("## Every cell")[0]
+    assert "- cola @40%: snip 62.50 > random 58.50; spread 4.00 ± 0.71 points (beyond 2 SE)" in (
+        claim4
+    )
+    assert "rte" not in claim4 and (tmp_path / "quality_pruners_cola.png").is_file()
+
+
 def test_epochs_are_set_per_task_unless_given():
     quality = _quality_module()
     per_task = quality.parse_args([])
@@ -187,16 +217,13 @@ def test_folders_of_another_config_are_set_aside_not_reused(tmp_path):
 def test_verdicts_are_given_per_task_once_two_tasks_are_measured(tmp_path):
     quality = _quality_module()
 
-    def on(task, record):
-        return {**record, "task": task, "run": record["run"].replace("rte", task), "epochs": 5}
-
     records = []
     for seed, noise in [(1, 0.0), (2, 0.01)]:
         records += [
             _record("houlsby", "none", 0.0, seed, 0.60 + noise),
             _record("houlsby", "snip", 0.4, seed, 0.62 + noise),  # holds on RTE
-            on("cola", _record("houlsby", "none", 0.0, seed, 0.30 + noise)),
-            on("cola", _record("houlsby", "snip", 0.4, seed, 0.20 + noise)),  # fails on CoLA
+            _on("cola", _record("houlsby", "none", 0.0, seed, 0.30 + noise)),
+            _on("cola", _record("houlsby", "snip", 0.4, seed, 0.20 + noise)),  # fails on CoLA
         ]
     (tmp_path / "quality_runs.jsonl").write_text("\n".join(json.dumps(r) for r in records))
     args = quality.parse_args(["--report-only", "--results-dir", str(tmp_path)])
