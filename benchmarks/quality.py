@@ -581,6 +581,7 @@ def claim_section(
                         + " > ".join(f"{c['pruner']} {100 * c['mean']:.2f}" for c in ranked)
                         + _spread(ranked[0], ranked[-1])
                     )
+            lines.append("")  # ends the task's list: the next task's title is not part of it
         lines += [
             "",
             "**Verdict:** descriptive (the paper's Figure 2 shape: which pruner leads at which "

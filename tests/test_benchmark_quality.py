@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "quality.py"
+EPOCHS = {"rte": 6, "cola": 5, "stsb": 3}  # the script's, checked below
 
 
 def _quality_module():
@@ -56,8 +57,9 @@ def _record(adapter, pruner, sparsity, seed, score, large_sparse=1, lr=1e-3, col
 
 
 def _on(task, record):
-    """``record`` moved to ``task`` (5 epochs: CoLA's)."""
-    return {**record, "task": task, "run": record["run"].replace("rte", task), "epochs": 5}
+    """``record`` moved to ``task``, with that task's epochs."""
+    run = record["run"].replace("rte", task)
+    return {**record, "task": task, "run": run, "epochs": EPOCHS[task]}
 
 
 def test_report_verdicts_follow_the_rules(tmp_path):
@@ -163,7 +165,7 @@ def test_claim_4_runs_on_its_own_tasks_only(tmp_path):
     assert "| rte | 4 |" not in table and "| mrpc | 4 |" not in table
     records = []
     for seed, noise in [(1, 0.0), (2, 0.01)]:
-        for task_of in (lambda r: r, lambda r: _on("cola", r)):
+        for task_of in (lambda r: r, lambda r: _on("cola", r), lambda r: _on("stsb", r)):
             records += [
                 task_of(_record("houlsby", "none", 0.0, seed, 0.60 + noise)),
                 task_of(_record("houlsby", "snip", 0.4, seed, 0.62 + noise)),
@@ -176,6 +178,7 @@ def test_claim_4_runs_on_its_own_tasks_only(tmp_path):
         claim4
     )
     assert "rte" not in claim4 and (tmp_path / "quality_pruners_cola.png").is_file()
+    assert "(beyond 2 SE)\n\n**cola**" in claim4  # STS-B's ranking list ends before CoLA's title
 
 
 def test_epochs_are_set_per_task_unless_given():
@@ -184,6 +187,7 @@ def test_epochs_are_set_per_task_unless_given():
     assert {t: quality.base_config(t, per_task)["train"]["epochs"] for t in quality.TASKS} == (
         quality.EPOCHS
     )
+    assert EPOCHS.items() <= quality.EPOCHS.items()
     fixed = quality.parse_args(["--epochs", "3"])
     assert {quality.base_config(t, fixed)["train"]["epochs"] for t in quality.TASKS} == {3}
 
