@@ -415,7 +415,7 @@ def _fmt(cell: dict | None) -> str:
 
 def _difference(cell: dict | None, dense: dict | None, label: str) -> dict | None:
     """cell − dense in points, with the standard error of that difference over seeds; a cell
-    with a collapsed run (chance-level, one predicted value) is left out of the verdict."""
+    with a collapsed run (``tasks.glue.is_collapsed``: chance level) is left out of the verdict."""
     if cell is None or dense is None or cell["seeds"] < 2 or dense["seeds"] < 2:
         return None
     if cell["collapsed"] or dense["collapsed"]:
@@ -622,7 +622,8 @@ def report(args: argparse.Namespace) -> Path:
         f"Settings of the recorded runs: epochs {sorted({r['epochs'] for r in records})}, "
         f"learning rates {sorted({r['lr'] for r in records})}, seeds {sorted({r['seed'] for r in records})}.",
         "",
-        f"Collapsed runs (one predicted value on dev): {len(collapsed)}"
+        f"Collapsed runs (one predicted class on dev, or STS-B scores spread under a fifth of the "
+        f"labels': chance level): {len(collapsed)}"
         + (f" — {', '.join(collapsed)}" if collapsed else ""),
         "",
     ]

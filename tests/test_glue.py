@@ -6,7 +6,14 @@ import sys
 import pytest
 
 from sparseadapter.errors import ConfigError, DataError
-from sparseadapter.tasks.glue import GLUE_TASKS, Example, compute_metrics, get_task, load_glue
+from sparseadapter.tasks.glue import (
+    GLUE_TASKS,
+    Example,
+    compute_metrics,
+    get_task,
+    is_collapsed,
+    load_glue,
+)
 
 # (task, split, size from the data README, first example of the file)
 LOCAL_SPLITS = [
@@ -205,6 +212,19 @@ def test_stsb_pearson_and_spearman_by_hand():
 def test_stsb_constant_predictions_give_zero_correlation():
     result = compute_metrics("stsb", [[2.5], [2.5], [2.5]], [1.0, 3.0, 4.5])
     assert result == {"pearson": 0.0, "spearmanr": 0.0}
+
+
+def test_collapse_is_one_class_or_a_regression_spread_under_a_fifth_of_the_labels():
+    assert is_collapsed("cola", [1, 1, 1], [0, 1, 1])
+    assert not is_collapsed("cola", [1, 0, 1], [1, 1, 1])
+    refs = [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    assert is_collapsed("stsb", [2.5] * 6, refs)
+    near_mean = [2.5 + 0.05 * (r - 2.5) for r in refs]  # perfectly correlated, but 5% of the spread
+    assert compute_metrics("stsb", near_mean, refs)["pearson"] == pytest.approx(1.0)
+    assert is_collapsed("stsb", near_mean, refs)
+    assert not is_collapsed("stsb", [2.5 + 0.3 * (r - 2.5) for r in refs], refs)
+    with pytest.raises(DataError, match="same length"):
+        is_collapsed("stsb", [1.0], refs)
 
 
 def test_metrics_reject_mismatched_or_empty_inputs():

@@ -18,7 +18,7 @@ from sparseadapter.data import dev_loaders, load_run_data, load_tokenizer
 from sparseadapter.distributed import make_accelerator
 from sparseadapter.runconfig import RunConfig
 from sparseadapter.rundir import FINAL_FILE, finished_run, load_run_model
-from sparseadapter.tasks.glue import TaskSpec, compute_metrics
+from sparseadapter.tasks.glue import TaskSpec, compute_metrics, is_collapsed
 
 
 @torch.no_grad()
@@ -38,7 +38,7 @@ def evaluate(
             references.append(refs.cpu())
         preds, refs = torch.cat(predictions), torch.cat(references)
         metrics = compute_metrics(task.name, preds.tolist(), refs.tolist())
-        metrics["collapsed"] = bool(preds.unique().numel() == 1)
+        metrics["collapsed"] = is_collapsed(task.name, preds.tolist(), refs.tolist())
         results[split] = metrics
     return results
 
