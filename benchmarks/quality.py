@@ -622,7 +622,7 @@ def report(args: argparse.Namespace) -> Path:
         f"Settings of the recorded runs: epochs {sorted({r['epochs'] for r in records})}, "
         f"learning rates {sorted({r['lr'] for r in records})}, seeds {sorted({r['seed'] for r in records})}.",
         "",
-        f"Collapsed runs (one predicted class on dev, or STS-B scores spread under a fifth of the "
+        "Collapsed runs (one predicted class on dev, or STS-B scores spread under a fifth of the "
         f"labels': chance level): {len(collapsed)}"
         + (f" — {', '.join(collapsed)}" if collapsed else ""),
         "",

@@ -36,9 +36,9 @@ def evaluate(
             preds, refs = accelerator.gather_for_metrics((preds, batch["labels"]))
             predictions.append(preds.float().cpu() if task.is_regression else preds.cpu())
             references.append(refs.cpu())
-        preds, refs = torch.cat(predictions), torch.cat(references)
-        metrics = compute_metrics(task.name, preds.tolist(), refs.tolist())
-        metrics["collapsed"] = is_collapsed(task.name, preds.tolist(), refs.tolist())
+        preds, refs = torch.cat(predictions).tolist(), torch.cat(references).tolist()
+        metrics = compute_metrics(task.name, preds, refs)
+        metrics["collapsed"] = is_collapsed(task.name, preds, refs)
         results[split] = metrics
     return results
 
