@@ -111,6 +111,10 @@ CLAIMS: dict[str, dict[str, Any]] = {
 }
 
 
+def claim_runs_on(claim: str, task: str) -> bool:
+    return task in CLAIMS[claim].get("tasks", TASKS)
+
+
 def record_key(run: RunConfig) -> str:
     return Path(run.output).name
 
@@ -194,7 +198,7 @@ def planned_runs(
     first lr standing in (for counting: their names will differ, their number will not).
     """
     spec = CLAIMS[claim]
-    if task not in spec.get("tasks", TASKS):
+    if not claim_runs_on(claim, task):
         return []
     runs: list[RunConfig] = []
     base = base_config(task, args)
@@ -373,7 +377,7 @@ def plan(args: argparse.Namespace) -> str:
     seen: set[str] = set()
     total_left, total_seconds = 0, 0.0
     for task in args.tasks:
-        for claim in [c for c in args.claims if task in CLAIMS[c].get("tasks", TASKS)]:
+        for claim in [c for c in args.claims if claim_runs_on(c, task)]:
             runs = [
                 r
                 for r in planned_runs(task, claim, records, args, assume_lr=True)
@@ -545,7 +549,7 @@ def claim_section(
             "1-3): a descriptive plot, and 42 more runs per task.",
             "",
         ]
-        for task in [t for t in tasks if t in spec["tasks"]]:
+        for task in [t for t in tasks if claim_runs_on(claim, t)]:
             mine = _main_cells(cells, tuned, task, "houlsby")
             dense = _find(mine, pruner="none")
             if not mine:
