@@ -14,7 +14,8 @@ Claims (paper: He et al., Findings of EMNLP 2022), at our scale (MiniLM-L6, CPU)
      CoLA and STS-B only (``CLAIMS["4"]["tasks"]``), claims 1-3 on all five tasks.
 
 Protocol ``length-grouped``: the learning rate is tuned on the dense adapter only (seed 1, grid
-``LR_GRIDS`` or ``--lr-grid``, best dev score per task and adapter) and then used unchanged for
+``LR_GRIDS`` or ``--lr-grid``, best dev score per task and adapter; a grid whose every rate
+collapsed goes one ``LR_LADDER`` step lower) and then used unchanged for
 every sparse and Large-Sparse run of that adapter; full fine-tuning uses 5e-5. Training batches
 are grouped by length (``data.group_by_length``: 2.5x more SST-2 examples per second than random
 batches, far fewer padded tokens; see ``benchmarks/batching.py``). Each task trains until the dense
@@ -65,6 +66,10 @@ FULL_FT_LR = 5e-5
 # MAM's prefix part diverged at 3e-3 and on one seed in three at 1e-3 (SST-2): a lower grid
 LR_GRIDS = {"mam": [3e-4, 1e-3]}
 DEFAULT_LR_GRID = [1e-3, 3e-3]
+# Where every rate tried so far collapsed on the dense seed-1 run, tuning goes on to the next
+# lower rate here (STS-B MAM collapsed at both 3e-4 and 1e-3; a grid without one working rate
+# would otherwise "tune" to a collapsed rate and train every other run of the adapter at it).
+LR_LADDER = [3e-3, 1e-3, 3e-4, 1e-4, 3e-5]
 PROTOCOL = "length-grouped"
 LEGACY_PROTOCOL = "random-batches"  # records without a "protocol" field
 TASKS = {  # task: extra data options (SST-2 on a fixed 8k-example training subset)
@@ -172,16 +177,36 @@ def lr_grid(adapter: str, args: argparse.Namespace) -> list[float]:
     return args.lr_grid or LR_GRIDS.get(adapter, DEFAULT_LR_GRID)
 
 
-def tuned_lr(task: str, adapter: str, records: dict, args) -> float | None:
-    """The dense adapter's best learning rate on ``task`` (seed 1), once all are recorded."""
-    scores = {}
-    for lr in lr_grid(adapter, args):
+def tuning_grid(adapter: str, seed1: dict[float, dict], args: argparse.Namespace) -> list[float]:
+    """The learning rates to try on the dense seed-1 run, given its records so far (lr → record):
+    the adapter's grid, one ``LR_LADDER`` step lower each time every rate tried has collapsed.
+    An explicit ``--lr-grid`` is taken as given."""
+    grid = list(lr_grid(adapter, args))
+    if args.lr_grid:
+        return grid
+    while all(lr in seed1 and seed1[lr]["collapsed"] for lr in grid):
+        lower = [lr for lr in LR_LADDER if lr < min(grid)]
+        if not lower:
+            break
+        grid.append(lower[0])
+    return grid
+
+
+def tuned_lr(
+    task: str, adapter: str, records: dict, args: argparse.Namespace
+) -> tuple[list[float], float | None]:
+    """The dense adapter's tuning grid on ``task`` and its best rate (seed 1), the latter once
+    the whole grid is recorded."""
+    seed1 = {}
+    for lr in sorted({*LR_LADDER, *lr_grid(adapter, args)}):
         grid = {"adapter": [adapter], "pruner": ["none"], "seed": [1], "train.lr": [lr]}
         (run,) = runs_for(grid, base_config(task, args), args.runs_dir / task)
-        if record_key(run) not in records:
-            return None
-        scores[lr] = records[record_key(run)]["score"]
-    return best_lr(scores)
+        if record_key(run) in records:
+            seed1[lr] = records[record_key(run)]
+    grid = tuning_grid(adapter, seed1, args)
+    if any(lr not in seed1 for lr in grid):
+        return grid, None
+    return grid, best_lr({lr: seed1[lr]["score"] for lr in grid})
 
 
 def best_lr(scores: dict[float, float]) -> float:
@@ -203,9 +228,8 @@ def planned_runs(
     runs: list[RunConfig] = []
     base = base_config(task, args)
     for adapter in [a for a in spec["adapters"] if not args.adapters or a in args.adapters]:
-        lr = tuned_lr(task, adapter, records, args)
+        lrs, lr = tuned_lr(task, adapter, records, args)
         if lr is None:
-            lrs = lr_grid(adapter, args)
             grid = {"adapter": [adapter], "pruner": ["none"], "seed": [1], "train.lr": lrs}
             runs += runs_for(grid, base, args.runs_dir / task)
             if not assume_lr:
@@ -478,12 +502,17 @@ def _verdict(diffs: list[dict | None], holds) -> str:
 
 def tuned_lrs(records: list[dict], args: argparse.Namespace) -> dict[tuple[str, str], float]:
     """(task, adapter) → ``best_lr`` over the dense seed-1 runs recorded so far on the adapter's
-    grid: the lr ``tuned_lr`` picks once the whole grid is recorded."""
-    scores: dict[tuple[str, str], dict[float, float]] = {}
+    ``tuning_grid``: the lr ``tuned_lr`` picks once the whole grid is recorded."""
+    seed1: dict[tuple[str, str], dict[float, dict]] = {}
     for r in records:
-        if r["pruner"] == "none" and r["seed"] == 1 and r["lr"] in lr_grid(r["adapter"], args):
-            scores.setdefault((r["task"], r["adapter"]), {})[r["lr"]] = r["score"]
-    return {key: best_lr(by_lr) for key, by_lr in scores.items()}
+        if r["pruner"] == "none" and r["seed"] == 1:
+            seed1.setdefault((r["task"], r["adapter"]), {})[r["lr"]] = r
+    tuned = {}
+    for (task, adapter), by_lr in seed1.items():
+        scores = {lr: by_lr[lr]["score"] for lr in tuning_grid(adapter, by_lr, args) if lr in by_lr}
+        if scores:
+            tuned[task, adapter] = best_lr(scores)
+    return tuned
 
 
 def _main_cells(cells: list[dict], tuned: dict, task: str, adapter: str) -> list[dict]:

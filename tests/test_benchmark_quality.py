@@ -118,6 +118,34 @@ def test_lr_is_tuned_on_each_adapters_grid(tmp_path):
     assert {r.train.lr for r in quality.planned_runs("rte", "1", {}, args)} == {1e-4}
 
 
+def test_tuning_goes_lower_while_every_rate_collapsed(tmp_path):
+    quality = _quality_module()
+    args = quality.parse_args(["--runs-dir", str(tmp_path), "--adapters", "mam"])
+
+    def tuning(records):
+        return {r.train.lr: r for r in quality.planned_runs("rte", "1", records, args)}
+
+    def recorded(run, score, collapsed):
+        return {**_record("mam", "none", 0.0, 1, score, lr=run.train.lr, collapsed=collapsed)}
+
+    grid = tuning({})
+    assert set(grid) == {3e-4, 1e-3}
+    records = {quality.record_key(r): recorded(r, 0.05, True) for r in grid.values()}
+    assert set(tuning(records)) == {3e-4, 1e-3, 1e-4}  # none works yet: one step lower, no more
+    lower = tuning(records)[1e-4]
+    records[quality.record_key(lower)] = recorded(lower, 0.70, False)
+    runs = quality.planned_runs("rte", "1", records, args)
+    assert {r.train.lr for r in runs} == {1e-4} and len(runs) == 6  # dense + SNIP 40%, 3 seeds
+    assert quality.tuned_lrs(list(records.values()), args) == {("rte", "mam"): 1e-4}
+    one_works = dict(records)
+    del one_works[quality.record_key(lower)]
+    one_works[quality.record_key(grid[1e-3])] = recorded(grid[1e-3], 0.60, False)
+    assert {r.train.lr for r in quality.planned_runs("rte", "1", one_works, args)} == {1e-3}
+    args = quality.parse_args(["--runs-dir", str(tmp_path), "--adapters", "mam"])
+    args.lr_grid = [3e-4, 1e-3]  # given explicitly: taken as given, never extended
+    assert {r.train.lr for r in quality.planned_runs("rte", "1", records, args)} == {3e-4}
+
+
 def test_workers_never_take_the_same_run(tmp_path):
     quality = _quality_module()
     args = quality.parse_args(["--quick", "--runs-dir", str(tmp_path)])
