@@ -44,6 +44,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -67,9 +68,11 @@ FULL_FT_LR = 5e-5
 LR_GRIDS = {"mam": [3e-4, 1e-3]}
 DEFAULT_LR_GRID = [1e-3, 3e-3]
 # Where every rate tried so far collapsed on the dense seed-1 run, tuning goes on to the next
-# lower rate here (STS-B MAM collapsed at both 3e-4 and 1e-3; a grid without one working rate
-# would otherwise "tune" to a collapsed rate and train every other run of the adapter at it).
-LR_LADDER = [3e-3, 1e-3, 3e-4, 1e-4, 3e-5]
+# lower rate here, down to 1e-4 (STS-B MAM collapsed at 3e-4 and 1e-3). An adapter whose every
+# rate collapsed has no working rate on the task and none of its other runs is trained: with
+# its dense seed-1 run collapsed, each of its cells would be left out of the verdicts anyway.
+LR_LADDER = [3e-3, 1e-3, 3e-4, 1e-4]
+NO_LR = "no working learning rate"
 PROTOCOL = "length-grouped"
 LEGACY_PROTOCOL = "random-batches"  # records without a "protocol" field
 TASKS = {  # task: extra data options (SST-2 on a fixed 8k-example training subset)
@@ -177,41 +180,39 @@ def lr_grid(adapter: str, args: argparse.Namespace) -> list[float]:
     return args.lr_grid or LR_GRIDS.get(adapter, DEFAULT_LR_GRID)
 
 
-def tuning_grid(adapter: str, seed1: dict[float, dict], args: argparse.Namespace) -> list[float]:
-    """The learning rates to try on the dense seed-1 run, given its records so far (lr → record):
-    the adapter's grid, one ``LR_LADDER`` step lower each time every rate tried has collapsed.
-    An explicit ``--lr-grid`` is taken as given."""
+def tuning(
+    adapter: str, seed1: dict[float, dict], args: argparse.Namespace
+) -> tuple[list[float], float | None]:
+    """The learning rates to try on the dense seed-1 run, given its records so far (lr → record),
+    and the tuned rate once all of them are recorded. The rates: the adapter's grid, one
+    ``LR_LADDER`` step lower each time every rate tried has collapsed (an explicit
+    ``--lr-grid`` is taken as given)."""
     grid = list(lr_grid(adapter, args))
-    if args.lr_grid:
-        return grid
-    while all(lr in seed1 and seed1[lr]["collapsed"] for lr in grid):
+    while not args.lr_grid and all(lr in seed1 and seed1[lr]["collapsed"] for lr in grid):
         lower = [lr for lr in LR_LADDER if lr < min(grid)]
         if not lower:
             break
         grid.append(lower[0])
-    return grid
+    if any(lr not in seed1 for lr in grid):
+        return grid, None
+    return grid, best_lr({lr: seed1[lr] for lr in grid})
 
 
-def tuned_lr(
-    task: str, adapter: str, records: dict, args: argparse.Namespace
-) -> tuple[list[float], float | None]:
-    """The dense adapter's tuning grid on ``task`` and its best rate (seed 1), the latter once
-    the whole grid is recorded."""
-    seed1 = {}
-    for lr in sorted({*LR_LADDER, *lr_grid(adapter, args)}):
+def best_lr(seed1: dict[float, dict]) -> float:
+    """The tuning rule over dense seed-1 records (lr → record): a rate whose run did not collapse
+    wins over one whose run did, then the best dev score, then the smaller rate."""
+    return max(seed1, key=lambda lr: (not seed1[lr]["collapsed"], seed1[lr]["score"], -lr))
+
+
+def dense_seed1(task: str, adapter: str, records: dict, args: argparse.Namespace) -> dict:
+    """The recorded dense seed-1 runs of ``adapter`` on ``task`` that tuning may use, by lr."""
+    found = {}
+    for lr in {*LR_LADDER, *lr_grid(adapter, args)}:
         grid = {"adapter": [adapter], "pruner": ["none"], "seed": [1], "train.lr": [lr]}
         (run,) = runs_for(grid, base_config(task, args), args.runs_dir / task)
         if record_key(run) in records:
-            seed1[lr] = records[record_key(run)]
-    grid = tuning_grid(adapter, seed1, args)
-    if any(lr not in seed1 for lr in grid):
-        return grid, None
-    return grid, best_lr({lr: seed1[lr]["score"] for lr in grid})
-
-
-def best_lr(scores: dict[float, float]) -> float:
-    """The tuning rule: the best dev score wins, ties go to the smaller learning rate."""
-    return max(scores, key=lambda lr: (scores[lr], -lr))
+            found[lr] = records[record_key(run)]
+    return found
 
 
 def planned_runs(
@@ -220,7 +221,8 @@ def planned_runs(
     """The runs of one claim on one task; lr-tuning runs first while the lr is unknown.
 
     ``assume_lr``: while the lr is unknown, also list the runs that follow tuning, with the grid's
-    first lr standing in (for counting: their names will differ, their number will not).
+    first lr standing in (for counting: their names will differ, their number will not). An
+    adapter without a working rate (``tuning``) has only its tuning runs.
     """
     spec = CLAIMS[claim]
     if not claim_runs_on(claim, task):
@@ -228,11 +230,12 @@ def planned_runs(
     runs: list[RunConfig] = []
     base = base_config(task, args)
     for adapter in [a for a in spec["adapters"] if not args.adapters or a in args.adapters]:
-        lrs, lr = tuned_lr(task, adapter, records, args)
-        if lr is None:
+        seed1 = dense_seed1(task, adapter, records, args)
+        lrs, lr = tuning(adapter, seed1, args)
+        if lr is None or seed1[lr]["collapsed"]:
             grid = {"adapter": [adapter], "pruner": ["none"], "seed": [1], "train.lr": lrs}
             runs += runs_for(grid, base, args.runs_dir / task)
-            if not assume_lr:
+            if lr is not None or not assume_lr:
                 continue
             lr = lrs[0]
         for grid in ({"pruner": ["none"]}, spec["grid"]):  # every claim compares with dense
@@ -500,19 +503,36 @@ def _verdict(diffs: list[dict | None], holds) -> str:
     return "mixed" + suffix
 
 
-def tuned_lrs(records: list[dict], args: argparse.Namespace) -> dict[tuple[str, str], float]:
-    """(task, adapter) → ``best_lr`` over the dense seed-1 runs recorded so far on the adapter's
-    ``tuning_grid``: the lr ``tuned_lr`` picks once the whole grid is recorded."""
+def _dense_seed1_records(records: list[dict]) -> dict[tuple[str, str], dict[float, dict]]:
+    """(task, adapter) → lr → the dense seed-1 record: the runs tuning chooses from."""
     seed1: dict[tuple[str, str], dict[float, dict]] = {}
     for r in records:
         if r["pruner"] == "none" and r["seed"] == 1:
             seed1.setdefault((r["task"], r["adapter"]), {})[r["lr"]] = r
+    return seed1
+
+
+def tuned_lrs(records: list[dict], args: argparse.Namespace) -> dict[tuple[str, str], float]:
+    """(task, adapter) → ``best_lr`` over the dense seed-1 runs recorded so far on the adapter's
+    ``tuning`` rates: the lr tuning picks once all of them are recorded."""
     tuned = {}
-    for (task, adapter), by_lr in seed1.items():
-        scores = {lr: by_lr[lr]["score"] for lr in tuning_grid(adapter, by_lr, args) if lr in by_lr}
-        if scores:
-            tuned[task, adapter] = best_lr(scores)
+    for (task, adapter), by_lr in _dense_seed1_records(records).items():
+        tried = {lr: by_lr[lr] for lr in tuning(adapter, by_lr, args)[0] if lr in by_lr}
+        if tried:
+            tuned[task, adapter] = best_lr(tried)
     return tuned
+
+
+def without_working_lr(
+    records: list[dict], args: argparse.Namespace
+) -> dict[tuple[str, str], list[float]]:
+    """(task, adapter) → the rates tried, for each adapter whose every tuning rate collapsed."""
+    found = {}
+    for (task, adapter), by_lr in _dense_seed1_records(records).items():
+        lrs, lr = tuning(adapter, by_lr, args)
+        if lr is not None and by_lr[lr]["collapsed"]:
+            found[task, adapter] = sorted(lrs)
+    return found
 
 
 def _main_cells(cells: list[dict], tuned: dict, task: str, adapter: str) -> list[dict]:
@@ -524,8 +544,14 @@ def _main_cells(cells: list[dict], tuned: dict, task: str, adapter: str) -> list
 
 
 def claim_section(
-    claim: str, cells: list[dict], tuned: dict, tasks: list[str], results_dir: Path
+    claim: str,
+    cells: list[dict],
+    tuned: dict,
+    tasks: list[str],
+    results_dir: Path,
+    no_lr: Iterable[tuple[str, str]] = (),
 ) -> tuple[str, list[str]]:
+    """The claim's tables, plots and verdict; ``no_lr``: (task, adapter) without a working lr."""
     spec = CLAIMS[claim]
     lines = [f"## Claim {claim}: {spec['title']}", ""]
     pictures = []
@@ -546,7 +572,7 @@ def claim_section(
                 for p in pruners:
                     for s in sparsities:
                         c = _find(mine, pruner=p, sparsity=s, large_sparse=1)
-                        row.append(_fmt(c))
+                        row.append(NO_LR if (task, adapter) in no_lr else _fmt(c))
                         diffs.append(_difference(c, dense, f"{task} {adapter} {p} {int(s * 100)}%"))
                         task_of.append(task)
                 lines.append("| " + " | ".join(row) + " |")
@@ -563,8 +589,9 @@ def claim_section(
                 mine = _main_cells(cells, tuned, task, adapter)
                 dense = _find(mine, pruner="none")
                 wide = _find(mine, pruner="snip", large_sparse=4)
+                wide_text = NO_LR if (task, adapter) in no_lr else _fmt(wide)
                 lines.append(
-                    "| " + " | ".join([task, adapter, _fmt(dense), _fmt(wide), _fmt(full)]) + " |"
+                    "| " + " | ".join([task, adapter, _fmt(dense), wide_text, _fmt(full)]) + " |"
                 )
                 diffs.append(_difference(wide, dense, f"{task} {adapter} Large-Sparse"))
                 task_of.append(task)
@@ -644,6 +671,7 @@ def report(args: argparse.Namespace) -> Path:
     cells = _cells(records)
     tasks = [t for t in TASKS if any(r["task"] == t for r in records)]
     collapsed = [r["run"] for r in records if r["collapsed"]]
+    no_lr = without_working_lr(records, args)
     lines = [
         "# Quality: the paper's claims on real GLUE dev sets",
         "",
@@ -659,6 +687,15 @@ def report(args: argparse.Namespace) -> Path:
         f"labels': chance level): {len(collapsed)}"
         + (f" — {', '.join(collapsed)}" if collapsed else ""),
         "",
+        f"{NO_LR.capitalize()} (every rate tried collapsed on the dense seed-1 run; the adapter's other runs "
+        "on that task are not trained, their cells would be left out of the verdicts): "
+        + (
+            ", ".join(
+                f"{t} {a} ({', '.join(f'{x:g}' for x in lrs)})" for (t, a), lrs in no_lr.items()
+            )
+            or "none"
+        ),
+        "",
     ]
     whole_grid = argparse.Namespace(**{**vars(args), "tasks": list(TASKS), "claims": list(CLAIMS)})
     lines += [
@@ -670,7 +707,8 @@ def report(args: argparse.Namespace) -> Path:
         "",
     ]
     for claim in CLAIMS:
-        section, _ = claim_section(claim, cells, tuned_lrs(records, args), tasks, args.results_dir)
+        tuned = tuned_lrs(records, args)
+        section, _ = claim_section(claim, cells, tuned, tasks, args.results_dir, no_lr)
         lines.append(section)
     lines += ["## Every cell", "", markdown_table(cells, ["train.lr"]), ""]
     legacy = list(load_records(args.records, LEGACY_PROTOCOL).values())

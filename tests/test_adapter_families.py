@@ -157,6 +157,27 @@ def test_snip_sparsify_then_train(arch, library, adapter, width, sparsity):
     assert losses[-1] < losses[0]
 
 
+@pytest.mark.parametrize("case", ADAPTER_CASES, ids=[c[0] for c in ADAPTER_CASES])
+def test_padding_does_not_change_the_output(case):
+    """A sequence alone and the same sequence padded in a batch give the same logits: prefix
+    keys and values (prefix tuning, MAM) must extend the attention mask, not attend to padding."""
+    _, library, adapter, width = case
+    model = build("bert", library, adapter, width)
+    torch.manual_seed(1)
+    with torch.no_grad():  # adapters start near the identity; make every one of them matter
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(0.5 * torch.randn_like(param))
+    model.eval()
+    (batch,) = random_batches(num_batches=1, batch_size=2, seq_len=12)
+    ids, mask = batch["input_ids"], batch["attention_mask"].clone()
+    mask[0, 7:] = 0  # the first sequence is 7 tokens long, padded to 12
+    with torch.no_grad():
+        alone = model(input_ids=ids[:1, :7], attention_mask=mask[:1, :7]).logits
+        padded = model(input_ids=ids, attention_mask=mask).logits[:1]
+    torch.testing.assert_close(padded, alone, atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("arch", NO_POOLER)
 def test_peft_prefix_needs_a_pooler(arch):
     with pytest.raises(ConfigError, match="no pooler.*adapterhub"):

@@ -122,28 +122,40 @@ def test_tuning_goes_lower_while_every_rate_collapsed(tmp_path):
     quality = _quality_module()
     args = quality.parse_args(["--runs-dir", str(tmp_path), "--adapters", "mam"])
 
-    def tuning(records):
+    def planned(records, args=args):
         return {r.train.lr: r for r in quality.planned_runs("rte", "1", records, args)}
 
     def recorded(run, score, collapsed):
-        return {**_record("mam", "none", 0.0, 1, score, lr=run.train.lr, collapsed=collapsed)}
+        record = _record("mam", "none", 0.0, 1, score, lr=run.train.lr, collapsed=collapsed)
+        return {**record, "run": quality.record_key(run)}
 
-    grid = tuning({})
+    grid = planned({})
     assert set(grid) == {3e-4, 1e-3}
-    records = {quality.record_key(r): recorded(r, 0.05, True) for r in grid.values()}
-    assert set(tuning(records)) == {3e-4, 1e-3, 1e-4}  # none works yet: one step lower, no more
-    lower = tuning(records)[1e-4]
-    records[quality.record_key(lower)] = recorded(lower, 0.70, False)
-    runs = quality.planned_runs("rte", "1", records, args)
+    records = {quality.record_key(r): recorded(r, 0.65, True) for r in grid.values()}
+    assert set(planned(records)) == {3e-4, 1e-3, 1e-4}  # none works yet: one step lower, no more
+    lower = planned(records)[1e-4]
+    works = {**records, quality.record_key(lower): recorded(lower, 0.60, False)}
+    runs = quality.planned_runs("rte", "1", works, args)
     assert {r.train.lr for r in runs} == {1e-4} and len(runs) == 6  # dense + SNIP 40%, 3 seeds
-    assert quality.tuned_lrs(list(records.values()), args) == {("rte", "mam"): 1e-4}
-    one_works = dict(records)
-    del one_works[quality.record_key(lower)]
-    one_works[quality.record_key(grid[1e-3])] = recorded(grid[1e-3], 0.60, False)
+    assert quality.tuned_lrs(list(works.values()), args) == {("rte", "mam"): 1e-4}
+    assert quality.without_working_lr(list(works.values()), args) == {}
+    # the bottom of the ladder collapsed too: no working rate, nothing more to train
+    dead = {**records, quality.record_key(lower): recorded(lower, 0.50, True)}
+    assert set(planned(dead)) == {3e-4, 1e-3, 1e-4}
+    assert len(quality.planned_runs("rte", "1", dead, args, assume_lr=True)) == 3  # counts, too
+    assert quality.without_working_lr(list(dead.values()), args) == {
+        ("rte", "mam"): [1e-4, 3e-4, 1e-3]
+    }
+    (tmp_path / "quality_runs.jsonl").write_text("\n".join(json.dumps(r) for r in dead.values()))
+    report = quality.report(quality.parse_args(["--results-dir", str(tmp_path)])).read_text()
+    assert "No working learning rate (every rate" in report
+    assert "verdicts): rte mam (0.0001, 0.0003, 0.001)" in report
+    assert "| rte | mam | 65.00 ± 0.00 (n=1) ⚠ 1 collapsed | no working learning rate |" in report
+    # a grid with one working rate is not extended, and picks it over a collapsed higher score
+    one_works = {**records, quality.record_key(grid[1e-3]): recorded(grid[1e-3], 0.60, False)}
     assert {r.train.lr for r in quality.planned_runs("rte", "1", one_works, args)} == {1e-3}
-    args = quality.parse_args(["--runs-dir", str(tmp_path), "--adapters", "mam"])
     args.lr_grid = [3e-4, 1e-3]  # given explicitly: taken as given, never extended
-    assert {r.train.lr for r in quality.planned_runs("rte", "1", records, args)} == {3e-4}
+    assert set(planned(records)) == {3e-4, 1e-3}
 
 
 def test_workers_never_take_the_same_run(tmp_path):
@@ -165,6 +177,7 @@ def test_plan_counts_runs_left_and_their_hours(tmp_path):
     assert "| rte | 1 | 0 | 2 | 0.0 |" in quality.plan(args)  # dense (= tuning) + SNIP 40%
     (dense, sparse) = quality.planned_runs("rte", "1", {}, args, assume_lr=True)
     record = {"run": quality.record_key(dense), "protocol": quality.PROTOCOL, "score": 0.6}
+    record.update(collapsed=False)
     record.update(task="rte", adapter="lora", large_sparse=1.0, seconds=7200.0)
     record.update(epochs=1, max_train_samples=64)
     quality.append_record(args.records, record)
