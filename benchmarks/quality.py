@@ -204,6 +204,11 @@ def best_lr(seed1: dict[float, dict]) -> float:
     return max(seed1, key=lambda lr: (not seed1[lr]["collapsed"], seed1[lr]["score"], -lr))
 
 
+def no_working_lr(seed1: dict[float, dict], lr: float | None, args: argparse.Namespace) -> bool:
+    """Tuning is over and its rate collapsed too; an explicit ``--lr-grid`` is used as given."""
+    return lr is not None and seed1[lr]["collapsed"] and not args.lr_grid
+
+
 def dense_seed1(task: str, adapter: str, records: dict, args: argparse.Namespace) -> dict:
     """The recorded dense seed-1 runs of ``adapter`` on ``task`` that tuning may use, by lr."""
     found = {}
@@ -232,7 +237,7 @@ def planned_runs(
     for adapter in [a for a in spec["adapters"] if not args.adapters or a in args.adapters]:
         seed1 = dense_seed1(task, adapter, records, args)
         lrs, lr = tuning(adapter, seed1, args)
-        if lr is None or seed1[lr]["collapsed"]:
+        if lr is None or no_working_lr(seed1, lr, args):
             grid = {"adapter": [adapter], "pruner": ["none"], "seed": [1], "train.lr": lrs}
             runs += runs_for(grid, base, args.runs_dir / task)
             if lr is not None or not assume_lr:
@@ -530,7 +535,7 @@ def without_working_lr(
     found = {}
     for (task, adapter), by_lr in _dense_seed1_records(records).items():
         lrs, lr = tuning(adapter, by_lr, args)
-        if lr is not None and by_lr[lr]["collapsed"]:
+        if no_working_lr(by_lr, lr, args):
             found[task, adapter] = sorted(lrs)
     return found
 
@@ -706,8 +711,8 @@ def report(args: argparse.Namespace) -> Path:
         plan(whole_grid),
         "",
     ]
+    tuned = tuned_lrs(records, args)
     for claim in CLAIMS:
-        tuned = tuned_lrs(records, args)
         section, _ = claim_section(claim, cells, tuned, tasks, args.results_dir, no_lr)
         lines.append(section)
     lines += ["## Every cell", "", markdown_table(cells, ["train.lr"]), ""]

@@ -154,8 +154,8 @@ def test_tuning_goes_lower_while_every_rate_collapsed(tmp_path):
     # a grid with one working rate is not extended, and picks it over a collapsed higher score
     one_works = {**records, quality.record_key(grid[1e-3]): recorded(grid[1e-3], 0.60, False)}
     assert {r.train.lr for r in quality.planned_runs("rte", "1", one_works, args)} == {1e-3}
-    args.lr_grid = [3e-4, 1e-3]  # given explicitly: taken as given, never extended
-    assert set(planned(records)) == {3e-4, 1e-3}
+    args.lr_grid = [3e-4, 1e-3]  # given explicitly: used as given, never extended or skipped
+    assert set(planned(records)) == {3e-4}
 
 
 def test_workers_never_take_the_same_run(tmp_path):
