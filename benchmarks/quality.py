@@ -210,7 +210,9 @@ def no_working_lr(seed1: dict[float, dict], lr: float | None, args: argparse.Nam
 
 
 def dense_seed1(task: str, adapter: str, records: dict, args: argparse.Namespace) -> dict:
-    """The recorded dense seed-1 runs of ``adapter`` on ``task`` that tuning may use, by lr."""
+    """The recorded dense seed-1 runs of ``adapter`` on ``task`` that tuning may use, by lr.
+    Matched by run name, which carries the run's settings: what is planned must match exactly
+    (the report groups records by their fields instead, ``_dense_seed1_records``)."""
     found = {}
     for lr in {*LR_LADDER, *lr_grid(adapter, args)}:
         grid = {"adapter": [adapter], "pruner": ["none"], "seed": [1], "train.lr": [lr]}
@@ -558,6 +560,10 @@ def claim_section(
 ) -> tuple[str, list[str]]:
     """The claim's tables, plots and verdict; ``no_lr``: (task, adapter) without a working lr."""
     spec = CLAIMS[claim]
+
+    def sparse_text(cell: dict | None, task: str, adapter: str) -> str:
+        return NO_LR if (task, adapter) in no_lr else _fmt(cell)
+
     lines = [f"## Claim {claim}: {spec['title']}", ""]
     pictures = []
     diffs: list[dict | None] = []
@@ -577,7 +583,7 @@ def claim_section(
                 for p in pruners:
                     for s in sparsities:
                         c = _find(mine, pruner=p, sparsity=s, large_sparse=1)
-                        row.append(NO_LR if (task, adapter) in no_lr else _fmt(c))
+                        row.append(sparse_text(c, task, adapter))
                         diffs.append(_difference(c, dense, f"{task} {adapter} {p} {int(s * 100)}%"))
                         task_of.append(task)
                 lines.append("| " + " | ".join(row) + " |")
@@ -594,9 +600,12 @@ def claim_section(
                 mine = _main_cells(cells, tuned, task, adapter)
                 dense = _find(mine, pruner="none")
                 wide = _find(mine, pruner="snip", large_sparse=4)
-                wide_text = NO_LR if (task, adapter) in no_lr else _fmt(wide)
                 lines.append(
-                    "| " + " | ".join([task, adapter, _fmt(dense), wide_text, _fmt(full)]) + " |"
+                    "| "
+                    + " | ".join(
+                        [task, adapter, _fmt(dense), sparse_text(wide, task, adapter), _fmt(full)]
+                    )
+                    + " |"
                 )
                 diffs.append(_difference(wide, dense, f"{task} {adapter} Large-Sparse"))
                 task_of.append(task)
