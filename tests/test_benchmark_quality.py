@@ -155,7 +155,8 @@ def test_tuning_goes_lower_while_every_rate_collapsed(tmp_path):
     one_works = {**records, quality.record_key(grid[1e-3]): recorded(grid[1e-3], 0.60, False)}
     assert {r.train.lr for r in quality.planned_runs("rte", "1", one_works, args)} == {1e-3}
     args.lr_grid = [3e-4, 1e-3]  # given explicitly: used as given, never extended or skipped
-    assert set(planned(records)) == {3e-4}
+    runs = quality.planned_runs("rte", "1", records, args)
+    assert {r.train.lr for r in runs} == {3e-4} and len(runs) == 6  # sparse runs follow, too
 
 
 def test_workers_never_take_the_same_run(tmp_path):
