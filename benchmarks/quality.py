@@ -93,17 +93,20 @@ CLAIMS: dict[str, dict[str, Any]] = {
         "title": "SNIP at 40% sparsity vs the dense adapter",
         "adapters": ["houlsby", "pfeiffer", "lora", "mam"],
         "grid": {"pruner": ["none", "snip"], "sparsity": [0.4]},
+        "rule": (">=", 0.0),  # sparse − dense, in points
     },
     "2": {
         "title": "Up to 80% sparsity within about 1 point of dense (SNIP and random)",
         "adapters": ["houlsby", "lora"],
         "grid": {"pruner": ["none", "snip", "random"], "sparsity": [0.4, 0.6, 0.8]},
+        "rule": (">=", -1.0),
     },
     "3": {
         "title": "Large-Sparse (4x width, 75% sparse) vs dense, and full fine-tuning",
         "adapters": ["houlsby", "lora"],
         "grid": {"pruner": ["snip"], "large_sparse": [4], "sparsity": [0.75]},
         "full_finetune": True,
+        "rule": (">", 0.0),
     },
     "4": {
         "title": "Five pruners at 40/60/80/90% sparsity (Houlsby)",
@@ -495,6 +498,68 @@ def _spread(best: dict, worst: dict) -> str:
     return f"; spread {d['diff']:.2f} ± {d['se']:.2f} points ({within} 2 SE)"
 
 
+def holds(claim: str, diff: float) -> bool:
+    """The claim's rule (``CLAIMS[claim]["rule"]``) on one cell's difference from dense."""
+    op, threshold = CLAIMS[claim]["rule"]
+    return diff > threshold if op == ">" else diff >= threshold
+
+
+def rule_text(claim: str) -> str:
+    op, threshold = CLAIMS[claim]["rule"]
+    subject = "Large-Sparse" if claim == "3" else "sparse"
+    margin = f" − {-threshold:g} point" if threshold else ""
+    return f"{subject} mean {'>' if op == '>' else '≥'} dense mean{margin}"
+
+
+def settled(claim: str, diff: dict) -> bool:
+    """Whether the cell's difference is more than 2 standard errors from the rule's threshold:
+    its verdict would not flip with the noise of these seeds."""
+    return abs(diff["diff"] - CLAIMS[claim]["rule"][1]) > 2 * diff["se"]
+
+
+def _comparisons(claim: str, cells: list[dict], tuned: dict, tasks: list[str]) -> list[dict]:
+    """Claims 1–3: every sparse setting next to the dense adapter of its task, adapter and
+    tuned lr, in table order (task, adapter, setting); ``diff`` is ``_difference``'s."""
+    spec = CLAIMS[claim]
+    grid = spec["grid"]
+    if claim == "3":
+        settings = [
+            (
+                f"Large-Sparse {w}x @{int(s * 100)}% ({p})",
+                {"pruner": p, "sparsity": s, "large_sparse": w},
+            )
+            for p in grid["pruner"]
+            for w in grid["large_sparse"]
+            for s in grid["sparsity"]
+        ]
+    else:
+        settings = [
+            (f"{p} {int(s * 100)}%", {"pruner": p, "sparsity": s, "large_sparse": 1})
+            for p in grid["pruner"]
+            if p != "none"
+            for s in grid["sparsity"]
+        ]
+    found = []
+    for task in tasks:
+        for adapter in spec["adapters"]:
+            mine = _main_cells(cells, tuned, task, adapter)
+            dense = _find(mine, pruner="none")
+            for setting, match in settings:
+                cell = _find(mine, **match)
+                label = f"{task} {adapter} {setting}"
+                found.append(
+                    {
+                        "task": task,
+                        "adapter": adapter,
+                        "setting": setting,
+                        "cell": cell,
+                        "dense": dense,
+                        "diff": _difference(cell, dense, label),
+                    }
+                )
+    return found
+
+
 def _verdict(diffs: list[dict | None], holds) -> str:
     known = [d["diff"] for d in diffs if d is not None and "diff" in d]
     if not known:
@@ -560,124 +625,142 @@ def claim_section(
 ) -> tuple[str, list[str]]:
     """The claim's tables, plots and verdict; ``no_lr``: (task, adapter) without a working lr."""
     spec = CLAIMS[claim]
-
-    def sparse_text(cell: dict | None, task: str, adapter: str) -> str:
-        return NO_LR if (task, adapter) in no_lr else _fmt(cell)
-
     lines = [f"## Claim {claim}: {spec['title']}", ""]
-    pictures = []
-    diffs: list[dict | None] = []
-    task_of: list[str] = []  # the task of each entry of ``diffs``
-    if claim in ("1", "2"):
-        sparsities = spec["grid"]["sparsity"]
-        pruners = [p for p in spec["grid"]["pruner"] if p != "none"]
-        header = ["task", "adapter", "dense"] + [
-            f"{p} {int(s * 100)}%" for p in pruners for s in sparsities
-        ]
-        lines += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
-        for task in tasks:
-            for adapter in spec["adapters"]:
-                mine = _main_cells(cells, tuned, task, adapter)
-                dense = _find(mine, pruner="none")
-                row = [task, adapter, _fmt(dense)]
-                for p in pruners:
-                    for s in sparsities:
-                        c = _find(mine, pruner=p, sparsity=s, large_sparse=1)
-                        row.append(sparse_text(c, task, adapter))
-                        diffs.append(_difference(c, dense, f"{task} {adapter} {p} {int(s * 100)}%"))
-                        task_of.append(task)
-                lines.append("| " + " | ".join(row) + " |")
-        rule = (lambda d: d >= 0) if claim == "1" else (lambda d: d >= -1.0)
-        rule_text = (
-            "sparse mean ≥ dense mean" if claim == "1" else "sparse mean ≥ dense mean − 1 point"
-        )
-    elif claim == "3":
-        header = ["task", "adapter", "dense", "Large-Sparse 4x @75% (snip)", "full fine-tuning"]
-        lines += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
-        for task in tasks:
-            full = _find([c for c in cells if c["task"] == task], adapter="full")
-            for adapter in spec["adapters"]:
-                mine = _main_cells(cells, tuned, task, adapter)
-                dense = _find(mine, pruner="none")
-                wide = _find(mine, pruner="snip", large_sparse=4)
-                lines.append(
-                    "| "
-                    + " | ".join(
-                        [task, adapter, _fmt(dense), sparse_text(wide, task, adapter), _fmt(full)]
-                    )
-                    + " |"
-                )
-                diffs.append(_difference(wide, dense, f"{task} {adapter} Large-Sparse"))
-                task_of.append(task)
-        rule = lambda d: d > 0  # noqa: E731
-        rule_text = "Large-Sparse mean > dense mean"
-    else:
-        sparsities = spec["grid"]["sparsity"]
-        pruners = [p for p in spec["grid"]["pruner"] if p != "none"]
-        lines += [
-            f"On {', '.join(spec['tasks'])} only (one task per metric; RTE and MRPC run claims "
-            "1-3): a descriptive plot, and 42 more runs per task.",
-            "",
-        ]
-        for task in [t for t in tasks if claim_runs_on(claim, t)]:
-            mine = _main_cells(cells, tuned, task, "houlsby")
-            dense = _find(mine, pruner="none")
-            if not mine:
-                continue
-            header = ["pruner"] + [f"{int(s * 100)}%" for s in sparsities]
-            lines += [
-                f"**{task}** (dense: {_fmt(dense)})",
-                "",
-                "| " + " | ".join(header) + " |",
-                "|---" * len(header) + "|",
-            ]
-            for p in pruners:
-                lines.append(
-                    "| "
-                    + " | ".join(
-                        [p] + [_fmt(_find(mine, pruner=p, sparsity=s)) for s in sparsities]
-                    )
-                    + " |"
-                )
-            lines.append("")
-            picture = results_dir / f"quality_pruners_{task}.png"
-            plot(mine, picture, [])
-            pictures.append(picture.name)
-            lines += [f"![pruners on {task}]({picture.name})", ""]
-            for s in sparsities:
-                ranked = sorted(
-                    (c for c in mine if c["pruner"] != "none" and c["sparsity"] == s),
-                    key=lambda c: -c["mean"],
-                )
-                if ranked:
-                    lines.append(
-                        f"- {task} @{int(s * 100)}%: "
-                        + " > ".join(f"{c['pruner']} {100 * c['mean']:.2f}" for c in ranked)
-                        + _spread(ranked[0], ranked[-1])
-                    )
-            lines.append("")  # ends the task's list: the next task's title is not part of it
-        lines += [
-            "",
-            "**Verdict:** descriptive (the paper's Figure 2 shape: which pruner leads at which "
-            "sparsity, above). The spread is the first minus the last, ± its standard error over "
-            "seeds; within 2 standard errors the ranking is not measurable at this number of seeds.",
-            "",
-        ]
-        return "\n".join(lines), pictures
-    verdict = _verdict(diffs, rule)
+    if claim == "4":
+        body, pictures = _pruners_section(cells, tuned, tasks, results_dir)
+        return "\n".join(lines + body), pictures
+    comparisons = _comparisons(claim, cells, tuned, tasks)
+    settings = list(dict.fromkeys(c["setting"] for c in comparisons))
+    full_column = ["full fine-tuning"] if spec.get("full_finetune") else []
+    header = ["task", "adapter", "dense", *settings, *full_column]
+    lines += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for task in tasks:
+        full = _find([c for c in cells if c["task"] == task], adapter="full")
+        for adapter in spec["adapters"]:
+            mine = [c for c in comparisons if (c["task"], c["adapter"]) == (task, adapter)]
+            row = [task, adapter, _fmt(mine[0]["dense"])]
+            row += [NO_LR if (task, adapter) in no_lr else _fmt(c["cell"]) for c in mine]
+            row += [_fmt(full)] if full_column else []
+            lines.append("| " + " | ".join(row) + " |")
+    diffs = [c["diff"] for c in comparisons]
+    rule = functools.partial(holds, claim)
     lines += [
         "",
-        f"**Verdict: {verdict}.** Rule: {rule_text}, per cell with at least 2 seeds each.",
+        f"**Verdict: {_verdict(diffs, rule)}.** Rule: {rule_text(claim)}, per cell with at "
+        "least 2 seeds each.",
         "",
     ]
     per_task = {
-        task: _verdict([d for d, t in zip(diffs, task_of) if t == task], rule) for task in tasks
+        task: _verdict([c["diff"] for c in comparisons if c["task"] == task], rule)
+        for task in tasks
     }
     measured = [f"{t}: {v}" for t, v in per_task.items() if v != "not measured yet"]
     if len(measured) > 1:
         lines += ["Per task: " + "; ".join(measured) + ".", ""]
     lines += _differences(diffs)
-    return "\n".join(lines), pictures
+    return "\n".join(lines), []
+
+
+def _pruners_section(
+    cells: list[dict], tuned: dict, tasks: list[str], results_dir: Path
+) -> tuple[list[str], list[str]]:
+    """Claim 4: per task, the five pruners' scores per sparsity, a plot and their ranking."""
+    spec = CLAIMS["4"]
+    sparsities = spec["grid"]["sparsity"]
+    pruners = [p for p in spec["grid"]["pruner"] if p != "none"]
+    lines = [
+        f"On {', '.join(spec['tasks'])} only (one task per metric; RTE and MRPC run claims "
+        "1-3): a descriptive plot, and 42 more runs per task.",
+        "",
+    ]
+    pictures = []
+    for task in [t for t in tasks if claim_runs_on("4", t)]:
+        mine = _main_cells(cells, tuned, task, "houlsby")
+        dense = _find(mine, pruner="none")
+        if not mine:
+            continue
+        header = ["pruner"] + [f"{int(s * 100)}%" for s in sparsities]
+        lines += [
+            f"**{task}** (dense: {_fmt(dense)})",
+            "",
+            "| " + " | ".join(header) + " |",
+            "|---" * len(header) + "|",
+        ]
+        for p in pruners:
+            scores = [_fmt(_find(mine, pruner=p, sparsity=s)) for s in sparsities]
+            lines.append("| " + " | ".join([p, *scores]) + " |")
+        lines.append("")
+        picture = results_dir / f"quality_pruners_{task}.png"
+        plot(mine, picture, [])
+        pictures.append(picture.name)
+        lines += [f"![pruners on {task}]({picture.name})", ""]
+        for s in sparsities:
+            ranked = sorted(
+                (c for c in mine if c["pruner"] != "none" and c["sparsity"] == s),
+                key=lambda c: -c["mean"],
+            )
+            if ranked:
+                lines.append(
+                    f"- {task} @{int(s * 100)}%: "
+                    + " > ".join(f"{c['pruner']} {100 * c['mean']:.2f}" for c in ranked)
+                    + _spread(ranked[0], ranked[-1])
+                )
+        lines.append("")  # ends the task's list: the next task's title is not part of it
+    lines += [
+        "",
+        "**Verdict:** descriptive (the paper's Figure 2 shape: which pruner leads at which "
+        "sparsity, above). The spread is the first minus the last, ± its standard error over "
+        "seeds; within 2 standard errors the ranking is not measurable at this number of seeds.",
+        "",
+    ]
+    return lines, pictures
+
+
+def summary(cells: list[dict], tuned: dict, tasks: list[str], no_lr: Iterable) -> list[str]:
+    """Claims 1–3 in one table: each setting's difference from dense per task, and the verdicts."""
+    no_lr = set(no_lr)
+    header = ["claim", "adapter", "setting", *tasks]
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    verdicts = []
+    for claim in ("1", "2", "3"):
+        comparisons = _comparisons(claim, cells, tuned, tasks)
+        rows: dict[tuple[str, str], dict[str, str]] = {}
+        for c in comparisons:
+            rows.setdefault((c["adapter"], c["setting"]), {})[c["task"]] = _summary_cell(
+                claim, c, (c["task"], c["adapter"]) in no_lr
+            )
+        for (adapter, setting), by_task in rows.items():
+            row = [claim, adapter, setting, *(by_task[t] for t in tasks)]
+            lines.append("| " + " | ".join(row) + " |")
+        diffs = [c["diff"] for c in comparisons]
+        verdicts.append(f"claim {claim}: {_verdict(diffs, functools.partial(holds, claim))}")
+    return [
+        *lines,
+        "",
+        "Each cell: sparse (or Large-Sparse) mean minus dense mean, in points ± the standard "
+        "error over seeds. ✓ the claim's rule holds for the cell (1: ≥ 0; 2: ≥ −1; 3: > 0), "
+        "✗ it does not; **bold**: more than 2 standard errors from the rule's threshold, so "
+        "the cell's verdict is beyond the noise of these seeds. *collapsed*: a run of the cell "
+        f"or of its dense adapter collapsed (left out); *no lr*: {NO_LR}; blank: not measured "
+        "yet.",
+        "",
+        "Verdicts: " + "; ".join(verdicts) + "; claim 4: descriptive (below).",
+        "",
+    ]
+
+
+def _summary_cell(claim: str, comparison: dict, without_lr: bool) -> str:
+    diff = comparison["diff"]
+    if without_lr:
+        return "*no lr*"
+    if diff is None:
+        return ""
+    if "diff" not in diff:
+        return "*collapsed*"
+    text = f"{diff['diff']:+.2f} ± {diff['se']:.2f}".replace("-", "−")
+    if settled(claim, diff):
+        text = f"**{text}**"
+    return f"{text} {'✓' if holds(claim, diff['diff']) else '✗'}"
 
 
 def report(args: argparse.Namespace) -> Path:
@@ -711,6 +794,12 @@ def report(args: argparse.Namespace) -> Path:
         ),
         "",
     ]
+    tuned = tuned_lrs(records, args)
+    lines += [
+        "## Summary: claims 1–3, sparse minus dense",
+        "",
+        *summary(cells, tuned, tasks, no_lr),
+    ]
     whole_grid = argparse.Namespace(**{**vars(args), "tasks": list(TASKS), "claims": list(CLAIMS)})
     lines += [
         "## Progress",
@@ -720,7 +809,6 @@ def report(args: argparse.Namespace) -> Path:
         plan(whole_grid),
         "",
     ]
-    tuned = tuned_lrs(records, args)
     for claim in CLAIMS:
         section, _ = claim_section(claim, cells, tuned, tasks, args.results_dir, no_lr)
         lines.append(section)

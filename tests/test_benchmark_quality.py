@@ -94,6 +94,14 @@ def test_report_verdicts_follow_the_rules(tmp_path):
     assert "Left out of the verdict, a run collapsed: rte mam snip 40%." in claim1
     claim2 = text.split("## Claim 2")[1].split("## Claim 3")[0]
     assert "**Verdict: mixed" in claim2  # houlsby within 1 point, lora 5 points below
+    table = text.split("## Summary")[1].split("## Progress")[0]
+    assert "| 1 | houlsby | snip 40% | **+2.00 ± 0.71** ✓ |" in table  # beyond 2 SE of 0
+    assert "| 1 | lora | snip 40% | **−5.00 ± 0.71** ✗ |" in table
+    assert "| 1 | mam | snip 40% | *collapsed* |" in table
+    assert "| 1 | pfeiffer | snip 40% |  |" in table  # not measured
+    # claim 2's rule is dense − 1 point: random 40% at −2.00 ± 0.71 is within 2 SE of it
+    assert "| 2 | houlsby | random 40% | −2.00 ± 0.71 ✗ |" in table
+    assert "claim 1: mixed (on 2 of 4 cells measured)" in table
     assert "not measured yet" in text.split("## Claim 3")[1].split("## Claim 4")[0]
     claim4 = text.split("## Claim 4")[1].split("## Every cell")[0]
     assert "rte" not in claim4  # not one of claim 4's tasks
@@ -279,3 +287,24 @@ def test_verdicts_are_given_per_task_once_two_tasks_are_measured(tmp_path):
         "Per task: rte: holds (on 1 of 4 cells measured); "
         "cola: does not hold (on 1 of 4 cells measured)." in claim1
     )
+
+
+def test_committed_report_and_readme_show_the_recorded_runs(tmp_path):
+    """quality.md's summary is what the committed records give, and the README shows it."""
+    quality = _quality_module()
+    records = quality.RESULTS / "quality_runs.jsonl"
+    args = quality.parse_args(
+        ["--report-only", "--results-dir", str(tmp_path), "--records", str(records)]
+    )
+    fresh = quality.report(args).read_text()
+    committed = (quality.RESULTS / "quality.md").read_text()
+
+    def summary_table(text):
+        section = text.split("## Summary")[1].split("## Progress")[0]
+        return [line for line in section.splitlines() if line.startswith("|")]
+
+    table = summary_table(fresh)
+    assert len(table) == 2 + 4 + 12 + 2  # header, rule, claim 1, 2 and 3 rows
+    assert summary_table(committed) == table
+    readme = (quality.ROOT / "README.md").read_text()
+    assert "\n".join(table) in readme
