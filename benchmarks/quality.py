@@ -44,7 +44,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -560,11 +560,11 @@ def _comparisons(claim: str, cells: list[dict], tuned: dict, tasks: list[str]) -
     return found
 
 
-def _verdict(diffs: list[dict | None], holds) -> str:
+def _verdict(diffs: list[dict | None], rule: Callable[[float], bool]) -> str:
     known = [d["diff"] for d in diffs if d is not None and "diff" in d]
     if not known:
         return "not measured yet"
-    results = [holds(d) for d in known]
+    results = [rule(d) for d in known]
     suffix = (
         "" if len(known) == len(diffs) else f" (on {len(known)} of {len(diffs)} cells measured)"
     )
