@@ -504,11 +504,15 @@ def holds(claim: str, diff: float) -> bool:
     return diff > threshold if op == ">" else diff >= threshold
 
 
+def _sign(claim: str) -> str:
+    return ">" if CLAIMS[claim]["rule"][0] == ">" else "≥"
+
+
 def rule_text(claim: str) -> str:
-    op, threshold = CLAIMS[claim]["rule"]
+    threshold = CLAIMS[claim]["rule"][1]
     subject = "Large-Sparse" if claim == "3" else "sparse"
     margin = f" − {-threshold:g} point" if threshold else ""
-    return f"{subject} mean {'>' if op == '>' else '≥'} dense mean{margin}"
+    return f"{subject} mean {_sign(claim)} dense mean{margin}"
 
 
 def settled(claim: str, diff: dict) -> bool:
@@ -722,7 +726,8 @@ def summary(cells: list[dict], tuned: dict, tasks: list[str], no_lr: Iterable) -
     header = ["claim", "adapter", "setting", *tasks]
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     verdicts = []
-    for claim in ("1", "2", "3"):
+    claims = ("1", "2", "3")
+    for claim in claims:
         comparisons = _comparisons(claim, cells, tuned, tasks)
         rows: dict[tuple[str, str], dict[str, str]] = {}
         for c in comparisons:
@@ -738,8 +743,9 @@ def summary(cells: list[dict], tuned: dict, tasks: list[str], no_lr: Iterable) -
         *lines,
         "",
         "Each cell: sparse (or Large-Sparse) mean minus dense mean, in points ± the standard "
-        "error over seeds. ✓ the claim's rule holds for the cell (1: ≥ 0; 2: ≥ −1; 3: > 0), "
-        "✗ it does not; **bold**: more than 2 standard errors from the rule's threshold, so "
+        "error over seeds. ✓ the claim's rule holds for the cell ("
+        + "; ".join(f"{c}: {_sign(c)} {CLAIMS[c]['rule'][1]:g}".replace("-", "−") for c in claims)
+        + "), ✗ it does not; **bold**: more than 2 standard errors from the rule's threshold, so "
         "the cell's verdict is beyond the noise of these seeds. *collapsed*: a run of the cell "
         f"or of its dense adapter collapsed (left out); *no lr*: {NO_LR}; blank: not measured "
         "yet.",
