@@ -224,6 +224,8 @@ def _train(
     features = encode(tokenizer, data.train, config.data.max_length, task.is_regression)
     generator = data_generator(config)
     batches = train_loader(config, features, tokenizer, generator)
+    # taken before training: full fine-tuning changes the embeddings the identity hashes
+    base = base_identity(model) if checkpoint is None else checkpoint["base_model"]
     model.to(accelerator.device)
     if checkpoint is None:
         progress = Progress()
@@ -250,7 +252,7 @@ def _train(
         set_rng_states(checkpoint["rng"][accelerator.process_index])
 
     def save() -> None:
-        _save_checkpoint(folder, accelerator, model, optimizer, scheduler, progress, sparsity)
+        _save_checkpoint(folder, accelerator, model, base, optimizer, scheduler, progress, sparsity)
 
     bar = tqdm(
         total=cfg.epochs * len(batches),
@@ -377,12 +379,16 @@ def _save_checkpoint(
     folder: Path,
     accelerator: Accelerator,
     model: nn.Module,
+    base: dict[str, Any],
     optimizer,
     scheduler,
     progress: Progress,
     sparsity: dict[str, Any] | None,
 ) -> None:
-    """Write the run's resumable state (main process; every process adds its RNG states)."""
+    """Write the run's resumable state (main process; every process adds its RNG states).
+
+    ``base`` is the base model's identity from before training, which a resume checks.
+    """
     rng = gather_object([rng_states()])
     if not accelerator.is_main_process:
         return
@@ -391,7 +397,7 @@ def _save_checkpoint(
         folder / CHECKPOINT_FILE,
         {
             "num_processes": accelerator.num_processes,
-            "base_model": base_identity(model),
+            "base_model": base,
             "trainable": _trainable_state(model),
             "masks": {name: mask.cpu() for name, mask in get_masks(model).items()},
             "optimizer": optimizer.state_dict(),
