@@ -128,9 +128,8 @@ def test_sigkill_then_resume_gives_the_same_run(
     assert "resumed at epoch 2, batch 2" in (run / "log.txt").read_text()
 
 
-def test_resume_with_length_grouped_batches(tiny_bert, glue_dir, tmp_path):  # noqa: F811
-    args = run_args(tiny_bert, glue_dir, tmp_path / "reference")
-    args += ["--set", "data.group_by_length=true"]
+def assert_killed_run_resumes_to_reference(args: list[str], tmp_path: Path) -> None:
+    """``args`` (output: tmp_path/reference) run once uninterrupted, once killed and resumed."""
     torch.set_num_threads(1)
     assert main(args) == 0
     reference = outcome(tmp_path / "reference")
@@ -139,6 +138,11 @@ def test_resume_with_length_grouped_batches(tiny_bert, glue_dir, tmp_path):  # n
     assert main(["train", "--resume", str(run), "--quiet"]) == 0
     assert outcome(run) == reference
     assert "resumed at epoch 2, batch 2" in (run / "log.txt").read_text()
+
+
+def test_resume_with_length_grouped_batches(tiny_bert, glue_dir, tmp_path):  # noqa: F811
+    args = run_args(tiny_bert, glue_dir, tmp_path / "reference")
+    assert_killed_run_resumes_to_reference([*args, "--set", "data.group_by_length=true"], tmp_path)
 
 
 def test_resume_full_finetuning(tiny_bert, glue_dir, tmp_path):  # noqa: F811
@@ -147,11 +151,4 @@ def test_resume_full_finetuning(tiny_bert, glue_dir, tmp_path):  # noqa: F811
     for flag in ("--pruner", "--scoring-examples"):
         del args[args.index(flag) : args.index(flag) + 2]
     args += ["--adapter", "full", "--lr", "0.001"]  # the last --lr counts
-    torch.set_num_threads(1)
-    assert main(args) == 0
-    reference = outcome(tmp_path / "reference")
-    run = tmp_path / "run"
-    killed_run("before", [str(run) if a == str(tmp_path / "reference") else a for a in args])
-    assert main(["train", "--resume", str(run), "--quiet"]) == 0
-    assert outcome(run) == reference
-    assert "resumed at epoch 2, batch 2" in (run / "log.txt").read_text()
+    assert_killed_run_resumes_to_reference(args, tmp_path)
