@@ -70,7 +70,8 @@ def run_args(tiny_bert: str, glue_dir: Path, output: Path) -> list[str]:  # noqa
 
 
 def outcome(run: Path) -> dict:
-    """What must not depend on an interruption: scores, epoch records, the saved adapter bytes."""
+    """What must not depend on an interruption: scores, epoch records, the saved weights' bytes."""
+    [weights] = run.glob("*/*.safetensors")  # adapter/adapter.safetensors or model/ (full)
     final = json.loads((run / "final.json").read_text())
     epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     return {
@@ -80,7 +81,7 @@ def outcome(run: Path) -> dict:
         "sparsity": {k: v for k, v in (final["sparsity"] or {}).items() if k != "seconds"},
         "parameters": final["parameters"],
         "epochs": epochs,
-        "weights": next(run.glob("*/*.safetensors")).read_bytes(),  # adapter, or full model
+        "weights": weights.read_bytes(),
     }
 
 
