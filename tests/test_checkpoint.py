@@ -173,6 +173,30 @@ def test_load_into_a_model_already_carrying_the_adapter(tmp_path):
     assert sa.get_masks(loaded).keys() == sa.get_masks(model).keys()
 
 
+@pytest.mark.parametrize(
+    "trained_embeddings",
+    [{"modules_to_save": ["word_embeddings"]}, {"trainable_token_indices": [5, 6]}],
+    ids=["modules_to_save", "trainable_tokens"],
+)
+def test_round_trip_with_peft_training_the_embeddings(trained_embeddings, tmp_path):
+    config = tiny_config()
+    lora = peft.LoraConfig(
+        task_type="SEQ_CLS", r=4, target_modules=["query", "value"], **trained_embeddings
+    )
+    model = peft_builder(lora)(base_model(config))
+    sa.sparsify(model, sa.SparsityConfig(method="random", sparsity=0.5))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.1)
+    save_sparse(model, tmp_path / "ckpt")
+
+    loaded = load_sparse(base_model(config), tmp_path / "ckpt")
+
+    assert torch.equal(logits(loaded, inputs(config)), logits(model, inputs(config)))
+    assert trainable(loaded) == trainable(model)
+
+
 @pytest.mark.parametrize("family", ["peft-lora", "houlsby"])
 def test_training_after_load_keeps_pruned_weights_zero(family, tmp_path):
     model, config = sparse_model(family, sparsity=0.8)

@@ -103,8 +103,12 @@ def _head_configs(model: nn.Module, library: str) -> dict[str, dict]:
 
 
 def base_identity(model: nn.Module) -> dict[str, Any]:
+    """What identifies the base model: its name, shape-defining config and a digest of the
+    input embeddings. A PEFT wrapper that trains the embeddings (``modules_to_save``,
+    ``trainable_token_indices``) is looked through, so the digest is the frozen original's."""
     config = model.config
-    embedding = model.get_input_embeddings().weight.detach()
+    embeddings = model.get_input_embeddings()
+    embedding = getattr(embeddings, "original_module", embeddings).weight.detach()
     rows = embedding[:EMBEDDING_DIGEST_ROWS].cpu().contiguous()
     return {
         "name_or_path": getattr(config, "name_or_path", ""),
