@@ -4,7 +4,8 @@
     python benchmarks/quality.py --report-only                      # rebuild quality.md from records
     python benchmarks/quality.py --quick --runs-dir /tmp/q          # a minutes-long smoke run
 
-Claims (paper: He et al., Findings of EMNLP 2022), at our scale (MiniLM-L6; CPU, or a GPU when one is lent):
+Claims (paper: He et al., Findings of EMNLP 2022), at our scale (MiniLM-L6; CPU, or a GPU where
+one is lent):
   1. SNIP at 40% sparsity scores at least as well as the same dense adapter
      (Houlsby, Pfeiffer, LoRA, MAM).
   2. Up to 80% sparsity stays within about 1 point of dense, with SNIP and with random pruning.
@@ -26,9 +27,9 @@ stay in the records file and are reported apart.
 
 Every finished run is appended to ``benchmarks/results/quality_runs.jsonl`` (committed), and a
 run found there is never trained again: the grid can be completed a part at a time, across
-sessions and machines (each record names its device and torch version; ``DEVICE_CHECK`` holds runs
-trained again on another device, to measure what the device changes). Run folders (checkpoints)
-go to ``--runs-dir`` and are not committed.
+sessions and machines (each record names its device and torch version; ``DEVICE_CHECK`` holds
+runs trained again on another device, to measure what the device changes). Run folders
+(checkpoints) go to ``--runs-dir`` and are not committed.
 ``--workers N`` trains N runs at once, each on its share of the CPU threads; workers take runs
 through lock files next to the run folders, so they never train the same run. Runs are taken
 claim by claim in ``--claims`` order, each on every task of ``--tasks`` in that order: a grid
