@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -270,7 +271,19 @@ def test_metadata_records_what_rebuilding_needs(tmp_path):
     assert meta["base_model"]["num_labels"] == 3
     assert meta["sparsity_config"] == masked_parameters(model).config.to_dict()
     assert {"torch", "transformers", "peft", "sparseadapter"} <= meta["versions"].keys()
+    assert meta["versions"]["sparseadapter"] == sa.__version__
     assert len(meta["sha256"]) == 64
+
+
+def test_save_works_from_a_source_checkout_without_package_metadata(tmp_path, monkeypatch):
+    def not_installed(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)
+    model, _ = sparse_model("peft-lora")
+    save_sparse(model, tmp_path / "ckpt")
+    meta = json.loads((tmp_path / "ckpt" / CONFIG_FILE).read_text())
+    assert meta["versions"]["sparseadapter"] == sa.__version__
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])

@@ -11,6 +11,7 @@ and then renamed into place, so an existing checkpoint survives any failure.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import math
 import os
@@ -18,7 +19,6 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Callable
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -141,9 +141,10 @@ def _check_base(model: nn.Module, meta: dict[str, Any]) -> None:
 
 
 def _versions(library: str) -> dict[str, str]:
+    # from the modules, not the installed-package metadata: a source checkout on PYTHONPATH has none
     packages = ["sparseadapter", "torch", "transformers", "safetensors"]
     packages.append("peft" if library == "peft" else "adapters")
-    return {name: metadata.version(name) for name in packages}
+    return {name: importlib.import_module(name).__version__ for name in packages}
 
 
 def _storage_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
