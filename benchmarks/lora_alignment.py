@@ -1,8 +1,8 @@
 """LoRA factor alignment: how many LoRA modules per-weight pruning leaves dead, and the fix.
 
 A LoRA update is B·A. A kept weight of A's row r only trains if B's column r keeps a weight too;
-a module with no such rank never learns. For PEFT LoRA (r 8, query/value) on MiniLM-L6 and, with
-``--large-sparse 4``, its 4x-wide version, SNIP scores the weights on the first 320 SST-2
+a module with no such rank never learns. For PEFT LoRA (r 8, query/value) on MiniLM-L6 and its
+4x-wide (Large-Sparse) version, SNIP scores the weights on the first 320 SST-2
 training examples (the quality benchmark's scoring data). From those scores the masks are chosen
 twice at each sparsity: weight by weight (``pairs=()``) and with the pairs kept aligned (what
 ``sparsify`` does), and for each we count the dead modules and the ranks still alive.
@@ -33,7 +33,7 @@ from sparseadapter.tasks.glue import load_glue  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-DATA = ROOT.parent / "shared" / "data" / "glue"
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "glue"
 SPARSITIES = {1: [0.4, 0.6, 0.8, 0.9, 0.95], 4: [0.75, 0.9, 0.95]}
 
 
@@ -45,12 +45,12 @@ def alive_ranks(masks: dict[str, torch.Tensor], pairs: list[tuple[str, str]]) ->
     ]
 
 
-def measure(large_sparse: int, examples: int) -> list[dict]:
+def measure(large_sparse: int, examples: int, data_dir: Path) -> list[dict]:
     torch.manual_seed(0)
     path = resolve_model("minilm")
     model, _ = build_model(path, 2, "lora", library="peft", large_sparse=large_sparse)
     tokenizer = load_tokenizer(path)
-    features = encode(tokenizer, load_glue("sst2", "train", DATA, examples), 128, False)
+    features = encode(tokenizer, load_glue("sst2", "train", data_dir, examples), 128, False)
     collate = PadCollator(tokenizer.pad_token_id or 0)
     batches = [collate(features[i : i + 32]) for i in range(0, len(features), 32)]
     scores = score_weights(model, SparsityConfig("snip", 0.5, num_examples=examples), batches)
@@ -103,9 +103,10 @@ def markdown(rows: list[dict], examples: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="64 scoring examples, print only")
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="GLUE TSV folder")
     args = parser.parse_args()
     examples = 64 if args.quick else 320
-    rows = [row for width in SPARSITIES for row in measure(width, examples)]
+    rows = [row for width in SPARSITIES for row in measure(width, examples, args.data_dir)]
     text = markdown(rows, examples)
     print(text)
     if not args.quick:

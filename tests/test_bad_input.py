@@ -104,7 +104,7 @@ CASES = [
     Case("resume-with-overwrite", "--resume together with --overwrite", "`train --resume RUN --overwrite`",
          USAGE, "--resume RUN continues the run in RUN: drop --overwrite",
          ("train", "--resume", "{run}", "--overwrite"), setup="interrupted"),
-    Case("sharded-parameters", "FSDP / DeepSpeed ZeRO-3 / Megatron-LM", "`accelerate launch` with an FSDP or DeepSpeed config",
+    Case("sharded-parameters", "FSDP / DeepSpeed (any ZeRO stage) / Megatron-LM", "`accelerate launch` with an FSDP or DeepSpeed config",
          "ConfigError", "is not supported yet", test="tests/test_distributed.py::test_sharded_parameters_are_refused"),
     # --- data ---------------------------------------------------------------------------------
     Case("tsv-missing-columns", "TSV with missing columns", "RTE `train.tsv` with `premise`/`hypothesis` columns",

@@ -46,8 +46,8 @@ class ModelConfig:
     library: str = field(
         default="auto",
         metadata={
-            "help": "Adapter library: 'auto' (AdapterHub, PEFT for lora/ia3), 'adapterhub' "
-            "or 'peft'."
+            "help": "Adapter library: 'auto' (AdapterHub; PEFT for lora/ia3, and for prefix "
+            "without AdapterHub installed), 'adapterhub' or 'peft'."
         },
     )
     width: int | None = field(
@@ -131,7 +131,11 @@ class DataConfig:
 class TrainConfig:
     epochs: int = field(default=3, metadata={"help": "Training epochs."})
     batch_size: int = field(
-        default=32, metadata={"help": "Examples per optimizer step (before accumulation)."}
+        default=32,
+        metadata={
+            "help": "Examples per forward pass on each process; an optimizer step sees "
+            "batch_size x grad_accum x processes."
+        },
     )
     eval_batch_size: int = field(default=64, metadata={"help": "Examples per evaluation batch."})
     lr: float | None = field(
@@ -221,7 +225,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     output: str | None = field(
         default=None,
-        metadata={"help": "Run folder; null = runs/<task>-<adapter>-<pruner><sparsity>-s<seed>."},
+        metadata={"help": "Run folder; null = runs/<run name>, e.g. rte-houlsby-snip40-s1."},
     )
 
     def __post_init__(self) -> None:
