@@ -45,8 +45,8 @@ def base_model(config, seed: int = 0):
     return AutoModelForSequenceClassification.from_config(copy.deepcopy(config))
 
 
-def peft_builder(config):
-    return lambda base: peft.get_peft_model(base, copy.deepcopy(config))
+def peft_builder(config, name: str = "default"):
+    return lambda base: peft.get_peft_model(base, copy.deepcopy(config), adapter_name=name)
 
 
 def adapterhub_builder(config_name: str):
@@ -62,6 +62,7 @@ def adapterhub_builder(config_name: str):
 LORA = peft.LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["query", "value"])
 FAMILIES = {
     "peft-lora": ("bert", peft_builder(LORA)),
+    "peft-lora-task": ("bert", peft_builder(LORA, name="task")),  # the CLI names its adapter so
     "peft-lora-bart": (
         "bart",
         peft_builder(
@@ -379,10 +380,11 @@ EXPORT_CHECK = textwrap.dedent(
 )
 
 
-def test_dense_exports_load_without_sparseadapter(tmp_path):
+@pytest.mark.parametrize("peft_family", ["peft-lora", "peft-lora-task"])
+def test_dense_exports_load_without_sparseadapter(peft_family, tmp_path):
     config = tiny_config()
     reference = {"inputs": inputs(config)}
-    for key, family in [("peft", "peft-lora"), ("ah", "houlsby")]:
+    for key, family in [("peft", peft_family), ("ah", "houlsby")]:
         base_model(config).save_pretrained(tmp_path / f"{key}_base")
         model, _ = sparse_model(family)
         reference[key] = logits(model, reference["inputs"])

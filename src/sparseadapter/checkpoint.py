@@ -443,12 +443,26 @@ def export_dense(model: nn.Module, path: str | os.PathLike, format: str = "peft"
     if state is not None:
         state.apply_()
     if library == "peft":
-        return _replace_directory(path, "adapter_config.json", model.save_pretrained)
+        return _replace_directory(
+            path, "adapter_config.json", lambda tmp: _save_peft_adapter(model, name, tmp)
+        )
     return _replace_directory(
         path,
         "adapter_config.json",
         lambda tmp: model.save_adapter(str(tmp), name, use_safetensors=True),
     )
+
+
+def _save_peft_adapter(model: nn.Module, name: str, folder: Path) -> None:
+    """``save_pretrained`` of adapter ``name``, its files in ``folder`` itself: PEFT puts an
+    adapter not named "default" in a subfolder, which ``PeftModel.from_pretrained(base, folder)``
+    would not find."""
+    model.save_pretrained(str(folder), selected_adapters=[name])
+    nested = folder / name
+    if name != "default" and nested.is_dir():
+        for item in nested.iterdir():
+            item.replace(folder / item.name)
+        nested.rmdir()
 
 
 def _is_lora(config: Any, library: str) -> bool:
