@@ -8,6 +8,7 @@ import math
 import re
 import subprocess
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 import torch
@@ -111,8 +112,9 @@ def train(
 
 
 def expected_kept(numel: int, sparsity: float) -> int:
-    """round((1 - s) * N) with halves rounded up: the exact kept count the brief asks for."""
-    return math.floor((1 - sparsity) * numel + 0.5)
+    """round((1 - s) * N) with halves rounded up, in exact arithmetic on the decimal ``s`` is
+    written as: the kept count the brief asks for."""
+    return math.floor((1 - Fraction(repr(sparsity))) * numel + Fraction(1, 2))
 
 
 def pruned_nonzero(model: nn.Module, masks: dict[str, torch.Tensor]) -> int:

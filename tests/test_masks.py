@@ -63,6 +63,17 @@ def test_kept_count_rounds_half_up():
     assert kept_count(10, 0.25) == 8  # 7.5 -> 8
     assert kept_count(10, 0.4) == 6
     assert kept_count(3, 0.0) == 3
+    # exact halves that floats put just below .5 (1 - 0.9 < 0.1 in floats)
+    assert kept_count(5, 0.9) == 1
+    assert kept_count(30, 0.55) == 14
+    assert kept_count(12345, 0.9) == 1235
+
+
+def test_kept_count_matches_integer_arithmetic():
+    for permille in range(0, 1001, 7):
+        for n in range(1, 400, 3):
+            exact = ((1000 - permille) * n * 2 + 1000) // 2000  # floor((1000 - k) n / 1000 + 1/2)
+            assert kept_count(n, permille / 1000) == exact, (n, permille)
 
 
 def _misaligned_lora_scores():

@@ -20,9 +20,9 @@ save/load keep working unchanged.
 
 from __future__ import annotations
 
-import math
 import weakref
 from collections.abc import Sequence
+from decimal import ROUND_HALF_UP, Decimal
 
 import torch
 from torch import nn
@@ -32,8 +32,13 @@ from sparseadapter.config import SparsityConfig
 
 
 def kept_count(numel: int, sparsity: float) -> int:
-    """Weights kept out of ``numel`` at ``sparsity``: round((1 - s) * N), halves rounded up."""
-    return min(numel, math.floor((1.0 - sparsity) * numel + 0.5))
+    """Weights kept out of ``numel`` at ``sparsity``: round((1 - s) * N), halves rounded up.
+
+    Computed on the decimal the sparsity is written as: in floats 1 - 0.9 is just under 0.1, so
+    5 weights at 90% would keep 0.4999... → 0 instead of 0.5 → 1.
+    """
+    kept = (1 - Decimal(repr(float(sparsity)))) * numel
+    return min(numel, int(kept.quantize(Decimal(1), rounding=ROUND_HALF_UP)))
 
 
 def _top_k(scores: torch.Tensor, k: int, forced: int | None = None) -> torch.Tensor:
