@@ -199,6 +199,22 @@ def test_round_trip_with_peft_training_the_embeddings(trained_embeddings, tmp_pa
     assert trainable(loaded) == trainable(model)
 
 
+def test_loading_a_dense_checkpoint_drops_the_models_masks(tmp_path):
+    config = tiny_config()
+    dense = peft_builder(LORA)(base_model(config))
+    with torch.no_grad():
+        for p in dense.parameters():
+            if p.requires_grad:
+                p.add_(0.1)
+    save_sparse(dense, tmp_path / "dense")
+    target, _ = sparse_model("peft-lora", sparsity=0.8)
+
+    loaded = load_sparse(target, tmp_path / "dense")
+
+    assert sa.get_masks(loaded) == {}
+    assert torch.equal(logits(loaded, inputs(config)), logits(dense, inputs(config)))
+
+
 @pytest.mark.parametrize("family", ["peft-lora", "houlsby"])
 def test_training_after_load_keeps_pruned_weights_zero(family, tmp_path):
     model, config = sparse_model(family, sparsity=0.8)

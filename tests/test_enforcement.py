@@ -1,5 +1,7 @@
 """Pruned weights stay exactly 0.0 through every kind of training step."""
 
+import copy
+
 import pytest
 import torch
 from tiny_module import ADAPTER_NAMES, TinyAdapterModel, tiny_batches
@@ -157,3 +159,13 @@ def test_hf_trainer_keeps_pruned_weights_zero(tmp_path):
     )
     Trainer(model=model, args=args, train_dataset=data).train()
     assert (_pruned_values(model) == 0.0).all()
+
+
+def test_a_deep_copy_enforces_its_own_masks():
+    model = _sparse_model()
+    twin = copy.deepcopy(model)
+    masks = sa.get_masks(twin)
+    assert all(torch.equal(masks[n], m) for n, m in sa.get_masks(model).items())
+    before = _train(twin, torch.optim.AdamW(twin.parameters(), lr=1e-2, weight_decay=0.1))
+    assert not _pruned_values(twin).any() and _kept_changed(twin, before)
+    assert not _pruned_values(model).any()

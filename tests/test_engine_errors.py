@@ -28,12 +28,28 @@ def test_unknown_method_lists_the_known_ones():
 
 
 @pytest.mark.parametrize(
-    "kwargs",
-    [{"scope": "row"}, {"zero_init": "ignore"}, {"num_examples": 0}, {"synflow_rounds": 0}],
+    ("kwargs", "words"),
+    [
+        ({"scope": "row"}, "scope"),
+        ({"zero_init": "ignore"}, "zero_init"),
+        ({"num_examples": 0}, "num_examples"),
+        ({"synflow_rounds": 0}, "synflow_rounds"),
+        ({"seed": "abc"}, "seed must be an integer"),
+        ({"grasp_temperature": "abc"}, "grasp_temperature must be a number > 0"),
+        ({"grasp_temperature": None}, "grasp_temperature must be a number > 0"),
+        ({"grasp_temperature": float("nan")}, "grasp_temperature must be a number > 0"),
+        ({"prune_biases": "yes"}, "prune_biases must be true or false"),
+        ({"include": [3]}, "include must be a list of regexes"),
+        ({"exclude": ["("]}, "exclude pattern '\\(' is not a valid regex"),
+    ],
 )
-def test_other_bad_options(kwargs):
-    with pytest.raises(sa.ConfigError):
+def test_other_bad_options(kwargs, words):
+    with pytest.raises(sa.ConfigError, match=words):
         sa.SparsityConfig(**kwargs)
+
+
+def test_one_include_pattern_may_be_a_string():
+    assert sa.SparsityConfig(include="lora_B").include == ["lora_B"]
 
 
 def test_model_without_trainable_adapter_weights():
@@ -109,3 +125,24 @@ def test_zero_init_dense_policy_leaves_zero_tensors_unpruned():
     )
     assert report.dense_tensors == ["adapter_up.weight"]
     assert list(sa.get_masks(model)) == ["adapter_down.weight"]
+
+
+def test_zero_init_dense_policy_with_every_tensor_zero_initialized():
+    model = TinyAdapterModel()
+    with torch.no_grad():
+        model.adapter_down.weight.zero_()
+        model.adapter_up.weight.zero_()
+    with pytest.raises(sa.NoPrunableWeightsError, match="zero_init='surrogate'"):
+        sa.sparsify(model, sa.SparsityConfig(method="magnitude", zero_init="dense"))
+
+
+def test_a_failed_second_sparsify_keeps_the_first_masks():
+    model = TinyAdapterModel()
+    sa.sparsify(model, sa.SparsityConfig(method="magnitude", sparsity=0.5))
+    masks = sa.get_masks(model)
+    with pytest.raises(sa.ScoringDataError):
+        sa.sparsify(model, sa.SparsityConfig(method="snip"), batches=[])
+    assert sa.get_masks(model).keys() == masks.keys()
+    assert all(torch.equal(sa.get_masks(model)[n], m) for n, m in masks.items())
+    model(**tiny_batches()[0]).loss.backward()  # and they are still enforced
+    assert all(not p.grad[~masks[n]].any() for n, p in model.named_parameters() if n in masks)

@@ -43,6 +43,18 @@ def test_grid_merges_points_that_are_the_same_run(tmp_path):
     assert sorted(names) == sorted(f"{n}-s{s}" for n in per_seed for s in (1, 2))
 
 
+def test_an_option_a_run_does_not_have_leaves_its_name(tmp_path):
+    grid = {"adapter": ["houlsby", "full"], "pruner": ["none", "snip"]}
+    grid |= {"prune.scope": ["global", "layer"], "model.width": [16]}
+    names = [Path(c.output).name for c in load_sweep(write_sweep(tmp_path, grid)).runs()]
+    assert sorted(names) == [
+        "rte-full-s0",  # no pruner, no width
+        "rte-houlsby-dense-s0-width16",  # no prune.scope
+        "rte-houlsby-snip40-s0-width16-scopeglobal",
+        "rte-houlsby-snip40-s0-width16-scopelayer",
+    ]
+
+
 def test_sweep_base_file_set_and_extra_grid_keys(tmp_path):
     (tmp_path / "base.yaml").write_text(yaml.safe_dump({"data": {"task": "mrpc"}}))
     path = tmp_path / "sweep.yaml"

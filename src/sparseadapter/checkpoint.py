@@ -399,6 +399,8 @@ def _load_tensors(model: nn.Module, meta: dict[str, Any], tensors: dict[str, tor
     if masks:
         config = meta["sparsity_config"]
         apply_masks(model, masks, SparsityConfig.from_dict(config) if config else None)
+    else:  # a dense checkpoint: masks the model carried before would zero the loaded weights
+        remove_sparsity(model)
 
 
 def load_sparse(model: nn.Module, path: str | os.PathLike) -> nn.Module:

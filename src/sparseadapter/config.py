@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -13,6 +14,19 @@ ZERO_INIT_POLICIES = ("surrogate", "dense")
 DEFAULT_HEAD_PATTERNS = (
     r"(^|\.)(classifier|classification_head|score|qa_outputs|lm_head|heads|modules_to_save|original_module)(\.|$)",
 )
+
+
+def _patterns(name: str, value: Any) -> list[str]:
+    """A list of valid regexes; one string is one pattern."""
+    patterns = [value] if isinstance(value, str) else value
+    if not isinstance(patterns, (list, tuple)) or not all(isinstance(x, str) for x in patterns):
+        raise ConfigError(f"{name} must be a list of regexes, e.g. ['lora_B'], got {value!r}")
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise ConfigError(f"{name} pattern {pattern!r} is not a valid regex: {e}") from None
+    return list(patterns)
 
 
 @dataclass
@@ -55,7 +69,8 @@ class SparsityConfig:
     include: list[str] | None = field(
         default=None,
         metadata={
-            "help": "Regexes; if set, only trainable parameters whose name matches are prunable."
+            "help": "Regexes (one string is one); if set, only trainable parameters whose name "
+            "matches are prunable."
         },
     )
     exclude: list[str] = field(
@@ -99,8 +114,21 @@ class SparsityConfig:
             )
         if not isinstance(self.num_examples, int) or self.num_examples < 1:
             raise ConfigError(f"num_examples must be a positive integer, got {self.num_examples!r}")
-        if self.grasp_temperature <= 0:
-            raise ConfigError(f"grasp_temperature must be > 0, got {self.grasp_temperature}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ConfigError(f"seed must be an integer, got {self.seed!r}")
+        if self.include is not None:
+            self.include = _patterns("include", self.include)
+        self.exclude = _patterns("exclude", self.exclude)
+        for name in ("prune_biases", "prune_norms"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        temperature = self.grasp_temperature
+        if (
+            isinstance(temperature, bool)
+            or not isinstance(temperature, (int, float))
+            or not 0 < temperature < math.inf
+        ):
+            raise ConfigError(f"grasp_temperature must be a number > 0, got {temperature!r}")
         if not isinstance(self.synflow_rounds, int) or self.synflow_rounds < 1:
             raise ConfigError(
                 f"synflow_rounds must be an integer >= 1, got {self.synflow_rounds!r}"

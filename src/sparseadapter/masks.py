@@ -20,6 +20,7 @@ save/load keep working unchanged.
 
 from __future__ import annotations
 
+import copy
 import weakref
 from collections.abc import Sequence
 from decimal import ROUND_HALF_UP, Decimal
@@ -134,6 +135,12 @@ class MaskedParameters:
         if _STEP_HOOK is None:
             _STEP_HOOK = register_optimizer_step_post_hook(_reapply_stepped_masks)
         self.apply_()
+
+    def __deepcopy__(self, memo: dict) -> MaskedParameters:
+        # bound to the copied parameters, with hooks of its own (a plain copy would have none)
+        params = {n: copy.deepcopy(p, memo) for n, p in self.params.items()}
+        masks = {n: m.clone() for n, m in self.masks.items()}
+        return MaskedParameters(params, masks, copy.deepcopy(self.config, memo))
 
     def _gradient_hook(self, name: str):
         def hook(grad: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,12 @@ import torch
 from torch import nn
 
 from sparseadapter.config import SparsityConfig
-from sparseadapter.errors import CheckpointError, ScoreError, ScoringDataError
+from sparseadapter.errors import (
+    CheckpointError,
+    NoPrunableWeightsError,
+    ScoreError,
+    ScoringDataError,
+)
 from sparseadapter.masks import MaskedParameters, select_masks
 from sparseadapter.scoring import get_scorer
 from sparseadapter.targets import lora_pairs, prunable_parameters
@@ -204,14 +209,21 @@ def sparsify(
 
     ``batches`` are training batches (dicts of tensors with labels); whole batches are taken
     until ``config.num_examples`` examples are seen. Scoring runs in eval mode (dropout off) and
-    the train/eval mode of every module is restored. Calling it again replaces the masks.
+    the train/eval mode of every module is restored. Calling it again replaces the masks; if that
+    call fails, the masks the model had stay.
     """
     config = config or SparsityConfig()
     start = time.perf_counter()
-    remove_sparsity(model)
-    scored = _score(model, config, batches)
-    params = scored.params
-    masks = select_masks(scored.scores, config.sparsity, config.scope, lora_pairs(params))
+    previous = masked_parameters(model)
+    remove_sparsity(model)  # old masks would hold back the gradients that scoring reads
+    try:
+        scored = _score(model, config, batches)
+        params = scored.params
+        masks = select_masks(scored.scores, config.sparsity, config.scope, lora_pairs(params))
+    except BaseException:
+        if previous is not None:
+            apply_masks(model, previous.masks, previous.config)
+        raise
     setattr(model, STATE_ATTRIBUTE, MaskedParameters(params, masks, config))
     return SparsityReport(
         config=config,
@@ -249,6 +261,12 @@ def _score(model: nn.Module, config: SparsityConfig, batches: Iterable[dict] | N
     params = candidates
     if config.zero_init == "dense":
         params = {n: p for n, p in candidates.items() if n not in zero_init}
+        if not params:
+            raise NoPrunableWeightsError(
+                f"all {len(candidates)} prunable tensors are zero-initialized and "
+                "zero_init='dense' leaves those unpruned: nothing is left to prune; use "
+                "zero_init='surrogate' or include other tensors"
+            )
     scorer = get_scorer(config.method)
     device = next(iter(params.values())).device
     scoring_batches = (

@@ -88,9 +88,11 @@ class SweepSpec:
             config = _normalized(data)
             if config is None:
                 continue
+            extra = {key: _config_value(config, key) for key in self.extra_keys()}
             name = config.run_name() + "".join(
-                f"-{key.rsplit('.', 1)[-1]}{_config_value(config, key)}"
-                for key in self.extra_keys()
+                f"-{key.rsplit('.', 1)[-1]}{value}"
+                for key, value in extra.items()
+                if value is not None  # e.g. prune.scope of a dense run: the same run
             )
             name = re.sub(r"[^\w.+-]", "_", name)  # e.g. a model path as a grid value
             config.output = str(self.output / name)
@@ -101,8 +103,11 @@ class SweepSpec:
 
 
 def _config_value(config: RunConfig, key: str) -> Any:
+    """The run's value of a grid key; None where the run has no such option (a dense run's
+    ``prune.*``, full fine-tuning's ``model.width``)."""
     section, _, name = key.partition(".")
-    return config.to_dict()[section][name] if name else config.to_dict()[section]
+    value = config.to_dict()[section]
+    return value.get(name) if name else value
 
 
 def _normalized(data: dict[str, Any]) -> RunConfig | None:
