@@ -87,7 +87,7 @@ CASES = [
          "nothing is left to prune", test="tests/test_engine_errors.py::test_zero_init_dense_policy_with_every_tensor_zero_initialized"),
     Case("grasp-temperature-text", "GraSP temperature that is not a number",
          "`train --pruner grasp --set prune.grasp_temperature=abc`", "ConfigError",
-         "grasp_temperature must be a number > 0", train("--pruner", "grasp", "--set", "prune.grasp_temperature=abc")),
+         "prune.grasp_temperature must be float", train("--pruner", "grasp", "--set", "prune.grasp_temperature=abc")),
     Case("bad-include-regex", "a prune pattern that is not a regex", "`train --pruner snip --set prune.include=[(]`",
          "ConfigError", "is not a valid regex", train("--pruner", "snip", "--set", "prune.include=[(]")),
     Case("zero-scoring-examples", "zero scoring batches", "`train --pruner snip --scoring-examples 0`",

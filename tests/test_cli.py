@@ -122,8 +122,12 @@ def test_finished_output_is_refused_unless_overwrite(tiny_bert, glue_dir, tmp_pa
     assert tiny_train(tiny_bert, glue_dir, run) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "--overwrite" in err and err.count("\n") == 1
+    (tmp_path / "run.old").mkdir()  # a neighbour named like a backup: not the run's to touch
+    (tmp_path / "run.old" / "notes.txt").write_text("mine")
     assert tiny_train(tiny_bert, glue_dir, run, "--overwrite", "--seed", "1") == 0
     assert read_final(run)["score"] != first["score"]
+    assert (tmp_path / "run.old" / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "run.old"]
 
 
 def bad_tsv(tmp_path: Path) -> Path:
@@ -172,12 +176,18 @@ def test_train_errors_are_one_line_exit_2(args, fragment, glue_dir, tmp_path, ca
         ([], "the following arguments are required: COMMAND"),
         (["fly"], "invalid choice: 'fly'"),
         (["eval", "{tmp}"], "is not a finished run (no final.json)"),
+        (["eval", "{damaged}"], "final.json is damaged (not the JSON a run writes)"),
         (["sweep", "{tmp}/sweep.yaml"], "sweep.yaml does not exist"),
         (["export", "{tmp}", "--format", "onnx"], "invalid choice: 'onnx'"),
     ],
 )
 def test_other_command_errors(argv, fragment, tmp_path, capsys):
-    assert main([a.format(tmp=tmp_path) for a in argv]) == 2
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "final.json").write_text('{"score": 0.5')  # cut short
+    config = Path(__file__).parents[1] / "configs" / "rte_houlsby.yaml"
+    (damaged / "config.yaml").write_text(config.read_text())
+    assert main([a.format(tmp=tmp_path, damaged=damaged) for a in argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and fragment in err
 
@@ -191,7 +201,11 @@ def test_flags_that_fix_the_sparsity_override_the_config_file(tmp_path, monkeypa
     assert main(["train", "--config", config, "--pruner", "none"]) == 0
     assert main(["train", "--config", config, "--large-sparse", "4"]) == 0
     assert main(["train", "--config", config, "--pruner", "random"]) == 0
-    dense, large, random = seen
+    sparser = tmp_path / "sparser.yaml"
+    sparser.write_text(Path(config).read_text().replace("sparsity: 0.4", "sparsity: 0.8"))
+    assert main(["train", "--config", str(sparser), "--large-sparse", "1"]) == 0
+    dense, large, random, one = seen
     assert dense.prune is None
     assert large.prune.method == "snip" and large.prune.sparsity == 0.75
     assert random.prune.method == "random" and random.prune.sparsity == 0.4
+    assert one.prune.sparsity == 0.8  # --large-sparse 1 (off) leaves the sparsity alone

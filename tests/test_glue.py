@@ -140,6 +140,16 @@ def test_error_row_with_too_few_fields(tmp_path):
         load_glue("cola", "train", tmp_path)
 
 
+def test_error_file_that_is_not_utf8(tmp_path):
+    path = tmp_path / "SST-2" / "train.tsv"
+    path.parent.mkdir(parents=True)
+    path.write_bytes("sentence\tlabel\ncafé .\t1\n".encode("latin-1"))
+    with pytest.raises(
+        DataError, match=r"train\.tsv is not UTF-8 text \(byte 0xe9.*save it as UTF-8"
+    ):
+        load_glue("sst2", "train", tmp_path)
+
+
 def test_error_unknown_label_names_value_file_and_line(tmp_path):
     _write(tmp_path / "SST-2" / "dev.tsv", "sentence\tlabel\nfine .\t1\nbad .\tnegative\n")
     with pytest.raises(DataError, match=r"unknown label 'negative' on line 3 of .*SST-2.dev\.tsv"):

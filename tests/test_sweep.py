@@ -55,14 +55,15 @@ def test_an_option_a_run_does_not_have_leaves_its_name(tmp_path):
     ]
 
 
-def test_sweep_base_file_set_and_extra_grid_keys(tmp_path):
-    (tmp_path / "base.yaml").write_text(yaml.safe_dump({"data": {"task": "mrpc"}}))
+@pytest.mark.parametrize("assignments", [["train.epochs=2"], "train.epochs=2"])
+def test_sweep_base_file_set_and_extra_grid_keys(assignments, tmp_path):
+    (tmp_path / "base.yaml").write_text("data:\n  task: mrpc\nprune:\n")  # an empty section
     path = tmp_path / "sweep.yaml"
     path.write_text(
         yaml.safe_dump(
             {
                 "base": "base.yaml",
-                "set": ["train.epochs=2"],
+                "set": assignments,  # one assignment may be a plain string
                 "grid": {"pruner": ["random"], "train.lr": [1e-3, 1e-4]},
             }
         )

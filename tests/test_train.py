@@ -91,6 +91,30 @@ def test_config_file_then_flags_then_set(tmp_path):
     assert config.train.lr == 3e-4  # "3e-4" (a YAML string) read as a number
 
 
+def test_yaml_words_and_empty_sections(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("train:\n  mixed_precision: no\nprune:\ndata:\n  # task: rte\n")
+    config = resolve(path, {"prune.method": "snip", "data.max_length": 32}, ["train.epochs=1"])
+    assert config.train.mixed_precision == "no"  # YAML reads a bare no as false
+    assert config.prune.method == "snip" and config.data.max_length == 32
+    assert resolve(overrides=["train.mixed_precision=no"]).train.mixed_precision == "no"
+    path.write_text("train: [1, 2]\n")
+    with pytest.raises(SparseAdapterError, match="section 'train' must be a mapping"):
+        resolve(path, {"train.epochs": 1})
+
+
+def test_prune_values_are_read_like_the_other_sections():
+    config = resolve(flags={"prune.method": "grasp"}, overrides=["prune.grasp_temperature=5e-1"])
+    assert config.prune.grasp_temperature == 0.5  # "5e-1": a YAML string, read as a number
+
+
+def test_a_config_file_that_is_not_utf8_is_named(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_bytes("# café\ntrain:\n  epochs: 1\n".encode("latin-1"))
+    with pytest.raises(SparseAdapterError, match="run.yaml is not UTF-8 text .*save it as UTF-8"):
+        resolve(path)
+
+
 def test_derived_defaults():
     dense = resolve(flags={"model.adapter": "lora"})
     assert dense.prune is None and dense.pruner == "none"
@@ -131,6 +155,11 @@ def test_resolved_config_round_trips(tmp_path):
         ({"train.mixed_precision": "fp8"}, [], "mixed_precision must be one of"),
         ({"train.select": "best", "train.eval_each_epoch": False}, [], "eval_each_epoch=true"),
         ({"model.library": "peft", "model.adapter": "houlsby"}, [], "PEFT has no 'houlsby'"),
+        ({}, ["train.lr=.nan"], "train.lr must be a number > 0"),
+        ({}, ["train.weight_decay=.nan"], "must be numbers >= 0"),
+        ({"prune.method": "grasp"}, ["prune.grasp_temperature=abc"], "prune.grasp_temperature must be float"),
+        ({"prune.method": "snip"}, ["prune.seed=abc"], "prune.seed must be int"),
+        ({}, ["output=."], "names no run folder"),
     ],
 )  # fmt: skip
 def test_bad_configs_name_the_fix(flags, overrides, fragment):

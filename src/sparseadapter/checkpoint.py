@@ -215,6 +215,23 @@ def _write_bytes(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
+def move_into_place(new: Path, path: Path) -> None:
+    """Rename folder ``new`` to ``path``. An existing ``path`` is first moved aside under a
+    unique hidden name (never a name that may hold something else), put back if the rename
+    fails, and removed once ``new`` is in place."""
+    if not path.exists():
+        os.replace(new, path)
+        return
+    old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
+    os.replace(path, old)
+    try:
+        os.replace(new, path)
+    except BaseException:
+        os.replace(old, path)
+        raise
+    shutil.rmtree(old)
+
+
 def _replace_directory(path: str | os.PathLike, marker: str, write: Callable[[Path], None]) -> Path:
     """Let ``write`` fill a temporary directory next to ``path``, then rename it into place.
 
@@ -234,17 +251,7 @@ def _replace_directory(path: str | os.PathLike, marker: str, write: Callable[[Pa
     try:
         tmp.chmod(0o755)  # mkdtemp's 0o700 would make the checkpoint private to its writer
         write(tmp)
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(path, old)
-            try:
-                os.replace(tmp, path)
-            except BaseException:
-                os.replace(old, path)
-                raise
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, path)
+        move_into_place(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path

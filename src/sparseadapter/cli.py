@@ -163,8 +163,8 @@ def _run_config(args: argparse.Namespace, base: dict[str, Any] | None = None) ->
         if "model.adapter" in flags:
             raise _UsageError("--full-finetune trains without an adapter: drop --adapter")
         flags["model.adapter"] = FULL_FINETUNE
-    # --pruner none and --large-sparse K set the sparsity: a config file's value yields to them
-    implied = flags.get("prune.method") == NO_PRUNING or "model.large_sparse" in flags
+    # --pruner none and --large-sparse K > 1 set the sparsity: a config file's value yields to them
+    implied = flags.get("prune.method") == NO_PRUNING or flags.get("model.large_sparse", 1) != 1
     if implied and "prune.sparsity" not in flags:
         flags["prune.sparsity"] = None
     return resolve(args.config, flags, args.overrides, base=base)

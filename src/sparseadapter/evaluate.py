@@ -3,7 +3,6 @@ summary of a run's results."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from sparseadapter.adapters import resolve_library
 from sparseadapter.data import dev_loaders, load_run_data, load_tokenizer
 from sparseadapter.distributed import make_accelerator
 from sparseadapter.runconfig import RunConfig
-from sparseadapter.rundir import FINAL_FILE, finished_run, load_run_model
+from sparseadapter.rundir import finished_run, load_run_model, read_final
 from sparseadapter.tasks.glue import TaskSpec, compute_metrics, is_collapsed
 
 
@@ -55,7 +54,7 @@ def evaluate_run(run_dir: str | Path, data_dir: str | None = None) -> dict[str, 
     """
     run_dir = Path(run_dir)
     config = finished_run(run_dir)
-    saved = json.loads((run_dir / FINAL_FILE).read_text(encoding="utf-8"))
+    saved = read_final(run_dir)
     data = load_run_data(config, data_dir, with_train=False)
     accelerator = make_accelerator(config)
     set_seed(config.train.seed)

@@ -9,6 +9,8 @@ config written to a run folder holds every value explicitly, so a run can be reb
 
 from __future__ import annotations
 
+import math
+import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -182,10 +184,10 @@ class TrainConfig:
                 raise ConfigError(
                     f"train.{name} must be a positive integer, got {getattr(self, name)}"
                 )
-        if self.lr is not None and self.lr <= 0:
-            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
-        if self.weight_decay < 0 or self.max_grad_norm < 0:
-            raise ConfigError("train.weight_decay and train.max_grad_norm must be >= 0")
+        if self.lr is not None and not 0 < self.lr < math.inf:
+            raise ConfigError(f"train.lr must be a number > 0, got {self.lr}")
+        if not (0 <= self.weight_decay < math.inf and 0 <= self.max_grad_norm < math.inf):
+            raise ConfigError("train.weight_decay and train.max_grad_norm must be numbers >= 0")
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.mixed_precision not in MIXED_PRECISION:
@@ -229,6 +231,10 @@ class RunConfig:
     )
 
     def __post_init__(self) -> None:
+        if self.output is not None and not Path(self.output).name:
+            raise ConfigError(
+                f"output {self.output!r} names no run folder: give one, e.g. runs/my-run"
+            )
         if self.train.lr is None:
             self.train.lr = DEFAULT_LR_FULL if self.model.is_full_finetune else DEFAULT_LR_ADAPTER
         if self.model.is_full_finetune and self.prune is not None:
@@ -329,7 +335,18 @@ def _build_prune(
     values["sparsity"] = DEFAULT_SPARSITY if sparsity is None else sparsity
     if values.get("seed") is None:
         values["seed"] = train.seed
-    return SparsityConfig.from_dict(values)
+    hints = typing.get_type_hints(SparsityConfig)
+    scalars = {
+        k: _coerce(f"prune.{k}", v, hints[k]) for k, v in values.items() if _scalar(hints[k])
+    }
+    return SparsityConfig.from_dict({**values, **scalars})
+
+
+def _scalar(hint: Any) -> bool:
+    """A hint ``_coerce`` checks: int, float, str or bool, or a union of them and None."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return all(t in (int, float, str, bool, type(None)) for t in typing.get_args(hint))
+    return hint in (int, float, str, bool)
 
 
 def _check_key(section: str, key: str) -> None:
@@ -354,6 +371,8 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
     if isinstance(value, bool):
         if bool in allowed:
             return value
+        if str in allowed:  # YAML 1.1 reads an unquoted no / off (yes / on) as a boolean
+            return "yes" if value else "no"
     elif isinstance(value, int) and int in allowed:
         return value
     elif isinstance(value, (int, float)) and float in allowed:
@@ -401,7 +420,18 @@ def set_key(data: dict[str, Any], path: str, value: Any) -> None:
     if section not in _SECTIONS or not key:
         raise ConfigError(f"unknown key {path!r}; valid keys: {', '.join(valid_keys())}")
     _check_key(section, key)
-    data.setdefault(section, {})[key] = value
+    config_section(data, section)[key] = value
+
+
+def config_section(data: dict[str, Any], name: str) -> dict[str, Any]:
+    """``data[name]`` as a mapping to fill: created if missing or empty (``train:`` alone in a
+    YAML file is null), ConfigError if it is something else."""
+    values = data.get(name)
+    if values is None:
+        values = data[name] = {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"config section {name!r} must be a mapping, got {values!r}")
+    return values
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -413,6 +443,11 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML ({err}); fix the file") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"{path} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset "
+            f"{err.start} cannot be decoded); save it as UTF-8"
+        ) from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from sparseadapter.adapters import load_model, resolve_model
-from sparseadapter.checkpoint import export_dense, load_sparse, save_sparse
+from sparseadapter.checkpoint import export_dense, load_sparse, move_into_place, save_sparse
 from sparseadapter.errors import ConfigError
 from sparseadapter.resume import CHECKPOINT_FILE, read_checkpoint, remove_checkpoint
 from sparseadapter.runconfig import RunConfig, changed_keys, load_yaml
@@ -123,14 +122,7 @@ def resume_dirs(config: RunConfig) -> tuple[Path, Path, dict[str, Any]]:
 def publish(partial: Path, output: Path) -> None:
     """Move the finished run into place (without its checkpoint), replacing an old run only now."""
     remove_checkpoint(partial / CHECKPOINT_FILE)
-    if output.exists():
-        old = output.with_name(output.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        output.rename(old)
-        partial.rename(output)
-        shutil.rmtree(old)
-    else:
-        partial.rename(output)
+    move_into_place(partial, output)
 
 
 def write_history(folder: Path, history: list[dict[str, Any]]) -> None:
@@ -157,7 +149,18 @@ def finished_result(config: RunConfig) -> dict[str, Any] | None:
             f"{output} holds a finished run of another config ({'; '.join(changes)}): move it "
             "away or choose another output to train this one, or --overwrite to replace it"
         )
-    return json.loads((output / FINAL_FILE).read_text(encoding="utf-8"))
+    return read_final(output)
+
+
+def read_final(run_dir: Path) -> dict[str, Any]:
+    """The results a finished run saved (``final.json``); ConfigError if they are damaged."""
+    path = run_dir / FINAL_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ConfigError(
+            f"{path} is damaged (not the JSON a run writes): train the run again with --overwrite"
+        ) from None
 
 
 def finished_run(run_dir: str | Path) -> RunConfig:

@@ -42,6 +42,7 @@ from sparseadapter.runconfig import (
     FULL_FINETUNE,
     NO_PRUNING,
     RunConfig,
+    config_section,
     load_yaml,
     set_key,
     set_value,
@@ -112,7 +113,7 @@ def _config_value(config: RunConfig, key: str) -> Any:
 
 def _normalized(data: dict[str, Any]) -> RunConfig | None:
     """The run a grid point means, or None for Large-Sparse without a pruner (no run)."""
-    model, prune = data.setdefault("model", {}), data.setdefault("prune", {})
+    model, prune = config_section(data, "model"), config_section(data, "prune")
     if model.get("adapter") == FULL_FINETUNE:
         prune.clear()
         model.pop("large_sparse", None)
@@ -142,7 +143,8 @@ def load_sweep(path: str | Path) -> SweepSpec:
         base = load_yaml(base_path)
     if not isinstance(base, dict):
         raise ConfigError(f"sweep base in {path} must be a run config file or a mapping")
-    for assignment in data.get("set") or []:
+    assignments = data.get("set") or []
+    for assignment in [assignments] if isinstance(assignments, str) else assignments:
         set_value(base, str(assignment))
     grid = data.get("grid") or {}
     if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):

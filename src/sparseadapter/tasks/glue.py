@@ -189,25 +189,31 @@ def _load_tsv(spec: TaskSpec, split: str, data_dir: Path, max_samples: int | Non
         label_ids = {str(name): i for i, name in enumerate(names)}
     examples: list[Example] = []
     # utf-8-sig: the original MRPC files start with a byte-order mark before "Quality".
-    with path.open(encoding="utf-8-sig", newline="") as f:
-        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        columns = [layout.text_a, layout.text_b, layout.label]
-        if isinstance(layout.label, str):
-            columns = _header_indices(next(reader, []), columns, path)
-        i_a, i_b, i_label = columns
-        min_fields = max(i for i in columns if i is not None) + 1
-        for row in reader:
-            if max_samples is not None and len(examples) == max_samples:
-                break
-            if not row:
-                continue
-            if len(row) < min_fields:
-                raise DataError(
-                    f"line {reader.line_num} of {path} has {len(row)} tab-separated fields, "
-                    f"expected at least {min_fields}; fix or remove that line"
-                )
-            label = _parse_label(row[i_label], label_ids, path, reader.line_num)
-            examples.append(Example(row[i_a], None if i_b is None else row[i_b], label))
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as f:
+            reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+            columns = [layout.text_a, layout.text_b, layout.label]
+            if isinstance(layout.label, str):
+                columns = _header_indices(next(reader, []), columns, path)
+            i_a, i_b, i_label = columns
+            min_fields = max(i for i in columns if i is not None) + 1
+            for row in reader:
+                if max_samples is not None and len(examples) == max_samples:
+                    break
+                if not row:
+                    continue
+                if len(row) < min_fields:
+                    raise DataError(
+                        f"line {reader.line_num} of {path} has {len(row)} tab-separated fields, "
+                        f"expected at least {min_fields}; fix or remove that line"
+                    )
+                label = _parse_label(row[i_label], label_ids, path, reader.line_num)
+                examples.append(Example(row[i_a], None if i_b is None else row[i_b], label))
+    except UnicodeDecodeError as err:
+        raise DataError(
+            f"{path} is not UTF-8 text (byte 0x{err.object[err.start]:02x} cannot be decoded); "
+            "save it as UTF-8"
+        ) from None
     if not examples:
         raise DataError(f"{path} has no examples; restore the {spec.folder} {split} file")
     return examples
