@@ -15,4 +15,5 @@ def test_quick_run_reports_padding_and_speed():
         shuffled, grouped = (float(x) for x in cells.split(" | "))
         assert 1.0 <= grouped < shuffled
     speedup = float(re.search(r"\*\*([\d.]+)x\*\*", done.stdout).group(1))
-    assert speedup > 0
+    speeds = dict(re.findall(r"\| (grouped|shuffled) \| ([\d.]+) \|", done.stdout))
+    assert speedup == pytest.approx(float(speeds["grouped"]) / float(speeds["shuffled"]), abs=0.02)

@@ -318,6 +318,7 @@ def test_half_precision_storage(dtype, tmp_path):
     loaded = load_sparse(base_model(config), tmp_path / "half")
     assert all(p.dtype == torch.float32 for p in loaded.parameters())
     masks = sa.get_masks(model)
+    assert masks and sa.get_masks(loaded).keys() == masks.keys()
     assert all(torch.equal(masks[n], m) for n, m in sa.get_masks(loaded).items())
     torch.testing.assert_close(
         logits(loaded, inputs(config)), logits(model, inputs(config)), atol=2e-2, rtol=0

@@ -157,8 +157,10 @@ def test_hf_trainer_keeps_pruned_weights_zero(tmp_path):
         logging_strategy="no",
         use_cpu=True,
     )
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
     Trainer(model=model, args=args, train_dataset=data).train()
     assert (_pruned_values(model) == 0.0).all()
+    assert _kept_changed(model, before)  # it trained
 
 
 def test_a_deep_copy_enforces_its_own_masks():

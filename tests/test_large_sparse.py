@@ -70,7 +70,7 @@ def test_widen_alone_sizes_bottleneck_exactly():
     adapters.init(model)
     model.add_adapter("task", config=config)
     downs = [p for n, p in model.named_parameters() if "adapter_down" in n and p.dim() == 2]
-    assert all(p.shape[0] == 10 for p in downs)
+    assert downs and all(p.shape[0] == 10 for p in downs)
 
 
 def test_factor_below_one_is_rejected():

@@ -2,6 +2,7 @@
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +34,7 @@ def test_readme_starts_with_exactly_two_setup_commands():
 
 @pytest.mark.slow
 def test_readme_python_example_runs():
+    shutil.rmtree(ROOT / "runs" / "readme-lora", ignore_errors=True)  # the example writes it
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
     result = subprocess.run(
         [sys.executable, "-c", _python_block()],
