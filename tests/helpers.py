@@ -50,6 +50,15 @@ def tiny_model(arch: str, num_labels: int = 2, seed: int = 0) -> nn.Module:
     return AutoModelForSequenceClassification.from_config(tiny_config(arch, num_labels))
 
 
+def tiny_distilbert(seed: int = 0) -> nn.Module:
+    """A random DistilBERT classifier: its head is two modules, pre_classifier and classifier."""
+    torch.manual_seed(seed)
+    config = AutoConfig.for_model(
+        "distilbert", dim=32, n_layers=2, n_heads=2, hidden_dim=64, vocab_size=VOCAB_SIZE
+    )
+    return AutoModelForSequenceClassification.from_config(config)
+
+
 def random_batches(
     num_batches: int = 2, batch_size: int = 8, seq_len: int = 12, seed: int = 0
 ) -> list[dict[str, torch.Tensor]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from helpers import (
     pruned_nonzero,
     random_batches,
     rte_batches,
+    tiny_distilbert,
     tiny_model,
     train,
 )
@@ -35,7 +37,7 @@ from sparseadapter.adapters import (
     resolve_library,
     resolve_model,
 )
-from sparseadapter.targets import lora_pairs
+from sparseadapter.targets import lora_pairs, prunable_parameters
 
 # (id, library, adapter, width on the hidden-32 tiny models)
 ADAPTER_CASES = [
@@ -386,15 +388,6 @@ def test_lora_is_the_same_adapter_in_both_libraries():
     assert adapter_config("lora", "adapterhub").alpha == adapter_config("lora", "peft").lora_alpha
 
 
-def tiny_distilbert():
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    config = AutoConfig.for_model(
-        "distilbert", dim=32, n_layers=2, n_heads=2, hidden_dim=64, vocab_size=100
-    )
-    return AutoModelForSequenceClassification.from_config(config)
-
-
 @pytest.mark.parametrize(
     "make,heads,library",
     [
@@ -404,13 +397,26 @@ def tiny_distilbert():
     ],
     ids=["bart-peft", "bart-hub", "distilbert-hub"],
 )
-def test_every_head_module_stays_trainable(make, heads, library):
+def test_every_head_module_stays_trainable_and_unpruned(make, heads, library):
     """BART's classification_head and DistilBERT's pre_classifier are heads PEFT does not name."""
     model = make()
     head_sizes = sorted(p.numel() for n in heads for p in getattr(model, n).parameters())
     model, _ = attach_adapter(model, "lora", library)
     trainable = [p for n, p in model.named_parameters() if p.requires_grad and "lora" not in n]
     assert sorted(p.numel() for p in trainable) == head_sizes
+    prunable = prunable_parameters(model, SparsityConfig())
+    assert prunable and all("lora" in n for n in prunable)
+
+
+@pytest.mark.parametrize("library", ["peft", "adapterhub"])
+def test_pruning_ia3_warns_that_zero_scales_switch_channels_off(library):
+    model, _ = attach_adapter(tiny_model("bert"), "ia3", library)
+    with pytest.warns(UserWarning, match=r"\(IA\)³ scale vectors.*neutral value is 1"):
+        sparsify(model, SparsityConfig(method="random", sparsity=0.5))
+    lora, _ = attach_adapter(tiny_model("bert"), "lora", library)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        sparsify(lora, SparsityConfig(method="random", sparsity=0.5))
 
 
 def test_peft_error_is_a_config_error():

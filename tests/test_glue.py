@@ -225,6 +225,12 @@ def test_stsb_constant_predictions_give_zero_correlation():
     assert result == {"pearson": 0.0, "spearmanr": 0.0}
 
 
+def test_stsb_non_finite_predictions_score_zero_and_count_as_collapsed():
+    diverged = [1.0, float("nan"), 4.0]  # e.g. an fp16 overflow: a NaN score would beat nothing
+    assert compute_metrics("stsb", diverged, [1.0, 3.0, 4.5]) == {"pearson": 0.0, "spearmanr": 0.0}
+    assert is_collapsed("stsb", diverged, [1.0, 3.0, 4.5])
+
+
 def test_collapse_is_one_class_or_a_regression_spread_under_a_fifth_of_the_labels():
     assert is_collapsed("cola", [1, 1, 1], [0, 1, 1])
     assert not is_collapsed("cola", [1, 0, 1], [1, 1, 1])

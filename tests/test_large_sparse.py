@@ -9,7 +9,7 @@ adapter's prunable count within 1%.
 from __future__ import annotations
 
 import pytest
-from helpers import random_batches, rte_batches, tiny_model
+from helpers import random_batches, rte_batches, tiny_distilbert, tiny_model
 
 from sparseadapter import ConfigError, SparsityConfig, large_sparse, parameter_report, sparsify
 from sparseadapter.adapters import adapter_config, attach_adapter, build_model
@@ -45,6 +45,17 @@ def test_four_times_wider_keeps_the_dense_budget(library, adapter, width):
     )
     assert none is None and sparsity == pytest.approx(0.75)
     assert_budget_kept(dense, wide, sparsity, 4, random_batches(num_batches=1, batch_size=8))
+
+
+def test_a_head_with_several_modules_is_neither_pruned_nor_counted():
+    dense, _ = attach_adapter(tiny_distilbert(), "pfeiffer", "adapterhub", width=4)
+    wide, sparsity = attach_adapter(
+        tiny_distilbert(), "pfeiffer", "adapterhub", width=4, large_sparse=4
+    )
+    assert dense.pre_classifier.weight.requires_grad  # trained with the adapter, never pruned
+    report = sparsify(wide, SparsityConfig(method="magnitude", sparsity=sparsity))
+    assert not any("classifier" in t.name for t in report.tensors)
+    assert report.kept == parameter_report(dense).prunable
 
 
 @pytest.mark.parametrize("factor", [1.5, 3, 5])

@@ -36,6 +36,7 @@ from torch import nn
 from sparseadapter.budget import bottleneck_reduction, parameter_report
 from sparseadapter.budget import large_sparse as widen_for_large_sparse
 from sparseadapter.errors import ConfigError
+from sparseadapter.targets import head_modules
 
 ADAPTERS = ("houlsby", "pfeiffer", "parallel", "mam", "prefix", "lora", "ia3")
 LIBRARIES = ("auto", "adapterhub", "peft")
@@ -160,15 +161,6 @@ def adapter_config(
     if library == "adapterhub":
         return _adapterhub_config(adapter, width, hidden_size)
     return _peft_config(adapter, width)
-
-
-def head_modules(model: nn.Module) -> list[str]:
-    """Names of the task-head modules: the model's children with weights besides the backbone."""
-    return [
-        name
-        for name, child in model.named_children()
-        if name != model.base_model_prefix and any(True for _ in child.parameters())
-    ]
 
 
 def _check_peft_prefix_head(model: nn.Module) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from sparseadapter.errors import (
 )
 from sparseadapter.masks import MaskedParameters, select_masks
 from sparseadapter.scoring import get_scorer
-from sparseadapter.targets import lora_pairs, prunable_parameters
+from sparseadapter.targets import lora_pairs, prunable_parameters, scale_parameters
 
 STATE_ATTRIBUTE = "_sparseadapter_masks"
 
@@ -216,6 +217,14 @@ def sparsify(
     start = time.perf_counter()
     previous = masked_parameters(model)
     remove_sparsity(model)  # old masks would hold back the gradients that scoring reads
+    scales = scale_parameters(model) & set(prunable_parameters(model, config))
+    if scales:
+        warnings.warn(
+            f"pruning {len(scales)} (IA)³ scale vectors (e.g. {min(scales)}): a pruned scale is "
+            "0, which switches that channel of the frozen model off (its neutral value is 1); "
+            "train (IA)³ dense, or exclude its scales, unless that is what you want",
+            stacklevel=2,
+        )
     try:
         scored = _score(model, config, batches)
         params = scored.params

@@ -2,8 +2,10 @@
 
 One rule serves PEFT, AdapterHub and plain modules, because both libraries freeze the backbone
 and leave exactly the adapter (and the task head) trainable: a parameter is prunable when it is
-trainable, is not a bias or a normalization weight, is not excluded by name (task heads by
-default), and matches ``include`` if that is set. Names are those of ``model.named_parameters()``,
+trainable, is not a bias or a normalization weight, is not part of the task head (a transformers
+model's children besides its backbone, e.g. DistilBERT's ``pre_classifier``) or excluded by name
+(PEFT's ``modules_to_save`` and the usual head names by default), and matches ``include`` if
+that is set. Names are those of ``model.named_parameters()``,
 so masks pair with weights by name and identity, never by shape.
 """
 
@@ -14,6 +16,7 @@ from collections.abc import Mapping
 
 import torch
 from torch import nn
+from transformers import PreTrainedModel
 
 from sparseadapter.config import SparsityConfig
 from sparseadapter.errors import NoPrunableWeightsError
@@ -27,6 +30,29 @@ def _norm_parameter_ids(model: nn.Module) -> set[int]:
     return ids
 
 
+def head_modules(model: nn.Module) -> list[str]:
+    """Names of a transformers model's task-head modules: its children with weights besides
+    the backbone; none for other modules (a PeftModel keeps its heads in ``modules_to_save``)."""
+    if not isinstance(model, PreTrainedModel):
+        return []
+    return [
+        name
+        for name, child in model.named_children()
+        if name != model.base_model_prefix and any(True for _ in child.parameters())
+    ]
+
+
+def scale_parameters(model: nn.Module) -> set[str]:
+    """Names of (IA)³ scale vectors (PEFT's ``ia3_l``, AdapterHub's IA3 modules): they multiply
+    the frozen activations, so their neutral value is 1, and a pruned (zero) scale switches a
+    channel of the frozen model off instead of leaving it unchanged."""
+    names = {n for n, _ in model.named_parameters() if ".ia3_l." in f".{n}."}
+    for prefix, module in model.named_modules():
+        if getattr(module, "composition_mode", None) == "scale":
+            names.update(f"{prefix}.{n}" for n, _ in module.named_parameters())
+    return names
+
+
 def prunable_parameters(model: nn.Module, config: SparsityConfig) -> dict[str, nn.Parameter]:
     """The prunable parameters of ``model`` by name, in ``named_parameters`` order.
 
@@ -35,13 +61,14 @@ def prunable_parameters(model: nn.Module, config: SparsityConfig) -> dict[str, n
     include = [re.compile(p) for p in config.include or []]
     exclude = [re.compile(p) for p in config.exclude]
     norms = set() if config.prune_norms else _norm_parameter_ids(model)
+    heads = {id(p) for name in head_modules(model) for p in model.get_submodule(name).parameters()}
     found: dict[str, nn.Parameter] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad or not param.is_floating_point():
             continue
         if not config.prune_biases and name.rsplit(".", 1)[-1] == "bias":
             continue
-        if id(param) in norms:
+        if id(param) in norms or id(param) in heads:
             continue
         if any(p.search(name) for p in exclude):
             continue

@@ -245,7 +245,9 @@ def _parse_label(
 
 
 def _correlation(fn: Callable, predictions: np.ndarray, references: np.ndarray) -> float:
-    if np.ptp(predictions) == 0 or np.ptp(references) == 0:
+    # constant or non-finite predictions (a diverged run) correlate with nothing: 0, never NaN,
+    # so best-epoch selection can still compare the score
+    if not np.isfinite(predictions).all() or np.ptp(predictions) == 0 or np.ptp(references) == 0:
         return 0.0
     return float(fn(predictions, references).statistic)
 
@@ -292,9 +294,10 @@ def compute_metrics(task: str, predictions: Sequence, references: Sequence) -> d
 
 def is_collapsed(task: str, predictions: Sequence, references: Sequence) -> bool:
     """Whether the model predicts (nearly) one value: a single class, or regression scores that
-    spread less than ``COLLAPSE_SPREAD`` times the labels' standard deviation."""
+    spread less than ``COLLAPSE_SPREAD`` times the labels' standard deviation (or are not all
+    finite)."""
     spec = get_task(task)
     preds, refs = _arrays(spec, predictions, references)
     if spec.is_regression:
-        return bool(preds.std() < COLLAPSE_SPREAD * refs.std())
+        return bool(not np.isfinite(preds).all() or preds.std() < COLLAPSE_SPREAD * refs.std())
     return bool(np.unique(preds).size == 1)
