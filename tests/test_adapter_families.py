@@ -187,7 +187,8 @@ def test_peft_prefix_needs_a_pooler(arch):
 
 
 def test_no_spurious_adapterhub_warning_when_training_an_adapter(caplog):
-    caplog.set_level(logging.WARNING)
+    # on this logger itself: the CLI, run in-process by other tests, quiets the "adapters" parent
+    caplog.set_level(logging.WARNING, logger="adapters.model_mixin")
     model, _ = attach_adapter(tiny_model("bert"), "houlsby", "adapterhub", width=4)
     assert "none are activated" not in caplog.text
     assert "task" in str(model.active_adapters)
@@ -435,6 +436,12 @@ def test_resolve_model():
     path = Path(resolve_model("minilm"))
     assert (path / "config.json").is_file()
     assert resolve_model("roberta-base") == "roberta-base"
+
+
+def test_a_classifier_for_another_label_count_gets_a_new_head(tmp_path):
+    tiny_model("bert", num_labels=2).save_pretrained(tmp_path)
+    model, _ = build_model(str(tmp_path), 1, "lora", problem_type="regression")  # e.g. STS-B
+    assert model.base_model.model.classifier.modules_to_save["task"].out_features == 1
 
 
 @pytest.mark.parametrize("what", ["empty directory", "missing path"])

@@ -251,14 +251,15 @@ class _DropMessage(logging.Filter):
 
 
 def load_model(model: str, num_labels: int, problem_type: str | None = None) -> nn.Module:
-    """A sequence-classification model from an alias, a local directory or a hub id."""
+    """A sequence-classification model from an alias, a local directory or a hub id. A head
+    trained for another number of labels is initialized anew (transformers logs which)."""
     from transformers import AutoModelForSequenceClassification
 
     path = resolve_model(model)
     extra = {"problem_type": problem_type} if problem_type else {}
     try:
         return AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=num_labels, **extra
+            path, num_labels=num_labels, ignore_mismatched_sizes=True, **extra
         )
     except (OSError, ValueError) as exc:
         reason = (str(exc).strip() or type(exc).__name__).splitlines()[0].split(". ")[0][:200]

@@ -444,7 +444,8 @@ def export_dense(model: nn.Module, path: str | os.PathLike, format: str = "peft"
     library = _library(model)
     if library != format:
         raise ConfigError(
-            f"a {library} model exports as format={library!r}, not {format!r}: the adapter "
+            f"{'a PEFT' if library == 'peft' else 'an AdapterHub'} model exports as "
+            f"format={library!r}, not {format!r}; the adapter "
             "libraries cannot read each other's adapters"
         )
     name = _adapter_name(model, library)
