@@ -142,6 +142,8 @@ def test_a_failed_second_sparsify_keeps_the_first_masks():
     masks = sa.get_masks(model)
     with pytest.raises(sa.ScoringDataError):
         sa.sparsify(model, sa.SparsityConfig(method="snip"), batches=[])
+    with pytest.raises(sa.NoPrunableWeightsError):
+        sa.sparsify(model, sa.SparsityConfig(method="magnitude", include=["nomatch"]))
     assert sa.get_masks(model).keys() == masks.keys()
     assert all(torch.equal(sa.get_masks(model)[n], m) for n, m in masks.items())
     model(**tiny_batches()[0]).loss.backward()  # and they are still enforced

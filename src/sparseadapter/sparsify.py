@@ -217,14 +217,6 @@ def sparsify(
     start = time.perf_counter()
     previous = masked_parameters(model)
     remove_sparsity(model)  # old masks would hold back the gradients that scoring reads
-    scales = scale_parameters(model) & set(prunable_parameters(model, config))
-    if scales:
-        warnings.warn(
-            f"pruning {len(scales)} (IA)³ scale vectors (e.g. {min(scales)}): a pruned scale is "
-            "0, which switches that channel of the frozen model off (its neutral value is 1); "
-            "train (IA)³ dense, or exclude its scales, unless that is what you want",
-            stacklevel=2,
-        )
     try:
         scored = _score(model, config, batches)
         params = scored.params
@@ -266,6 +258,14 @@ class _Scored:
 
 def _score(model: nn.Module, config: SparsityConfig, batches: Iterable[dict] | None) -> _Scored:
     candidates = prunable_parameters(model, config)
+    scales = scale_parameters(model) & set(candidates)
+    if scales:
+        warnings.warn(
+            f"pruning {len(scales)} (IA)³ scale vectors (e.g. {min(scales)}): a pruned scale is "
+            "0, which switches that channel of the frozen model off (its neutral value is 1); "
+            "train (IA)³ dense, or exclude its scales, unless that is what you want",
+            stacklevel=3,
+        )
     zero_init = [n for n, p in candidates.items() if not p.detach().any()]
     params = candidates
     if config.zero_init == "dense":
