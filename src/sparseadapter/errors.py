@@ -31,3 +31,11 @@ class CheckpointError(SparseAdapterError):
 
 class DataError(SparseAdapterError):
     """A task's data files are missing or malformed."""
+
+
+def not_utf8_message(path: object, err: UnicodeDecodeError) -> str:
+    """The message for a text file that cannot be decoded as UTF-8, naming the first bad byte."""
+    return (
+        f"{path} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start} "
+        "cannot be decoded); save it as UTF-8"
+    )

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from sparseadapter.config import SparsityConfig
-from sparseadapter.errors import ConfigError
+from sparseadapter.errors import ConfigError, not_utf8_message
 
 FULL_FINETUNE = "full"
 NO_PRUNING = "none"
@@ -444,10 +444,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML ({err}); fix the file") from None
     except UnicodeDecodeError as err:
-        raise ConfigError(
-            f"{path} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset "
-            f"{err.start} cannot be decoded); save it as UTF-8"
-        ) from None
+        raise ConfigError(not_utf8_message(path, err)) from None
     if data is None:
         return {}
     if not isinstance(data, dict):

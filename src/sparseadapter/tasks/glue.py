@@ -17,7 +17,7 @@ import numpy as np
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import f1_score, matthews_corrcoef
 
-from sparseadapter.errors import ConfigError, DataError
+from sparseadapter.errors import ConfigError, DataError, not_utf8_message
 
 HUB_DATASET = "nyu-mll/glue"
 
@@ -210,10 +210,7 @@ def _load_tsv(spec: TaskSpec, split: str, data_dir: Path, max_samples: int | Non
                 label = _parse_label(row[i_label], label_ids, path, reader.line_num)
                 examples.append(Example(row[i_a], None if i_b is None else row[i_b], label))
     except UnicodeDecodeError as err:
-        raise DataError(
-            f"{path} is not UTF-8 text (byte 0x{err.object[err.start]:02x} cannot be decoded); "
-            "save it as UTF-8"
-        ) from None
+        raise DataError(not_utf8_message(path, err)) from None
     if not examples:
         raise DataError(f"{path} has no examples; restore the {spec.folder} {split} file")
     return examples
