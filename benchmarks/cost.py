@@ -8,7 +8,8 @@ one process, round-robin on the same batch; peak memory in a fresh process per v
     python benchmarks/cost.py --quick    # one family, tiny batches: a smoke run
 
 Writes cost.json (rewritten after each family; ``--resume`` continues an interrupted run) and
-cost.md to ``--output`` (default benchmarks/results). See docs/benchmarks.md.
+cost.md to ``--output`` (default benchmarks/results; runs/cost-quick with ``--quick``).
+See docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 GLUE_DIR = REPO.parent / "shared" / "data" / "glue"
 CHECKPOINT_JSON = RESULTS / "checkpoint_size.json"
+QUICK_OUTPUT = REPO / "runs" / "cost-quick"
 
 # family -> (adapter, library) for sparseadapter.adapters.build_model
 FAMILIES: dict[str, tuple[str, str]] = {
@@ -899,7 +901,12 @@ ARGUMENT_TYPES = {"int": int, "float": float, "str": str, "list[str]": str, "lis
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one family, tiny batches")
-    parser.add_argument("--output", type=Path, default=RESULTS, help="folder for cost.json/.md")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        help=f"folder for cost.json/.md (default {RESULTS.relative_to(REPO)}; with --quick "
+        f"{QUICK_OUTPUT.relative_to(REPO)}, so a smoke run leaves the committed results alone)",
+    )
     parser.add_argument("--resume", action="store_true", help="keep the families in cost.json")
     parser.add_argument(
         "--render",
@@ -920,7 +927,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             nargs="+" if f.type.startswith("list") else None,
             help=f.metadata["help"],
         )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.output is None:
+        args.output = QUICK_OUTPUT if args.quick else RESULTS
+    return args
 
 
 def resolve_settings(args: argparse.Namespace) -> CostSettings:

@@ -221,6 +221,16 @@ def test_default_exclude_covers_bart_head():
     assert not any("classification_head" in n for n in get_masks(model))
 
 
+@pytest.mark.parametrize("library", ["peft", "adapterhub"])
+def test_heads_stay_unpruned_under_a_custom_exclude(library):
+    """``exclude`` adds to the task heads, never replaces them: excluding LoRA's B factors (or
+    (IA)³ scales) must not make PEFT's ``modules_to_save`` classifier prunable."""
+    model, _ = attach_adapter(tiny_model("bert"), "lora", library, width=4)
+    pruned = prunable_parameters(model, SparsityConfig(exclude=["lora_B"]))
+    assert pruned and not any("lora_B" in n for n in pruned)
+    assert not any("classifier" in n for n in pruned)
+
+
 METHOD_CASES = [
     (method, case)
     for method in ("random", "magnitude", "grasp", "synflow")

@@ -119,3 +119,9 @@ def test_verdict_flags_a_confidence_interval_that_spans_the_goal(cost):
     assert cost.verdict(1.01, 1.02, [0.98, 1.05]) == "PASS (CI spans goal)"
     assert cost.verdict(1.10, 1.02, [1.05, 1.15]) == "FAIL"
     assert cost.verdict(1.03, 1.02) == "FAIL"
+
+
+def test_quick_run_leaves_the_committed_results_alone(cost):
+    assert cost.parse_args(["--quick"]).output == cost.QUICK_OUTPUT != cost.RESULTS
+    assert cost.parse_args([]).output == cost.RESULTS
+    assert cost.parse_args(["--quick", "--output", "x"]).output == Path("x")

@@ -209,3 +209,31 @@ def test_flags_that_fix_the_sparsity_override_the_config_file(tmp_path, monkeypa
     assert large.prune.method == "snip" and large.prune.sparsity == 0.75
     assert random.prune.method == "random" and random.prune.sparsity == 0.4
     assert one.prune.sparsity == 0.8  # --large-sparse 1 (off) leaves the sparsity alone
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--set", "prune.method=none"], (None, None)),
+        (["--set", "model.large_sparse=4"], ("snip", 0.75)),
+        (["--full-finetune"], (None, None)),
+        (["--set", "model.adapter=full"], (None, None)),
+        (["--full-finetune", "--set", "prune.method=none"], (None, None)),
+    ],
+)
+def test_set_and_full_finetune_fix_the_sparsity_like_the_flags(argv, expected, monkeypatch):
+    """``--set`` works like the flag it spells out, and full fine-tuning drops a config file's
+    pruner: only a pruner or sparsity given on the command line too clashes with them."""
+    seen = []
+    monkeypatch.setattr("sparseadapter.train.train", lambda config, **kw: seen.append(config))
+    monkeypatch.setattr("sparseadapter.evaluate.summary", lambda final, config: "")
+    config = str(Path(__file__).parents[1] / "configs" / "rte_houlsby.yaml")  # snip at 0.4
+    assert main(["train", "--config", config, *argv]) == 0
+    (run,) = seen
+    assert (run.pruner if run.prune else None, run.prune and run.prune.sparsity) == expected
+
+
+def test_full_finetune_with_a_pruner_on_the_command_line_still_clashes(capsys):
+    config = str(Path(__file__).parents[1] / "configs" / "rte_houlsby.yaml")
+    assert main(["train", "--config", config, "--full-finetune", "--pruner", "snip"]) == 2
+    assert "full fine-tuning is not pruned" in capsys.readouterr().err

@@ -1,5 +1,7 @@
 """Bad input to the engine gets a specific exception that names the problem and the fix."""
 
+import copy
+
 import pytest
 import torch
 from tiny_module import TinyAdapterModel, tiny_batches
@@ -84,6 +86,27 @@ def test_batches_without_labels():
     batches = [{k: v for k, v in b.items() if k != "labels"} for b in tiny_batches()]
     with pytest.raises(sa.ScoringDataError, match="labels"):
         sa.sparsify(TinyAdapterModel(), sa.SparsityConfig(method="snip"), batches=batches)
+
+
+def test_batch_encoding_batches_are_scored():
+    """A DataLoader with transformers' DataCollatorWithPadding yields BatchEncoding (a mapping,
+    not a dict): the Trainer's own batches must score like plain dicts."""
+    from transformers import BatchEncoding
+
+    config = sa.SparsityConfig(method="snip", sparsity=0.5)
+    torch.manual_seed(0)
+    reference = TinyAdapterModel()
+    model = copy.deepcopy(reference)
+    sa.sparsify(reference, config, batches=tiny_batches())
+    sa.sparsify(model, config, batches=[BatchEncoding(b) for b in tiny_batches()])
+    plain, masks = sa.get_masks(reference), sa.get_masks(model)
+    assert masks and masks.keys() == plain.keys()
+    assert all(torch.equal(masks[n], plain[n]) for n in masks)
+
+
+def test_empty_include_list_is_an_error():
+    with pytest.raises(sa.ConfigError, match=r"include=\[\] matches no weights.*drop it"):
+        sa.SparsityConfig(include=[])
 
 
 def test_nan_loss_during_scoring():

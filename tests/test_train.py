@@ -220,6 +220,12 @@ def test_run_folder_layout(best_run):
     assert "epoch 3" in (folder / "log.txt").read_text()
     text = summary(final, config)
     assert f"dev pearson = {final['score']:.4f}" in text and len(text.splitlines()) < 25
+    for flag in (True, False):
+        dev = {"validation": {**final["dev"]["validation"], "collapsed": flag}}
+        warned = "warning    predictions collapsed on validation" in summary(
+            {**final, "dev": dev}, config
+        )
+        assert warned == flag
 
 
 def test_pruned_weights_stay_zero_through_training(best_run):

@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_config(args: argparse.Namespace, base: dict[str, Any] | None = None) -> RunConfig:
-    from sparseadapter.runconfig import FULL_FINETUNE, NO_PRUNING, resolve
+    from sparseadapter.runconfig import FULL_FINETUNE, resolve
 
     flags: dict[str, Any] = {
         key: getattr(args, key) for key, _ in RUN_FLAGS.values() if getattr(args, key) is not None
@@ -163,10 +163,6 @@ def _run_config(args: argparse.Namespace, base: dict[str, Any] | None = None) ->
         if "model.adapter" in flags:
             raise _UsageError("--full-finetune trains without an adapter: drop --adapter")
         flags["model.adapter"] = FULL_FINETUNE
-    # --pruner none and --large-sparse K > 1 set the sparsity: a config file's value yields to them
-    implied = flags.get("prune.method") == NO_PRUNING or flags.get("model.large_sparse", 1) != 1
-    if implied and "prune.sparsity" not in flags:
-        flags["prune.sparsity"] = None
     return resolve(args.config, flags, args.overrides, base=base)
 
 

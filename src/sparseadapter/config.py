@@ -75,7 +75,10 @@ class SparsityConfig:
     )
     exclude: list[str] = field(
         default_factory=lambda: list(DEFAULT_HEAD_PATTERNS),
-        metadata={"help": "Regexes of parameter names never pruned (default: task heads)."},
+        metadata={
+            "help": "Regexes of parameter names never pruned, besides the task heads, which are "
+            "always kept dense (their patterns lead the list)."
+        },
     )
     prune_biases: bool = field(default=False, metadata={"help": "Also prune bias vectors."})
     prune_norms: bool = field(
@@ -118,7 +121,14 @@ class SparsityConfig:
             raise ConfigError(f"seed must be an integer, got {self.seed!r}")
         if self.include is not None:
             self.include = _patterns("include", self.include)
-        self.exclude = _patterns("exclude", self.exclude)
+            if not self.include:
+                raise ConfigError(
+                    "include=[] matches no weights: drop it to prune every adapter weight, or "
+                    "list the names to prune, e.g. ['lora_B']"
+                )
+        self.exclude = list(
+            dict.fromkeys([*DEFAULT_HEAD_PATTERNS, *_patterns("exclude", self.exclude)])
+        )
         for name in ("prune_biases", "prune_norms"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")

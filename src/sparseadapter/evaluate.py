@@ -109,6 +109,9 @@ def summary(final: dict[str, Any], config: RunConfig) -> str:
         lines.append(f"{record['epoch']:>5}  {record['train_loss']:>10.4f}  {score}{mark}")
     collapsed = [s for s, m in final["dev"].items() if m.get("collapsed")]
     if collapsed:
-        lines.append(f"warning    predictions collapsed to one value on {', '.join(collapsed)}")
+        lines.append(
+            f"warning    predictions collapsed on {', '.join(collapsed)}: one class for every "
+            "example, or (regression) scores spread under a fifth of the labels' std"
+        )
     lines.append(f"dev {final['main_metric']} = {final['score']:.4f}")
     return "\n".join(lines)

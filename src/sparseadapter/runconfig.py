@@ -184,6 +184,8 @@ class TrainConfig:
                 raise ConfigError(
                     f"train.{name} must be a positive integer, got {getattr(self, name)}"
                 )
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"train.seed must be an integer in [0, 2**32 - 1], got {self.seed}")
         if self.lr is not None and not 0 < self.lr < math.inf:
             raise ConfigError(f"train.lr must be a number > 0, got {self.lr}")
         if not (0 <= self.weight_decay < math.inf and 0 <= self.max_grad_norm < math.inf):
@@ -396,8 +398,8 @@ def valid_keys() -> list[str]:
     return [*keys, *_TOP_LEVEL]
 
 
-def set_value(data: dict[str, Any], assignment: str) -> None:
-    """Apply one ``section.key=value`` override to a nested config dict (value parsed as YAML)."""
+def parse_assignment(assignment: str) -> tuple[str, Any]:
+    """``section.key=value`` as (path, value), the value parsed as YAML."""
     path, sep, raw = assignment.partition("=")
     path = path.strip()
     if not sep or not path:
@@ -408,7 +410,12 @@ def set_value(data: dict[str, Any], assignment: str) -> None:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
-    set_key(data, path, value)
+    return path, value
+
+
+def set_value(data: dict[str, Any], assignment: str) -> None:
+    """Apply one ``section.key=value`` override to a nested config dict (value parsed as YAML)."""
+    set_key(data, *parse_assignment(assignment))
 
 
 def set_key(data: dict[str, Any], path: str, value: Any) -> None:
@@ -459,17 +466,25 @@ def resolve(
     base: dict[str, Any] | None = None,
 ) -> RunConfig:
     """A run config from ``base`` (e.g. a saved run's config), then a YAML file, then
-    ``section.key`` flags, then ``--set`` overrides."""
+    ``section.key`` flags, then ``--set`` overrides.
+
+    Flags and overrides that fix what a file would otherwise clash with replace the file's value:
+    full fine-tuning drops its pruner, and no pruner or Large-Sparse K drops its sparsity, unless
+    the command line sets those too."""
     data = {name: dict(v) if isinstance(v, dict) else v for name, v in (base or {}).items()}
     for name, values in (load_yaml(config_file) if config_file else {}).items():
         if isinstance(values, dict) and isinstance(data.get(name), dict):
             data[name].update(values)
         else:
             data[name] = values
-    for path, value in (flags or {}).items():
+    given = dict(flags or {})
+    given.update(parse_assignment(assignment) for assignment in overrides or [])
+    if given.get("model.adapter") == FULL_FINETUNE:
+        given.setdefault("prune.method", NO_PRUNING)
+    if given.get("prune.method") == NO_PRUNING or given.get("model.large_sparse", 1) != 1:
+        given.setdefault("prune.sparsity", None)
+    for path, value in given.items():
         set_key(data, path, value)
-    for assignment in overrides or []:
-        set_value(data, assignment)
     return RunConfig.from_dict(data)
 
 

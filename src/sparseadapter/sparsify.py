@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -115,7 +115,7 @@ def _batch_size(batch: dict) -> int:
 
 
 def take_scoring_batches(
-    batches: Iterable[dict] | None, num_examples: int, device: torch.device
+    batches: Iterable[Mapping] | None, num_examples: int, device: torch.device
 ) -> list[dict]:
     """Whole batches from ``batches`` until at least ``num_examples`` examples, moved to ``device``."""
     if batches is None:
@@ -125,7 +125,7 @@ def take_scoring_batches(
         )
     taken, seen = [], 0
     for batch in batches:
-        if not isinstance(batch, dict):
+        if not isinstance(batch, Mapping):
             raise ScoringDataError(
                 f"scoring batches must be dicts of tensors, got {type(batch).__name__}"
             )
@@ -204,7 +204,7 @@ def _check_scores(scores: dict[str, torch.Tensor], params: dict[str, nn.Paramete
 def sparsify(
     model: nn.Module,
     config: SparsityConfig | None = None,
-    batches: Iterable[dict] | None = None,
+    batches: Iterable[Mapping] | None = None,
 ) -> SparsityReport:
     """Prune the model's trainable adapter weights once and keep them pruned while training.
 
@@ -241,7 +241,7 @@ def sparsify(
 def score_weights(
     model: nn.Module,
     config: SparsityConfig | None = None,
-    batches: Iterable[dict] | None = None,
+    batches: Iterable[Mapping] | None = None,
 ) -> dict[str, torch.Tensor]:
     """The scores that ``sparsify`` ranks (higher = kept first), by prunable parameter name,
     computed exactly as ``sparsify`` computes them; nothing is pruned."""
@@ -256,7 +256,7 @@ class _Scored:
     examples: int  # scoring examples used
 
 
-def _score(model: nn.Module, config: SparsityConfig, batches: Iterable[dict] | None) -> _Scored:
+def _score(model: nn.Module, config: SparsityConfig, batches: Iterable[Mapping] | None) -> _Scored:
     candidates = prunable_parameters(model, config)
     scales = scale_parameters(model) & set(candidates)
     if scales:

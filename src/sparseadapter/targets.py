@@ -4,8 +4,8 @@ One rule serves PEFT, AdapterHub and plain modules, because both libraries freez
 and leave exactly the adapter (and the task head) trainable: a parameter is prunable when it is
 trainable, is not a bias or a normalization weight, is not part of the task head (a transformers
 model's children besides its backbone, e.g. DistilBERT's ``pre_classifier``) or excluded by name
-(PEFT's ``modules_to_save`` and the usual head names by default), and matches ``include`` if
-that is set. Names are those of ``model.named_parameters()``,
+(PEFT's ``modules_to_save`` and the usual head names always, plus ``exclude``), and matches
+``include`` if that is set. Names are those of ``model.named_parameters()``,
 so masks pair with weights by name and identity, never by shape.
 """
 

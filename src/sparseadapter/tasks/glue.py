@@ -172,7 +172,8 @@ def _load_tsv(spec: TaskSpec, split: str, data_dir: Path, max_samples: int | Non
     if not data_dir.is_dir():
         raise DataError(
             f"GLUE data directory {data_dir} does not exist; pass the folder that holds "
-            f"{spec.folder}/, or omit the data directory to load from the hub"
+            f"{spec.folder}/ with --data-dir (a relative path starts from the working directory), "
+            "or give no data directory to train on GLUE from the hub"
         )
     task_dir = data_dir / spec.folder
     if not task_dir.is_dir():
