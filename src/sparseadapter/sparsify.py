@@ -105,7 +105,7 @@ class SparsityReport:
         return "\n".join(lines)
 
 
-def _batch_size(batch: dict) -> int:
+def _batch_size(batch: Mapping) -> int:
     for value in batch.values():
         if isinstance(value, torch.Tensor) and value.dim() > 0:
             return value.shape[0]
