@@ -35,3 +35,49 @@ def minilm_path() -> str:
 def _seed_and_threads():
     torch.manual_seed(0)
     torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory, minilm_path) -> str:
+    """A random BERT (hidden 32, 2 layers) with MiniLM's tokenizer, saved as a model folder."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    path = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
+    torch.manual_seed(0)
+    config = AutoConfig.for_model(
+        "bert",
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    AutoModel.from_config(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_glue(tmp_path_factory) -> Path:
+    """A GLUE-layout folder with small made-up RTE and STS-B files (train and dev), for runs
+    that must not depend on ../shared."""
+    root = tmp_path_factory.mktemp("tiny-glue")
+    words = ["a cat sat", "the dog ran", "birds sing", "it rains", "we read books", "sun is hot"]
+    rte = "".join(
+        f"{i}\t{words[i % 6]} {i}\t{words[(i * 5) % 6]}\t{('entailment', 'not_entailment')[i % 2]}\n"
+        for i in range(24)
+    )
+    stsb = "".join(
+        f"{i}\t{words[i % 6]} {i}\t{words[(i * 5) % 6]}\t{(i * 7) % 6 * 0.8:.1f}\n"
+        for i in range(24)
+    )
+    for task, header, rows in [
+        ("RTE", "index\tsentence1\tsentence2\tlabel\n", rte),
+        ("STS-B", "index\tsentence1\tsentence2\tscore\n", stsb),
+    ]:
+        (root / task).mkdir()
+        for split in ("train", "dev"):
+            (root / task / f"{split}.tsv").write_text(header + rows, encoding="utf-8")
+    return root

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import io
 import json
 import shutil
 import sys
@@ -20,9 +21,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import tiny_bert  # noqa: F401  (session fixture: a tiny BERT folder)
 
-from sparseadapter import SparseAdapterError
+from sparseadapter import SparseAdapterError, resume
 from sparseadapter import cli as cli_module
 from sparseadapter.cli import main
 from sparseadapter.resume import CHECKPOINT_FILE
@@ -131,7 +131,7 @@ CASES = [
          "DataError", "has no examples", train("--task", "rte", "--data-dir", "{data}"), setup="empty_train"),
     # --- output folders -----------------------------------------------------------------------
     Case("unwritable-output", "unwritable output folder", "`train --output FILE/run` (FILE a regular file)",
-         "ConfigError", "is not a writable folder; choose another --output", train("--output", "{tmp}/file/run"),
+         "ConfigError", "is a file, not a folder; choose another output path", train("--output", "{tmp}/file/run"),
          setup="file"),
     Case("output-not-a-run", "output folder holding other files", "`train --output DIR` (DIR not empty)",
          "ConfigError", "exists and is not a sparseadapter run", train("--output", "{tmp}/other"), setup="other"),
@@ -156,8 +156,8 @@ CASES = [
     Case("resume-truncated-checkpoint", "truncated training checkpoint", "`train --resume RUN`, `checkpoint.pt` cut in half",
          "CheckpointError", "is truncated or corrupted", ("train", "--resume", "{run}"),
          setup="interrupted_truncated"),
-    Case("resume-newer-format", "training checkpoint of a newer format version", "`train --resume RUN`, `format_version` 2",
-         "CheckpointError", "reads up to version 1: upgrade sparseadapter", ("train", "--resume", "{run}"),
+    Case("resume-newer-format", "training checkpoint of a newer format version", "`train --resume RUN`, `format_version` 3",
+         "CheckpointError", "reads up to version 2: upgrade sparseadapter", ("train", "--resume", "{run}"),
          setup="interrupted_newer"),
     Case("resume-other-base-model", "training checkpoint from another base model",
          "`train --resume RUN` after the base model changed", "CheckpointError",
@@ -282,7 +282,7 @@ def interrupted_truncated(runs: dict, tmp: Path) -> dict:
 @setup
 def interrupted_newer(runs: dict, tmp: Path) -> dict:
     run = _copy_run(runs["interrupted"], tmp)
-    _edit_checkpoint(run, lambda payload: payload.update(format_version=2))
+    _edit_checkpoint(run, lambda payload: payload.update(format_version=resume.FORMAT_VERSION + 1))
     return {"run": run}
 
 
@@ -306,9 +306,9 @@ def _truncate(path: Path) -> None:
 
 def _edit_checkpoint(run: Path, edit: Callable[[dict], None]) -> None:
     path = run.with_name("run.partial") / CHECKPOINT_FILE
-    payload = torch.load(path, weights_only=True)
+    payload = torch.load(io.BytesIO(path.read_bytes()[: -resume.TRAILER_BYTES]), weights_only=True)
     edit(payload)
-    torch.save(payload, path)
+    resume.write_checkpoint(path, payload)
 
 
 class _Stop(Exception):
@@ -316,7 +316,7 @@ class _Stop(Exception):
 
 
 @pytest.fixture(scope="module")
-def runs(tiny_bert, glue_dir, tmp_path_factory) -> dict:  # noqa: F811
+def runs(tiny_bert, glue_dir, tmp_path_factory) -> dict:
     """A finished run, an interrupted one (checkpoint after its first step), another base model."""
     from transformers import AutoModel, AutoTokenizer
 

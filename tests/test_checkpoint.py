@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import errno
 import importlib.metadata
 import json
 import os
@@ -600,16 +601,16 @@ def test_failed_save_leaves_the_existing_checkpoint_untouched(saved, monkeypatch
     path, config = saved
     before = {f.name: f.read_bytes() for f in path.iterdir()}
     model, _ = sparse_model("peft-lora", sparsity=0.9)
-    real_write = checkpoint._write_bytes
+    real_write = checkpoint.write_new
 
     def write_then_fail(target, data):
         real_write(target, data[:10])
         if target.name == CONFIG_FILE:
-            raise OSError("disk full")
+            raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(checkpoint, "_write_bytes", write_then_fail)
-    with pytest.raises(OSError, match="disk full"):
-        save_sparse(model, path)
+    monkeypatch.setattr(checkpoint, "write_new", write_then_fail)
+    with pytest.raises(ConfigError, match="No space left on device; free some disk space"):
+        save_sparse(model, path, overwrite=True)
     assert {f.name: f.read_bytes() for f in path.iterdir()} == before
     assert leftovers(path.parent) == []
     load_sparse(base_model(config), path)
@@ -627,16 +628,20 @@ def test_failed_rename_restores_the_existing_checkpoint(saved, monkeypatch):
         real_replace(src, dst)
 
     monkeypatch.setattr(checkpoint.os, "replace", replace)
-    with pytest.raises(OSError, match="rename failed"):
-        save_sparse(model, path)
+    with pytest.raises(ConfigError, match="rename failed"):
+        save_sparse(model, path, overwrite=True)
     assert {f.name: f.read_bytes() for f in path.iterdir()} == before
     assert leftovers(path.parent) == []
 
 
-def test_save_replaces_an_older_checkpoint(saved):
+def test_save_replaces_an_older_checkpoint_only_when_told(saved):
     path, config = saved
+    before = {f.name: f.read_bytes() for f in path.iterdir()}
     model, _ = sparse_model("peft-lora", sparsity=0.9)
-    save_sparse(model, path)
+    with pytest.raises(CheckpointError, match="already holds a checkpoint: pass overwrite=True"):
+        save_sparse(model, path)
+    assert {f.name: f.read_bytes() for f in path.iterdir()} == before
+    save_sparse(model, path, overwrite=True)
     loaded = load_sparse(base_model(config), path)
     assert torch.equal(logits(loaded, inputs(config)), logits(model, inputs(config)))
     assert leftovers(path.parent) == []
@@ -651,6 +656,59 @@ def test_save_refuses_to_replace_a_foreign_directory(tmp_path):
         save_sparse(model, target)
     assert (target / "todo.txt").read_text() == "keep me"
     assert sorted(p.name for p in target.iterdir()) == ["todo.txt"]
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_export_never_replaces_a_folder_of_something_else(tmp_path, overwrite):
+    target = tmp_path / "mine"
+    target.mkdir()
+    (target / "adapter_config.json").write_text("{}")  # a name an export has, and other files
+    (target / "notes.txt").write_text("keep me")
+    model, _ = sparse_model("peft-lora")
+    export_dense(model, tmp_path / "export", format="peft")
+    with pytest.raises(CheckpointError, match="already holds a checkpoint"):
+        export_dense(model, tmp_path / "export", format="peft")
+    with pytest.raises(CheckpointError, match="not a previous checkpoint"):
+        save_sparse(model, target, overwrite=overwrite)
+    assert (target / "notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("api", ["save_sparse", "export_dense"])
+def test_a_path_under_a_file_is_a_one_line_error(tmp_path, api):
+    (tmp_path / "afile").write_text("x")
+    model, _ = sparse_model("peft-lora")
+    write = save_sparse if api == "save_sparse" else export_dense
+    with pytest.raises(ConfigError, match=r"afile is a file, not a folder; choose another"):
+        write(model, tmp_path / "afile" / "x")
+    assert (tmp_path / "afile").read_text() == "x"
+
+
+@pytest.mark.parametrize("code", [errno.EROFS, errno.EACCES])
+def test_a_read_only_target_is_a_one_line_error(tmp_path, monkeypatch, code):
+    model, _ = sparse_model("peft-lora")
+
+    def refuse(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(checkpoint, "write_new", refuse)
+    with pytest.raises(ConfigError, match=f"cannot write .*ckpt: {os.strerror(code)}; choose"):
+        save_sparse(model, tmp_path / "ckpt")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_exported_files_follow_the_umask(tmp_path):
+    model, _ = sparse_model("peft-lora")
+    previous = os.umask(0o022)
+    try:
+        for path in (
+            export_dense(model, tmp_path / "export", format="peft"),
+            save_sparse(model, tmp_path / "ckpt"),
+        ):
+            assert oct(path.stat().st_mode & 0o777) == oct(0o755)
+            for f in path.iterdir():
+                assert oct(f.stat().st_mode & 0o777) == oct(0o644), f.name
+    finally:
+        os.umask(previous)
 
 
 def test_save_refuses_models_without_exactly_one_adapter(tmp_path):

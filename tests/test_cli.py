@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import tiny_bert  # noqa: F401  (session fixture: a tiny BERT folder)
 
 from sparseadapter.cli import main
 
@@ -95,11 +94,11 @@ def test_python_dash_m_entry_point(glue_dir, tmp_path):
     assert "pruning    none (dense)" in done.stdout
 
 
-def tiny_train(tiny_bert: str, glue_dir: Path, output: Path, *extra: str) -> int:  # noqa: F811
+def tiny_train(tiny_bert: str, glue_dir: Path, output: Path, *extra: str) -> int:
     return main(["train", "--model", tiny_bert, "--task", "stsb", *small(glue_dir, output), *extra])
 
 
-def test_export_formats(tiny_bert, glue_dir, tmp_path, capsys, one_thread):  # noqa: F811
+def test_export_formats(tiny_bert, glue_dir, tmp_path, capsys, one_thread):
     run = tmp_path / "run"
     assert tiny_train(tiny_bert, glue_dir, run, "--pruner", "magnitude") == 0
     assert main(["export", str(run), "--format", "adapterhub"]) == 0
@@ -113,7 +112,7 @@ def test_export_formats(tiny_bert, glue_dir, tmp_path, capsys, one_thread):  # n
     assert "exports as format='adapterhub'" in capsys.readouterr().err
 
 
-def test_finished_output_is_refused_unless_overwrite(tiny_bert, glue_dir, tmp_path, capsys):  # noqa: F811
+def test_finished_output_is_refused_unless_overwrite(tiny_bert, glue_dir, tmp_path, capsys):
     torch.set_num_threads(1)
     run = tmp_path / "run"
     assert tiny_train(tiny_bert, glue_dir, run) == 0

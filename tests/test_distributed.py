@@ -19,7 +19,6 @@ import pytest
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
-from test_train import tiny_bert  # noqa: F401  (session fixture: a tiny BERT folder)
 
 from sparseadapter import ConfigError
 from sparseadapter.cli import main
@@ -35,7 +34,7 @@ METRIC_TOLERANCE = 5e-4
 
 
 @pytest.fixture(scope="module")
-def dropout_free_bert(tiny_bert, tmp_path_factory) -> str:  # noqa: F811
+def dropout_free_bert(tiny_bert, tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("tiny-bert-no-dropout") / "model"
     shutil.copytree(tiny_bert, path)
     config = json.loads((path / "config.json").read_text())
@@ -127,7 +126,7 @@ class FSDPAccelerator(Accelerator):
 
 
 def test_fsdp_run_stops_before_training(
-    tiny_bert,  # noqa: F811
+    tiny_bert,
     glue_dir,
     tmp_path,
     monkeypatch,

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import tiny_bert  # noqa: F401  (session fixture: a tiny BERT folder)
 
 from sparseadapter.cli import main
 from sparseadapter.resume import CHECKPOINT_FILE, read_checkpoint
@@ -33,34 +32,37 @@ KILL_AT_CHECKPOINT = 5
 CHILD = """
 import io, os, signal, sys
 import torch
+import sparseadapter.files as files
 import sparseadapter.train as train
 mode, kill_at = sys.argv[1], int(sys.argv[2])
 calls = 0
 def kill():
     os.kill(os.getpid(), signal.SIGKILL)
-real_write, real_save = train.write_checkpoint, torch.save
+real_write, real_write_file = train.write_checkpoint, files.write_file
 def write(path, payload):
     global calls
     calls += 1
     if mode == "before" and calls == kill_at:
         kill()
     real_write(path, payload)
-def save(obj, f, *args, **kwargs):
-    if mode == "during" and calls == kill_at:
+def write_file(path, write_data):
+    if mode != "during" or calls != kill_at:
+        return real_write_file(path, write_data)
+    def half(f):
         data = io.BytesIO()
-        real_save(obj, data, *args, **kwargs)
+        write_data(data)
         f.write(data.getvalue()[: len(data.getvalue()) // 2])
         f.flush()
         os.fsync(f.fileno())
         kill()
-    real_save(obj, f, *args, **kwargs)
-train.write_checkpoint, torch.save = write, save
+    real_write_file(path, half)
+train.write_checkpoint, files.write_file = write, write_file
 from sparseadapter.cli import main
 sys.exit(main(sys.argv[3:]))
 """
 
 
-def run_args(tiny_bert: str, glue_dir: Path, output: Path) -> list[str]:  # noqa: F811
+def run_args(tiny_bert: str, glue_dir: Path, output: Path) -> list[str]:
     return [
         "train", "--model", tiny_bert, "--task", "stsb", "--data-dir", str(glue_dir),
         "--max-train-samples", "48", "--max-eval-samples", "32", "--max-length", "32",
@@ -86,7 +88,7 @@ def outcome(run: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tiny_bert, glue_dir, tmp_path_factory) -> dict:  # noqa: F811
+def uninterrupted(tiny_bert, glue_dir, tmp_path_factory) -> dict:
     torch.set_num_threads(1)
     run = tmp_path_factory.mktemp("reference") / "run"
     assert main(run_args(tiny_bert, glue_dir, run)) == 0
@@ -104,7 +106,7 @@ def killed_run(mode: str, args: list[str]) -> None:
 def test_sigkill_then_resume_gives_the_same_run(
     mode,
     uninterrupted,
-    tiny_bert,  # noqa: F811
+    tiny_bert,
     glue_dir,
     tmp_path,
 ):
@@ -118,7 +120,7 @@ def test_sigkill_then_resume_gives_the_same_run(
     assert (progress["epoch"], progress["batches_done"], progress["steps"]) == (2, 2, 8)
     assert 0 < progress["batches_done"] < STEPS_PER_EPOCH
     assert len(progress["history"]) == 1
-    leftover = list(partial.glob(f".{CHECKPOINT_FILE}.tmp"))
+    leftover = list(partial.glob(f".{CHECKPOINT_FILE}.tmp-*"))
     assert bool(leftover) == (mode == "during")
 
     torch.set_num_threads(1)
@@ -141,12 +143,12 @@ def assert_killed_run_resumes_to_reference(args: list[str], tmp_path: Path) -> N
     assert "resumed at epoch 2, batch 2" in (run / "log.txt").read_text()
 
 
-def test_resume_with_length_grouped_batches(tiny_bert, glue_dir, tmp_path):  # noqa: F811
+def test_resume_with_length_grouped_batches(tiny_bert, glue_dir, tmp_path):
     args = run_args(tiny_bert, glue_dir, tmp_path / "reference")
     assert_killed_run_resumes_to_reference([*args, "--set", "data.group_by_length=true"], tmp_path)
 
 
-def test_resume_full_finetuning(tiny_bert, glue_dir, tmp_path):  # noqa: F811
+def test_resume_full_finetuning(tiny_bert, glue_dir, tmp_path):
     # full fine-tuning trains the embeddings, which the checkpoint's base-model identity hashes
     args = run_args(tiny_bert, glue_dir, tmp_path / "reference")
     for flag in ("--pruner", "--scoring-examples"):

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from test_train import tiny_bert  # noqa: F401  (session fixture: a tiny BERT folder)
 
 from sparseadapter import ConfigError
 from sparseadapter.cli import main
@@ -106,7 +105,7 @@ def test_aggregate_mean_and_sample_std_over_seeds():
     assert math.isclose(cell["std"], 0.1)  # sqrt(((-0.1)^2 + 0.1^2 + 0) / 2)
 
 
-def test_sweep_runs_resumes_and_writes_results(tmp_path, tiny_bert, glue_dir, capsys):  # noqa: F811
+def test_sweep_runs_resumes_and_writes_results(tmp_path, tiny_bert, glue_dir, capsys):
     torch.set_num_threads(1)
     base = {
         "model": {"name": tiny_bert},
@@ -159,7 +158,7 @@ def test_sweep_runs_resumes_and_writes_results(tmp_path, tiny_bert, glue_dir, ca
     assert sorted(out.glob("*/final.json")) == finals  # nothing moved or lost
 
 
-def test_a_failed_run_is_reported_and_the_sweep_goes_on(tmp_path, tiny_bert, glue_dir, capsys):  # noqa: F811
+def test_a_failed_run_is_reported_and_the_sweep_goes_on(tmp_path, tiny_bert, glue_dir, capsys):
     torch.set_num_threads(1)
     base = {
         "data": {"task": "rte", "data_dir": str(glue_dir), "max_train_samples": 8,

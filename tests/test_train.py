@@ -31,28 +31,6 @@ from sparseadapter.tasks.glue import get_task
 from sparseadapter.train import train
 
 
-@pytest.fixture(scope="session")
-def tiny_bert(tmp_path_factory, minilm_path) -> str:
-    """A random BERT (hidden 32, 2 layers) with MiniLM's tokenizer, saved as a model folder."""
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
-
-    path = tmp_path_factory.mktemp("tiny-bert")
-    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
-    torch.manual_seed(0)
-    config = AutoConfig.for_model(
-        "bert",
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    AutoModel.from_config(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
-
-
 @pytest.fixture
 def one_thread():
     torch.set_num_threads(1)

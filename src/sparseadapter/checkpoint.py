@@ -15,9 +15,6 @@ import importlib
 import json
 import math
 import os
-import shutil
-import tempfile
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,6 +28,7 @@ from torch import nn
 from sparseadapter.adapters import train_adapterhub_adapter
 from sparseadapter.config import SparsityConfig
 from sparseadapter.errors import CheckpointError, ConfigError
+from sparseadapter.files import check_parent, replace_directory, write_new
 from sparseadapter.sparsify import apply_masks, get_masks, masked_parameters, remove_sparsity
 
 FORMAT_NAME = "sparseadapter-sparse-checkpoint"
@@ -208,64 +206,43 @@ def _checksum(payload: bytes, meta: dict[str, Any]) -> str:
     return digest.hexdigest()
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+def _replace_checkpoint(
+    path: str | os.PathLike, marker: str, overwrite: bool, write: Callable[[Path], None]
+) -> Path:
+    """Write a checkpoint folder atomically (:func:`files.replace_directory`).
 
-
-def move_into_place(new: Path, path: Path) -> None:
-    """Rename folder ``new`` to ``path``. An existing ``path`` is first moved aside under a
-    unique hidden name (never a name that may hold something else), put back if the rename
-    fails, and removed once ``new`` is in place."""
-    if not path.exists():
-        os.replace(new, path)
-        return
-    old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
-    os.replace(path, old)
-    try:
-        os.replace(new, path)
-    except BaseException:
-        os.replace(old, path)
-        raise
-    shutil.rmtree(old)
-
-
-def _replace_directory(path: str | os.PathLike, marker: str, write: Callable[[Path], None]) -> Path:
-    """Let ``write`` fill a temporary directory next to ``path``, then rename it into place.
-
-    An existing ``path`` is replaced only if it is empty or holds ``marker`` (the same kind of
-    output); on any failure it is left untouched and the temporary directory is removed.
+    An existing ``path`` is replaced only if it is empty, or if it holds ``marker`` (the same
+    kind of output) and ``overwrite`` is set; a folder of anything else is never replaced.
     """
     path = Path(path)
-    if path.exists() and (
-        not path.is_dir() or (any(path.iterdir()) and not (path / marker).exists())
-    ):
-        raise CheckpointError(
-            f"{path} exists and is not a previous checkpoint of this kind (no {marker}): refusing "
-            "to replace it; choose a new directory or remove it first"
-        )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
-        tmp.chmod(0o755)  # mkdtemp's 0o700 would make the checkpoint private to its writer
-        write(tmp)
-        move_into_place(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return path
+    check_parent(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        if not path.is_dir() or not (path / marker).exists():
+            raise CheckpointError(
+                f"{path} exists and is not a previous checkpoint of this kind (no {marker}): "
+                "refusing to replace it; choose a new directory or remove it first"
+            )
+        if not overwrite:
+            raise CheckpointError(
+                f"{path} already holds a checkpoint: pass overwrite=True (--overwrite) to "
+                "replace it, or choose a new directory"
+            )
+    return replace_directory(path, write)
 
 
 def save_sparse(
-    model: nn.Module, path: str | os.PathLike, dtype: str | torch.dtype | None = None
+    model: nn.Module,
+    path: str | os.PathLike,
+    dtype: str | torch.dtype | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Save the model's adapter (and head) as a compact sparse checkpoint directory.
 
     Stores every trainable tensor: pruned ones (those with a sparsify mask) as kept values plus
     a bitmask or indices, the rest dense. ``dtype`` ("float16", "bfloat16" or "float32") stores
     the floating values in that dtype; None keeps each tensor's own dtype (bit-exact round trip).
-    Returns the checkpoint directory.
+    An existing checkpoint at ``path`` is replaced only with ``overwrite=True``; any other
+    non-empty folder never is. Returns the checkpoint directory.
     """
     library = _library(model)
     name = _adapter_name(model, library)
@@ -300,10 +277,10 @@ def save_sparse(
     meta["sha256"] = _checksum(payload, meta)
 
     def write(tmp: Path) -> None:
-        _write_bytes(tmp / WEIGHTS_FILE, payload)
-        _write_bytes(tmp / CONFIG_FILE, _canonical(meta))
+        write_new(tmp / WEIGHTS_FILE, payload)
+        write_new(tmp / CONFIG_FILE, _canonical(meta))
 
-    return _replace_directory(path, CONFIG_FILE, write)
+    return _replace_checkpoint(path, CONFIG_FILE, overwrite, write)
 
 
 def read_sparse(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -429,12 +406,15 @@ def load_sparse(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     return model
 
 
-def export_dense(model: nn.Module, path: str | os.PathLike, format: str = "peft") -> Path:
+def export_dense(
+    model: nn.Module, path: str | os.PathLike, format: str = "peft", overwrite: bool = False
+) -> Path:
     """Write the adapter in its library's own dense format, loadable without sparseadapter.
 
     ``format="peft"``: ``model.save_pretrained`` (load with ``peft.PeftModel.from_pretrained``).
     ``format="adapterhub"``: ``model.save_adapter`` with the head, as safetensors (load with
     ``model.load_adapter(path, use_safetensors=True)``). Pruned weights are stored as zeros.
+    An existing export at ``path`` is replaced only with ``overwrite=True``.
     """
     if format not in EXPORT_FORMATS:
         raise ConfigError(
@@ -453,12 +433,13 @@ def export_dense(model: nn.Module, path: str | os.PathLike, format: str = "peft"
     if state is not None:
         state.apply_()
     if library == "peft":
-        return _replace_directory(
-            path, "adapter_config.json", lambda tmp: _save_peft_adapter(model, name, tmp)
+        return _replace_checkpoint(
+            path, "adapter_config.json", overwrite, lambda tmp: _save_peft_adapter(model, name, tmp)
         )
-    return _replace_directory(
+    return _replace_checkpoint(
         path,
         "adapter_config.json",
+        overwrite,
         lambda tmp: model.save_adapter(str(tmp), name, use_safetensors=True),
     )
 

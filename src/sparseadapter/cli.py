@@ -150,6 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="peft / adapterhub: the library's own dense format; sparse: the compact format.",
     )
     export.add_argument("--output", help="Target folder (default: RUN/export-FORMAT).")
+    export.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="Replace an earlier export (or adapter checkpoint) at the target; a folder of "
+        "anything else is never replaced.",
+    )
     return parser
 
 
@@ -219,7 +225,7 @@ def _sweep(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from sparseadapter.rundir import export_run
 
-    path = export_run(args.run, args.format, args.output)
+    path = export_run(args.run, args.format, args.output, overwrite=args.overwrite)
     print(f"exported {args.format} adapter to {path}")
     return 0
 

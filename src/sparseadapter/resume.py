@@ -5,12 +5,16 @@ A run's ``.partial`` folder holds one ``checkpoint.pt`` (torch zip format, loade
 every process's RNG states, the data position (:class:`Progress`) and the pruning report.
 It is written atomically: the new checkpoint goes to a temporary file that is flushed to disk
 and then renamed over the old one, so a kill at any moment, also during a save, leaves the
-previous or the new checkpoint, never a broken one.
+previous or the new checkpoint, never a broken one. From format version 2 the file ends in a
+SHA-256 trailer over the torch data, and a resume refuses a file that fails it (a damaged disk
+or copy would otherwise resume silently into different weights). Version 1 files, written before
+the trailer existed, are still read, without that check.
 """
 
 from __future__ import annotations
 
-import os
+import hashlib
+import io
 import pickle
 import random
 import zipfile
@@ -22,10 +26,13 @@ import numpy as np
 import torch
 
 from sparseadapter.errors import CheckpointError
+from sparseadapter.files import write_bytes
 
 CHECKPOINT_FILE = "checkpoint.pt"
 FORMAT_NAME = "sparseadapter-training-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+TRAILER = b"\nsparseadapter-sha256:"
+TRAILER_BYTES = len(TRAILER) + 64
 
 
 @dataclass
@@ -71,36 +78,49 @@ def set_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def _temporary(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp")
-
-
 def write_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Atomically replace the checkpoint at ``path`` with ``payload``."""
-    tmp = _temporary(path)
-    with open(tmp, "wb") as f:
-        torch.save({"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **payload}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)  # make the rename itself durable
-    finally:
-        os.close(directory)
+    """Atomically replace the checkpoint at ``path`` with ``payload`` and its checksum."""
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **payload}, buffer)
+    data = buffer.getvalue()
+    digest = hashlib.sha256(data).hexdigest().encode()
+    write_bytes(path, data + TRAILER + digest)
 
 
 def remove_checkpoint(path: Path) -> None:
-    """Delete the checkpoint at ``path`` and a temporary file left by a save that was killed."""
+    """Delete the checkpoint at ``path`` and temporary files left by saves that were killed."""
     path.unlink(missing_ok=True)
-    _temporary(path).unlink(missing_ok=True)
+    for tmp in path.parent.glob(f".{path.name}.tmp-*"):
+        tmp.unlink(missing_ok=True)
+
+
+def _verified(path: Path) -> tuple[bytes, bool]:
+    """The torch data of a checkpoint file, and whether it carried a checksum (verified)."""
+    data = path.read_bytes()
+    data, trailer = data[:-TRAILER_BYTES], data[-TRAILER_BYTES:]
+    if not trailer.startswith(TRAILER):
+        return data + trailer, False
+    if hashlib.sha256(data).hexdigest().encode() != trailer[len(TRAILER) :]:
+        raise CheckpointError(
+            f"{path} fails its SHA-256 check: it was damaged or modified after it was written; "
+            "the run cannot be resumed safely: start it again with --overwrite"
+        )
+    return data, True
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """The payload of a checkpoint; CheckpointError if it is unreadable or from a newer version."""
+    data, checked = _verified(path)
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except (
+        RuntimeError,
+        EOFError,
+        OSError,
+        ValueError,
+        pickle.UnpicklingError,
+        zipfile.BadZipFile,
+    ) as err:
         raise CheckpointError(
             f"{path} is truncated or corrupted ({str(err).splitlines()[0]}); the run cannot "
             "be resumed: start it again with --overwrite"
@@ -116,5 +136,10 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
             f"{path} was written in training checkpoint format version {version!r}, but this "
             f"sparseadapter reads up to version {FORMAT_VERSION}: upgrade sparseadapter "
             "(pip install -U sparseadapter) to resume it"
+        )
+    if version >= 2 and not checked:
+        raise CheckpointError(
+            f"{path} lacks the SHA-256 trailer its format version has: it was truncated or "
+            "modified; start the run again with --overwrite"
         )
     return payload

@@ -13,16 +13,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from sparseadapter.adapters import load_model, resolve_model
-from sparseadapter.checkpoint import export_dense, load_sparse, move_into_place, save_sparse
+from sparseadapter.checkpoint import export_dense, load_sparse, save_sparse
 from sparseadapter.errors import ConfigError
+from sparseadapter.files import check_parent, move_into_place
 from sparseadapter.resume import CHECKPOINT_FILE, read_checkpoint, remove_checkpoint
-from sparseadapter.runconfig import RunConfig, changed_keys, load_yaml
+from sparseadapter.runconfig import RunConfig, changed_keys, load_yaml, save_yaml
 from sparseadapter.tasks.glue import TaskSpec, get_task
 
 CONFIG_FILE = "config.yaml"
@@ -32,6 +34,10 @@ LOG_FILE = "log.txt"
 ADAPTER_DIR = "adapter"
 MODEL_DIR = "model"
 PARTIAL_SUFFIX = ".partial"
+PARTIAL_MARKER = ".sparseadapter-run"  # the first file of every .partial folder a run makes
+# What a finished run folder may hold: its own files, and exports made into it.
+RUN_ENTRIES = (CONFIG_FILE, EPOCHS_FILE, FINAL_FILE, LOG_FILE, ADAPTER_DIR, MODEL_DIR)
+EXPORT_PREFIX = "export-"
 
 
 def partial_dir(output: Path) -> Path:
@@ -55,28 +61,68 @@ def _check_writable(folder: Path) -> None:
         )
 
 
+def is_run(folder: Path) -> bool:
+    """Whether ``folder`` is a finished run folder and nothing else: its config and results,
+    and no entry a run does not write (a user's notes beside a ``final.json`` make it not a run).
+    """
+    if not (folder / FINAL_FILE).is_file() or not (folder / CONFIG_FILE).is_file():
+        return False
+    return all(
+        p.name in RUN_ENTRIES or (p.is_dir() and p.name.startswith(EXPORT_PREFIX))
+        for p in folder.iterdir()
+    )
+
+
+def _is_ours(partial: Path) -> bool:
+    """Whether a ``.partial`` folder was left by a run (and so may be cleared)."""
+    return (partial / PARTIAL_MARKER).is_file() or (partial / CHECKPOINT_FILE).is_file()
+
+
 def new_run_dirs(config: RunConfig, overwrite: bool) -> tuple[Path, Path]:
     """The output and partial folders of a new run; ConfigError if starting it would lose or
     mix up another run (a finished one without ``overwrite``, foreign files, a resumable one)."""
     output = config.output_dir()
-    if (output / FINAL_FILE).exists() and not overwrite:
-        raise ConfigError(
-            f"{output} already holds a finished run; pass --overwrite to replace it "
-            "or choose another --output"
-        )
-    is_other = output.exists() and (not output.is_dir() or any(output.iterdir()))
-    if is_other and not (output / FINAL_FILE).exists():
-        raise ConfigError(
-            f"{output} exists and is not a sparseadapter run; choose another --output"
-        )
-    if interrupted(config) and not overwrite:
-        raise ConfigError(
-            f"{output} has an interrupted run with a checkpoint: pass --resume {output} to "
-            "continue it, or --overwrite to start over"
-        )
+    check_parent(output)
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        if not is_run(output):
+            raise ConfigError(
+                f"{output} exists and is not a sparseadapter run; choose another --output (a run "
+                "folder holds only the files a run writes: move yours away to reuse it)"
+            )
+        if not overwrite:
+            raise ConfigError(
+                f"{output} already holds a finished run; pass --overwrite to replace it "
+                "or choose another --output"
+            )
     partial = partial_dir(output)
+    if partial.exists():
+        if not partial.is_dir() or not _is_ours(partial):
+            raise ConfigError(
+                f"{partial} exists and was not left by a sparseadapter run; move it away "
+                "or choose another --output"
+            )
+        if interrupted(config) and not overwrite:
+            raise ConfigError(
+                f"{output} has an interrupted run with a checkpoint: pass --resume {output} to "
+                "continue it, or --overwrite to start over"
+            )
     _check_writable(partial)
     return output, partial
+
+
+def start_partial(partial: Path, config: RunConfig) -> None:
+    """Clear what an earlier attempt left in ``partial`` (checked by :func:`new_run_dirs`) and
+    start it anew: the marker first, then the run's config."""
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    (partial / PARTIAL_MARKER).write_text("", encoding="utf-8")
+    save_yaml(config, partial / CONFIG_FILE)
+
+
+def discard_partial(partial: Path) -> None:
+    """Remove a ``.partial`` folder this run made, unless it holds a checkpoint to resume."""
+    if _is_ours(partial) and not (partial / CHECKPOINT_FILE).exists():
+        shutil.rmtree(partial, ignore_errors=True)
 
 
 def interrupted_config(run_dir: str | Path) -> dict[str, Any]:
@@ -120,8 +166,10 @@ def resume_dirs(config: RunConfig) -> tuple[Path, Path, dict[str, Any]]:
 
 
 def publish(partial: Path, output: Path) -> None:
-    """Move the finished run into place (without its checkpoint), replacing an old run only now."""
+    """Move the finished run into place (without its checkpoint and marker), replacing an old
+    run only now."""
     remove_checkpoint(partial / CHECKPOINT_FILE)
+    (partial / PARTIAL_MARKER).unlink(missing_ok=True)
     move_into_place(partial, output)
 
 
@@ -155,12 +203,16 @@ def finished_result(config: RunConfig) -> dict[str, Any] | None:
 def read_final(run_dir: Path) -> dict[str, Any]:
     """The results a finished run saved (``final.json``); ConfigError if they are damaged."""
     path = run_dir / FINAL_FILE
+    damaged = ConfigError(
+        f"{path} is damaged (not the JSON a run writes): train the run again with --overwrite"
+    )
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        final = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ConfigError(
-            f"{path} is damaged (not the JSON a run writes): train the run again with --overwrite"
-        ) from None
+        raise damaged from None
+    if not isinstance(final, dict) or not all(k in final for k in ("task", "main_metric", "score")):
+        raise damaged
+    return final
 
 
 def finished_run(run_dir: str | Path) -> RunConfig:
@@ -193,8 +245,12 @@ def load_run_model(run_dir: Path, config: RunConfig, task: TaskSpec) -> tuple[nn
     return load_sparse(base, run_dir / ADAPTER_DIR), path
 
 
-def export_run(run_dir: str | Path, format: str, output: str | Path | None = None) -> Path:
-    """Write a finished run's adapter as ``format`` (peft, adapterhub or sparse); its folder."""
+def export_run(
+    run_dir: str | Path, format: str, output: str | Path | None = None, overwrite: bool = False
+) -> Path:
+    """Write a finished run's adapter as ``format`` (peft, adapterhub or sparse); its folder.
+
+    An existing export (or checkpoint) at the target is replaced only with ``overwrite``."""
     run_dir = Path(run_dir)
     config = finished_run(run_dir)
     if config.model.is_full_finetune:
@@ -203,7 +259,7 @@ def export_run(run_dir: str | Path, format: str, output: str | Path | None = Non
             "a plain Hugging Face model folder"
         )
     model, _ = load_run_model(run_dir, config, get_task(config.data.task))
-    target = Path(output) if output else run_dir / f"export-{format}"
+    target = Path(output) if output else run_dir / f"{EXPORT_PREFIX}{format}"
     if format == "sparse":
-        return save_sparse(model, target)
-    return export_dense(model, target, format)
+        return save_sparse(model, target, overwrite=overwrite)
+    return export_dense(model, target, format, overwrite=overwrite)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import io
 import itertools
 import re
 import statistics
@@ -38,10 +39,12 @@ from pathlib import Path
 from typing import Any
 
 from sparseadapter.errors import ConfigError, SparseAdapterError
+from sparseadapter.files import exclusive, write_bytes, write_error
 from sparseadapter.runconfig import (
     FULL_FINETUNE,
     NO_PRUNING,
     RunConfig,
+    changed_keys,
     config_section,
     load_yaml,
     set_key,
@@ -97,7 +100,13 @@ class SweepSpec:
             )
             name = re.sub(r"[^\w.+-]", "_", name)  # e.g. a model path as a grid value
             config.output = str(self.output / name)
-            runs.setdefault(name, config)
+            differences = changed_keys(runs.setdefault(name, config), config)
+            if differences:
+                raise ConfigError(
+                    f"two grid points give the run folder name {name!r} "
+                    f"({'; '.join(differences)}): folder names keep letters, digits and . + - "
+                    "only; make the grid values differ in those"
+                )
         if not runs:
             raise ConfigError("the sweep grid gives no runs; add values to its grid lists")
         return list(runs.values())
@@ -146,7 +155,12 @@ def load_sweep(path: str | Path) -> SweepSpec:
     assignments = data.get("set") or []
     for assignment in [assignments] if isinstance(assignments, str) else assignments:
         set_value(base, str(assignment))
-    grid = data.get("grid") or {}
+    grid = data.get("grid")
+    if not grid:
+        raise ConfigError(
+            f"the sweep in {path} has no grid: add one, e.g. grid: {{pruner: [snip, random]}} "
+            "(for a single run use `sparseadapter train --config`)"
+        )
     if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
         raise ConfigError(
             f"the sweep grid in {path} must map keys to non-empty lists, e.g. pruner: [snip, random]"
@@ -174,6 +188,13 @@ def run_sweep(
     """Train every unfinished run of the sweep, then write its tables and plot."""
     spec = spec if isinstance(spec, SweepSpec) else load_sweep(spec)
     configs = spec.runs()
+    with exclusive(spec.output, "sweep"):
+        return _run_sweep(spec, configs, quiet, echo)
+
+
+def _run_sweep(
+    spec: SweepSpec, configs: list[RunConfig], quiet: bool, echo: Callable[[str], None]
+) -> SweepResult:
     ran, skipped, failed = [], [], {}
     for i, config in enumerate(configs, 1):
         name = Path(config.output).name
@@ -192,13 +213,16 @@ def run_sweep(
         echo(f"[{i}/{len(configs)}] {name}: dev {final['main_metric']} = {final['score']:.4f}")
     rows = collect_rows(configs, spec.extra_keys())
     cells = aggregate(rows, spec.extra_keys())
-    spec.output.mkdir(parents=True, exist_ok=True)
-    files = [
-        _write_csv(spec.output / RUNS_FILE, rows),
-        _write_csv(spec.output / RESULTS_CSV, cells),
-    ]
-    markdown = markdown_table(cells, spec.extra_keys())
-    (spec.output / RESULTS_MD).write_text(markdown + "\n", encoding="utf-8")
+    try:
+        spec.output.mkdir(parents=True, exist_ok=True)
+        files = [
+            _write_csv(spec.output / RUNS_FILE, rows),
+            _write_csv(spec.output / RESULTS_CSV, cells),
+        ]
+        markdown = markdown_table(cells, spec.extra_keys())
+        write_bytes(spec.output / RESULTS_MD, (markdown + "\n").encode())
+    except OSError as err:
+        raise write_error(spec.output, err) from None
     files.append(spec.output / RESULTS_MD)
     if cells:
         files.append(plot(cells, spec.output / PLOT_FILE, spec.extra_keys()))
@@ -283,10 +307,11 @@ def markdown_table(cells: list[dict[str, Any]], extra_keys: list[str] = ()) -> s
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
     columns = list(dict.fromkeys(k for row in rows for k in row))
-    with path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_bytes(path, text.getvalue().encode())
     return path
 
 

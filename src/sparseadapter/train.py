@@ -13,11 +13,11 @@ a run that was never interrupted. Data parallelism: :mod:`sparseadapter.distribu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
-import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -50,6 +50,7 @@ from sparseadapter.data import (
 from sparseadapter.distributed import broadcast_masks, make_accelerator
 from sparseadapter.errors import CheckpointError, ConfigError, SparseAdapterError
 from sparseadapter.evaluate import evaluate, main_score
+from sparseadapter.files import exclusive, write_error
 from sparseadapter.resume import (
     CHECKPOINT_FILE,
     Progress,
@@ -57,16 +58,17 @@ from sparseadapter.resume import (
     set_rng_states,
     write_checkpoint,
 )
-from sparseadapter.runconfig import RunConfig, TrainConfig, save_yaml
+from sparseadapter.runconfig import RunConfig, TrainConfig
 from sparseadapter.rundir import (
-    CONFIG_FILE,
     EPOCHS_FILE,
     FINAL_FILE,
     LOG_FILE,
+    discard_partial,
     new_run_dirs,
     publish,
     resume_dirs,
     save_run_model,
+    start_partial,
     write_history,
 )
 from sparseadapter.sparsify import apply_masks, get_masks, sparsify
@@ -139,6 +141,19 @@ def train(
     ``resume=True`` continues the interrupted run in ``config.output_dir()`` from its
     checkpoint; ``config`` must be the run's own (ConfigError naming the changed keys if not).
     """
+    # one process writes a run folder at a time (under `accelerate launch`: the main process
+    # holds the lock for all of them)
+    main = int(os.environ.get("RANK", "0")) == 0
+    with exclusive(config.output_dir()) if main else contextlib.nullcontext():
+        try:
+            return _run(config, overwrite, quiet, resume)
+        except OSError as err:
+            if err.filename is None:
+                raise
+            raise write_error(err.filename, err) from None
+
+
+def _run(config: RunConfig, overwrite: bool, quiet: bool, resume: bool) -> dict[str, Any]:
     checkpoint = None
     if resume:
         output, partial, checkpoint = resume_dirs(config)
@@ -157,17 +172,16 @@ def train(
     if checkpoint is not None:
         _restore_model(model, checkpoint, config)
     if accelerator.is_main_process and checkpoint is None:
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-        save_yaml(config, partial / CONFIG_FILE)
+        start_partial(partial, config)
     accelerator.wait_for_everyone()
     try:
         with _log_to(partial / LOG_FILE if accelerator.is_main_process else None, quiet):
             final = _train(config, data, model, tokenizer, accelerator, partial, quiet, checkpoint)
-    except SparseAdapterError:
-        # bad input found while pruning: leave no half-made run behind (unless it can resume)
-        if accelerator.is_main_process and not (partial / CHECKPOINT_FILE).exists():
-            shutil.rmtree(partial, ignore_errors=True)
+    except (SparseAdapterError, OSError):
+        # bad input found while pruning, or a full disk: leave no half-made run behind (unless
+        # it can resume)
+        if accelerator.is_main_process:
+            discard_partial(partial)
         raise
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -407,7 +421,10 @@ def _save_checkpoint(
             "sparsity": sparsity,
         },
     )
-    log.debug("checkpoint at epoch %d, batch %d", progress.epoch, progress.batches_done)
+    if progress.batches_done:
+        log.debug("checkpoint at epoch %d, batch %d", progress.epoch, progress.batches_done)
+    else:  # saved at the end of an epoch: progress already points at the next one
+        log.debug("checkpoint after epoch %d", progress.epoch - 1)
 
 
 def _restore_model(model: nn.Module, checkpoint: dict[str, Any], config: RunConfig) -> None:
