@@ -2,6 +2,7 @@
 
 import copy
 
+import helpers
 import pytest
 import torch
 from tiny_module import TinyAdapterModel, tiny_batches
@@ -171,3 +172,16 @@ def test_a_failed_second_sparsify_keeps_the_first_masks():
     assert all(torch.equal(sa.get_masks(model)[n], m) for n, m in masks.items())
     model(**tiny_batches()[0]).loss.backward()  # and they are still enforced
     assert all(not p.grad[~masks[n]].any() for n, p in model.named_parameters() if n in masks)
+
+
+def test_a_transformers_model_without_an_adapter_is_not_pruned():
+    model = helpers.tiny_model("bert")  # every weight trainable: the backbone, not an adapter
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with pytest.raises(sa.NoPrunableWeightsError, match="carries no adapter.*include="):
+        sa.sparsify(model, sa.SparsityConfig(method="magnitude", sparsity=0.4))
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    assert sa.get_masks(model) == {}
+    # pruning plain modules on purpose: name them
+    config = sa.SparsityConfig(method="magnitude", sparsity=0.4, include=[r"query"])
+    report = sa.sparsify(model, config)
+    assert report.tensors and all("query" in t.name for t in report.tensors)

@@ -30,6 +30,7 @@ from sparseadapter.config import SparsityConfig
 from sparseadapter.errors import CheckpointError, ConfigError
 from sparseadapter.files import check_parent, replace_directory, write_new
 from sparseadapter.sparsify import apply_masks, get_masks, masked_parameters, remove_sparsity
+from sparseadapter.targets import adapter_library
 
 FORMAT_NAME = "sparseadapter-sparse-checkpoint"
 FORMAT_VERSION = 1
@@ -64,10 +65,9 @@ def size_bound(sparsity: float, pruned_bytes: int, unpruned_bytes: int, num_tens
 
 
 def _library(model: nn.Module) -> str:
-    if isinstance(model, peft.PeftModel):
-        return "peft"
-    if getattr(model, "adapters_config", None) is not None:
-        return "adapterhub"
+    library = adapter_library(model)
+    if library is not None:
+        return library
     raise ConfigError(
         f"a {type(model).__name__} carries no adapter: pass a PEFT model (peft.get_peft_model) "
         "or an AdapterHub model (adapters.init + add_adapter)"

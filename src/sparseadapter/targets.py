@@ -14,7 +14,9 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+import peft
 import torch
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 from transformers import PreTrainedModel
 
@@ -28,6 +30,33 @@ def _norm_parameter_ids(model: nn.Module) -> set[int]:
         if isinstance(module, (nn.LayerNorm, nn.GroupNorm)) or "Norm" in type(module).__name__:
             ids.update(id(p) for p in module.parameters(recurse=False))
     return ids
+
+
+def adapter_library(model: nn.Module) -> str | None:
+    """The library of the adapter ``model`` carries: "peft" (a PeftModel), "adapterhub" (a model
+    with AdapterHub adapters), or None."""
+    if isinstance(model, peft.PeftModel):
+        return "peft"
+    config = getattr(model, "adapters_config", None)
+    if config is not None and config.adapters:
+        return "adapterhub"
+    return None
+
+
+def _check_has_adapter(model: nn.Module, config: SparsityConfig) -> None:
+    """A transformers model without an adapter trains its backbone: pruning that is refused
+    unless ``include`` names the modules to prune on purpose."""
+    if config.include or adapter_library(model) is not None:
+        return
+    if any(isinstance(m, BaseTunerLayer) for m in model.modules()):
+        return  # PEFT layers injected without a PeftModel wrapper
+    if any(isinstance(m, PreTrainedModel) for m in model.modules()):
+        raise NoPrunableWeightsError(
+            f"the {type(model).__name__} carries no adapter, so its trainable weights are the "
+            "backbone's: add an adapter first (peft.get_peft_model, or AdapterHub's add_adapter "
+            "+ train_adapter), or name the modules to prune on purpose with "
+            "SparsityConfig(include=[...])"
+        )
 
 
 def head_modules(model: nn.Module) -> list[str]:
@@ -56,8 +85,10 @@ def scale_parameters(model: nn.Module) -> set[str]:
 def prunable_parameters(model: nn.Module, config: SparsityConfig) -> dict[str, nn.Parameter]:
     """The prunable parameters of ``model`` by name, in ``named_parameters`` order.
 
-    Raises :class:`NoPrunableWeightsError` when there are none.
+    Raises :class:`NoPrunableWeightsError` when there are none, and for a transformers model
+    that carries no adapter (unless ``config.include`` names what to prune).
     """
+    _check_has_adapter(model, config)
     include = [re.compile(p) for p in config.include or []]
     exclude = [re.compile(p) for p in config.exclude]
     norms = set() if config.prune_norms else _norm_parameter_ids(model)
