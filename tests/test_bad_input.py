@@ -101,7 +101,7 @@ CASES = [
     Case("all-zero-scores-api", "all-zero (or non-finite) scores", "a registered scorer returning zeros / inf",
          "ScoreError", "gave all-zero scores", test="tests/test_engine_errors.py::test_all_zero_and_non_finite_scores"),
     Case("large-sparse-below-one", "Large-Sparse factor < 1", "`train --pruner snip --large-sparse 0.5`",
-         "ConfigError", "large_sparse must be >= 1", train("--pruner", "snip", "--large-sparse", "0.5")),
+         "ConfigError", "large_sparse must be a finite number >= 1", train("--pruner", "snip", "--large-sparse", "0.5")),
     Case("large-sparse-non-integer", "Large-Sparse factor giving a non-integer width",
          "`train --adapter lora --pruner snip --large-sparse 1.3` (rank 8 x 1.3)", "ConfigError", "non-integer",
          train("--adapter", "lora", "--pruner", "snip", "--large-sparse", "1.3")),
@@ -170,6 +170,26 @@ CASES = [
     Case("resume-finished-run", "resume of a finished run", "`train --resume RUN` (RUN has `final.json`)",
          "ConfigError", "is a finished run: there is nothing to resume", ("train", "--resume", "{run}"),
          setup="finished"),
+    # --- found by trying to break it (data safety, tracebacks) --------------------------------
+    Case("large-sparse-nan", "Large-Sparse factor NaN or infinite", "`train --pruner snip --large-sparse nan`",
+         "ConfigError", "large_sparse must be a finite number >= 1", train("--pruner", "snip", "--large-sparse", "nan")),
+    Case("prune-seed-overflow", "a pruning seed no generator takes", "`train --set prune.seed=18446744073709551615`",
+         "ConfigError", "seed must be an integer in [0, 2**32 - 1]",
+         train("--pruner", "random", "--set", "prune.seed=18446744073709551615")),
+    Case("prune-seed-negative", "a negative pruning seed (the same rule as --seed)", "`train --set prune.seed=-1`",
+         "ConfigError", "seed must be an integer in [0, 2**32 - 1]", train("--pruner", "random", "--set", "prune.seed=-1")),
+    Case("sparsity-keeps-nothing", "a sparsity that keeps no weight", "`train --pruner magnitude --sparsity 0.999999`",
+         "ConfigError", "keeps none of the", train("--pruner", "magnitude", "--sparsity", "0.999999")),
+    Case("resume-damaged-checkpoint", "training checkpoint with flipped bytes", "`train --resume RUN`, 16 bytes of `checkpoint.pt` flipped",
+         "CheckpointError", "fails its SHA-256 check", ("train", "--resume", "{run}"), setup="interrupted_flipped"),
+    Case("export-over-another-run", "export onto another run's adapter", "`export RUN --format sparse --output OTHER/adapter`",
+         "CheckpointError", "already holds a checkpoint: pass overwrite=True (--overwrite)",
+         ("export", "{run}", "--format", "sparse", "--output", "{other_run}/adapter"), setup="two_finished"),
+    Case("export-under-a-file", "export under a regular file", "`export RUN --output FILE/exp`",
+         "ConfigError", "is a file, not a folder; choose another output path",
+         ("export", "{run}", "--format", "sparse", "--output", "{tmp}/file/exp"), setup="finished_and_file"),
+    Case("final-json-wrong-shape", "`final.json` of the wrong shape", "`eval RUN` with `final.json` holding a list",
+         "ConfigError", "is damaged (not the JSON a run writes)", ("eval", "{run}"), setup="finished_list_final"),
 ]  # fmt: skip
 
 
@@ -283,6 +303,38 @@ def interrupted_truncated(runs: dict, tmp: Path) -> dict:
 def interrupted_newer(runs: dict, tmp: Path) -> dict:
     run = _copy_run(runs["interrupted"], tmp)
     _edit_checkpoint(run, lambda payload: payload.update(format_version=resume.FORMAT_VERSION + 1))
+    return {"run": run}
+
+
+@setup
+def interrupted_flipped(runs: dict, tmp: Path) -> dict:
+    run = _copy_run(runs["interrupted"], tmp)
+    path = run.with_name("run.partial") / CHECKPOINT_FILE
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 16] = bytes(b ^ 0xFF for b in data[middle : middle + 16])
+    path.write_bytes(bytes(data))
+    return {"run": run}
+
+
+@setup
+def two_finished(runs: dict, tmp: Path) -> dict:
+    run = _copy_run(runs["finished"], tmp)
+    other = tmp / "other"
+    shutil.copytree(run, other)
+    return {"run": run, "other_run": other}
+
+
+@setup
+def finished_and_file(runs: dict, tmp: Path) -> dict:
+    (tmp / "file").write_text("not a folder")
+    return {"run": _copy_run(runs["finished"], tmp)}
+
+
+@setup
+def finished_list_final(runs: dict, tmp: Path) -> dict:
+    run = _copy_run(runs["finished"], tmp)
+    (run / "final.json").write_text("[1, 2]")
     return {"run": run}
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass
+from math import inf
 from typing import Any
 
 from torch import nn
@@ -147,6 +148,8 @@ def large_sparse(config: Any, factor: float, hidden_size: int | None = None) -> 
 
     ``hidden_size`` (the model's) makes AdapterHub bottleneck sizes exact; see :func:`widen`.
     """
-    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor >= 1:
-        raise ConfigError(f"Large-Sparse factor must be a number >= 1, got {factor!r}; e.g. 4")
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 1 <= factor < inf:
+        raise ConfigError(
+            f"Large-Sparse factor must be a finite number >= 1, got {factor!r}; e.g. 4"
+        )
     return widen(config, factor, hidden_size), 1.0 - 1.0 / factor

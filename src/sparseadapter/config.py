@@ -29,6 +29,15 @@ def _patterns(name: str, value: Any) -> list[str]:
     return list(patterns)
 
 
+SEED_RANGE = "[0, 2**32 - 1]"  # what NumPy and torch generators all accept
+
+
+def check_seed(seed: object, name: str) -> None:
+    """ConfigError unless ``seed`` is an integer every generator takes: the one seed rule."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ConfigError(f"{name} must be an integer in {SEED_RANGE}, got {seed!r}")
+
+
 @dataclass
 class SparsityConfig:
     """Configuration of one pruning-at-initialization pass.
@@ -117,8 +126,7 @@ class SparsityConfig:
             )
         if not isinstance(self.num_examples, int) or self.num_examples < 1:
             raise ConfigError(f"num_examples must be a positive integer, got {self.num_examples!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ConfigError(f"seed must be an integer, got {self.seed!r}")
+        check_seed(self.seed, "seed")
         if self.include is not None:
             self.include = _patterns("include", self.include)
             if not self.include:

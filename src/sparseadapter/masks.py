@@ -30,6 +30,7 @@ from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from sparseadapter.config import SparsityConfig
+from sparseadapter.errors import ConfigError
 
 
 def kept_count(numel: int, sparsity: float) -> int:
@@ -89,6 +90,11 @@ def select_masks(
     flat = torch.cat([s.detach().flatten().double().cpu() for s in scores.values()])
     sizes = [s.numel() for s in scores.values()]
     k = kept_count(flat.numel(), sparsity)
+    if k == 0:
+        raise ConfigError(
+            f"sparsity {sparsity} keeps none of the {flat.numel()} prunable weights; use at most "
+            f"{1 - 1 / flat.numel():.6g} (one weight kept), or scope 'layer'"
+        )
     keep = torch.zeros(flat.numel(), dtype=torch.bool)
     if k >= len(sizes):  # a budget too small for one weight per tensor skips the floor
         forced = aligned_picks(scores, pairs)

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from sparseadapter.config import SparsityConfig
+from sparseadapter.config import SparsityConfig, check_seed
 from sparseadapter.errors import ConfigError, not_utf8_message
 
 FULL_FINETUNE = "full"
@@ -75,9 +75,10 @@ class ModelConfig:
             raise ConfigError(f"unknown adapter {self.adapter!r}; use one of: {', '.join(valid)}")
         if not self.is_full_finetune:
             resolve_library(self.adapter, self.library)
-        if self.large_sparse < 1:
+        if not 1 <= self.large_sparse < math.inf:
             raise ConfigError(
-                f"large_sparse must be >= 1 (1 = off), got {self.large_sparse}; e.g. 4"
+                f"large_sparse must be a finite number >= 1 (1 = off), got {self.large_sparse}; "
+                "e.g. 4"
             )
         if self.is_full_finetune and (self.large_sparse != 1 or self.width is not None):
             raise ConfigError(
@@ -184,8 +185,7 @@ class TrainConfig:
                 raise ConfigError(
                     f"train.{name} must be a positive integer, got {getattr(self, name)}"
                 )
-        if not 0 <= self.seed < 2**32:
-            raise ConfigError(f"train.seed must be an integer in [0, 2**32 - 1], got {self.seed}")
+        check_seed(self.seed, "train.seed")
         if self.lr is not None and not 0 < self.lr < math.inf:
             raise ConfigError(f"train.lr must be a number > 0, got {self.lr}")
         if not (0 <= self.weight_decay < math.inf and 0 <= self.max_grad_norm < math.inf):
