@@ -322,3 +322,27 @@ def test_hub_without_datasets_package(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)
     with pytest.raises(DataError, match=r"pip install sparseadapter\[hub\]"):
         load_glue("rte", "train")
+
+
+def test_a_very_long_field_loads(tmp_path):
+    long_text = "word " * 40_000  # 200,000 characters: past the csv module's field limit
+    folder = tmp_path / "SST-2"
+    folder.mkdir()
+    (folder / "train.tsv").write_text(f"sentence\tlabel\n{long_text}\t1\nshort\t0\n")
+    examples = load_glue("sst2", "train", data_dir=tmp_path)
+    assert [len(e.text_a) for e in examples] == [len(long_text), 5]
+
+
+@pytest.mark.parametrize("score", ["5.5", "-0.1"])
+def test_stsb_scores_outside_0_to_5_are_refused(tmp_path, score):
+    folder = tmp_path / "STS-B"
+    folder.mkdir()
+    (folder / "train.tsv").write_text(f"sentence1\tsentence2\tscore\na\tb\t2.5\nc\td\t{score}\n")
+    with pytest.raises(DataError, match=rf"unknown label '{score}' on line 3.*in \[0, 5\]"):
+        load_glue("stsb", "train", data_dir=tmp_path)
+
+
+def test_a_data_dir_that_is_a_file_is_named_as_such(tmp_path):
+    (tmp_path / "glue.tsv").write_text("x")
+    with pytest.raises(DataError, match="glue.tsv is a file; pass the folder"):
+        load_glue("rte", "train", data_dir=tmp_path / "glue.tsv")

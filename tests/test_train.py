@@ -16,11 +16,13 @@ from safetensors.torch import load_file
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from sparseadapter import ConfigError, SparseAdapterError
+from sparseadapter.cli import main
 from sparseadapter.evaluate import evaluate_run, summary
 from sparseadapter.runconfig import (
     DEFAULT_LR_ADAPTER,
     DEFAULT_LR_FULL,
     RunConfig,
+    load_yaml,
     resolve,
     save_yaml,
     valid_keys,
@@ -274,3 +276,44 @@ def test_failed_overwrite_keeps_the_old_run(best_run, tiny_bert, glue_dir, monke
         train(config, overwrite=True, quiet=True)
     assert (folder / "final.json").read_bytes() == before
     assert load_file(str(folder / "adapter" / "adapter.safetensors"))
+
+
+BOMB = """\
+a: &a [x, x, x, x, x, x, x, x, x, x]
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]
+d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]
+e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]
+f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e, *e]
+g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f, *f]
+h: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g, *g]
+train: {epochs: *h}
+"""
+
+
+def test_a_yaml_alias_bomb_is_refused_in_one_short_line(tmp_path, capsys):
+    path = tmp_path / "bomb.yaml"
+    path.write_text(BOMB)
+    with pytest.raises(ConfigError, match="expands to more than 100,000 values"):
+        load_yaml(path)
+    assert main(["train", "--config", str(path), "--output", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert len(err) < 500 and err.count("\n") == 1
+
+
+def test_values_in_messages_are_cut_short():
+    with pytest.raises(ConfigError) as error:
+        resolve(overrides=[f"train.select={'x' * 10_000}"])
+    assert len(str(error.value)) < 300
+
+
+def test_a_key_given_twice_is_refused(tmp_path):
+    path = tmp_path / "twice.yaml"
+    path.write_text("train:\n  epochs: 2\n  lr: 0.1\n  epochs: 3\n")
+    with pytest.raises(ConfigError, match=r"key 'epochs' is given twice \(lines 2 and 4\)"):
+        load_yaml(path)
+
+
+def test_a_config_path_that_is_a_folder_is_named_as_such(tmp_path):
+    with pytest.raises(ConfigError, match="is a folder; pass a YAML file"):
+        load_yaml(tmp_path)

@@ -35,7 +35,7 @@ from torch import nn
 
 from sparseadapter.budget import bottleneck_reduction, parameter_report
 from sparseadapter.budget import large_sparse as widen_for_large_sparse
-from sparseadapter.errors import ConfigError
+from sparseadapter.errors import ConfigError, shown
 from sparseadapter.targets import head_modules
 
 ADAPTERS = ("houlsby", "pfeiffer", "parallel", "mam", "prefix", "lora", "ia3")
@@ -79,14 +79,14 @@ def _has_adapterhub() -> bool:
 def resolve_library(adapter: str, library: str = "auto") -> str:
     """The library that builds ``adapter``: "adapterhub" or "peft"; ConfigError if none can."""
     if adapter not in ADAPTERS:
-        raise ConfigError(f"unknown adapter {adapter!r}; choose one of {', '.join(ADAPTERS)}")
+        raise ConfigError(f"unknown adapter {shown(adapter)}; choose one of {', '.join(ADAPTERS)}")
     if library not in LIBRARIES:
         raise ConfigError(
-            f"unknown adapter library {library!r}; choose one of {', '.join(LIBRARIES)}"
+            f"unknown adapter library {shown(library)}; choose one of {', '.join(LIBRARIES)}"
         )
     if library == "peft" and adapter not in PEFT_ADAPTERS:
         raise ConfigError(
-            f"PEFT has no {adapter!r} adapter (only {', '.join(PEFT_ADAPTERS)}); "
+            f"PEFT has no {shown(adapter)} adapter (only {', '.join(PEFT_ADAPTERS)}); "
             "use library 'adapterhub' or 'auto'"
         )
     if library == "auto":
@@ -95,7 +95,7 @@ def resolve_library(adapter: str, library: str = "auto") -> str:
         library = "adapterhub"
     if not _has_adapterhub():
         raise ConfigError(
-            f'the {adapter!r} adapter needs AdapterHub: pip install "sparseadapter[adapters]"'
+            f'the {shown(adapter)} adapter needs AdapterHub: pip install "sparseadapter[adapters]"'
             + (" (or use library 'peft')" if adapter in PEFT_ADAPTERS else "")
         )
     return library
@@ -107,7 +107,7 @@ def _check_width(width: Any, adapter: str) -> None:
     if adapter == "ia3":
         raise ConfigError("(IA)3 has no width (it scales activations); drop the width option")
     if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-        raise ConfigError(f"adapter width must be a positive integer, got {width!r}; e.g. 64")
+        raise ConfigError(f"adapter width must be a positive integer, got {shown(width)}; e.g. 64")
 
 
 def _adapterhub_config(adapter: str, width: int | None, hidden_size: int | None) -> Any:
@@ -116,7 +116,7 @@ def _adapterhub_config(adapter: str, width: int | None, hidden_size: int | None)
     if adapter in BOTTLENECK_ADAPTERS and width is not None:
         if hidden_size is None:
             raise ConfigError(
-                f"a {adapter!r} bottleneck width needs the model's hidden size: pass hidden_size "
+                f"a {shown(adapter)} bottleneck width needs the model's hidden size: pass hidden_size "
                 "(build_model does this)"
             )
         reduction = {"reduction_factor": bottleneck_reduction(hidden_size, width)}
@@ -217,7 +217,7 @@ def attach_adapter(
             return peft.get_peft_model(model, config, adapter_name=adapter_name), sparsity
         except ValueError as exc:  # e.g. no default LoRA target modules for this architecture
             raise ConfigError(
-                f"PEFT cannot add {adapter!r} to a {model.config.model_type} model "
+                f"PEFT cannot add {shown(adapter)} to a {model.config.model_type} model "
                 f"({str(exc).splitlines()[0]}); try library 'adapterhub'"
             ) from exc
     import adapters
@@ -292,11 +292,11 @@ def describe(model: nn.Module) -> str:
     report = parameter_report(model)
     if hasattr(model, "peft_config") and hasattr(model, "active_adapter"):
         name = model.active_adapter
-        kind = f"PEFT {model.peft_config[name].peft_type.value} {name!r}"
+        kind = f"PEFT {model.peft_config[name].peft_type.value} {shown(name)}"
     elif getattr(model, "adapters_config", None) is not None and model.adapters_config.adapters:
         names = list(model.adapters_config.adapters)
         kind = "AdapterHub " + ", ".join(
-            f"{type(model.adapters_config.get(n)).__name__} {n!r}" for n in names
+            f"{type(model.adapters_config.get(n)).__name__} {shown(n)}" for n in names
         )
     else:
         kind = "full fine-tuning"

@@ -19,7 +19,7 @@ from typing import Any
 from torch import nn
 
 from sparseadapter.config import SparsityConfig
-from sparseadapter.errors import ConfigError, NoPrunableWeightsError
+from sparseadapter.errors import ConfigError, NoPrunableWeightsError, shown
 from sparseadapter.targets import prunable_parameters
 
 
@@ -150,6 +150,6 @@ def large_sparse(config: Any, factor: float, hidden_size: int | None = None) -> 
     """
     if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 1 <= factor < inf:
         raise ConfigError(
-            f"Large-Sparse factor must be a finite number >= 1, got {factor!r}; e.g. 4"
+            f"Large-Sparse factor must be a finite number >= 1, got {shown(factor)}; e.g. 4"
         )
     return widen(config, factor, hidden_size), 1.0 - 1.0 / factor

@@ -27,7 +27,7 @@ from torch import nn
 
 from sparseadapter.adapters import train_adapterhub_adapter
 from sparseadapter.config import SparsityConfig
-from sparseadapter.errors import CheckpointError, ConfigError
+from sparseadapter.errors import CheckpointError, ConfigError, shown
 from sparseadapter.files import check_parent, replace_directory, write_new
 from sparseadapter.sparsify import apply_masks, get_masks, masked_parameters, remove_sparsity
 from sparseadapter.targets import adapter_library
@@ -121,7 +121,7 @@ def _check_base(model: nn.Module, meta: dict[str, Any]) -> None:
     # AdapterHub flex heads set num_labels themselves; they are rebuilt from meta["heads"]
     keys = [k for k in FINGERPRINT_KEYS if not (k == "num_labels" and meta["heads"])]
     diffs = [
-        f"{key}={saved.get(key)!r} in the checkpoint, {current[key]!r} in the model"
+        f"{key}={shown(saved.get(key))} in the checkpoint, {shown(current[key])} in the model"
         for key in keys
         if saved.get(key) != current[key]
     ]
@@ -152,7 +152,7 @@ def _storage_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
         return STORAGE_DTYPES[dtype]
     raise ConfigError(
         f"storage dtype must be None (keep each tensor's dtype) or one of {list(STORAGE_DTYPES)}, "
-        f"got {dtype!r}"
+        f"got {shown(dtype)}"
     )
 
 
@@ -310,7 +310,7 @@ def read_sparse(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torc
     version = meta.get("format_version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise CheckpointError(
-            f"{config_file} has an invalid format_version {version!r}: save it again"
+            f"{config_file} has an invalid format_version {shown(version)}: save it again"
         )
     if version > FORMAT_VERSION:
         raise CheckpointError(
@@ -418,14 +418,14 @@ def export_dense(
     """
     if format not in EXPORT_FORMATS:
         raise ConfigError(
-            f"dense export format must be one of {EXPORT_FORMATS}, got {format!r} "
+            f"dense export format must be one of {EXPORT_FORMATS}, got {shown(format)} "
             "(use save_sparse for the sparse format)"
         )
     library = _library(model)
     if library != format:
         raise ConfigError(
             f"{'a PEFT' if library == 'peft' else 'an AdapterHub'} model exports as "
-            f"format={library!r}, not {format!r}; the adapter "
+            f"format={shown(library)}, not {shown(format)}; the adapter "
             "libraries cannot read each other's adapters"
         )
     name = _adapter_name(model, library)
@@ -476,7 +476,7 @@ def merge(model: nn.Module) -> nn.Module:
     config = _adapter_config(model, library, name)
     if not _is_lora(config, library):
         raise ConfigError(
-            f"merge folds LoRA adapters into the base weights; {name!r} is a "
+            f"merge folds LoRA adapters into the base weights; {shown(name)} is a "
             f"{type(config).__name__}: keep the adapter, or export it with export_dense"
         )
     state = masked_parameters(model)

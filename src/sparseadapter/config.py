@@ -7,7 +7,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sparseadapter.errors import ConfigError
+from sparseadapter.errors import ConfigError, shown
 
 SCOPES = ("global", "layer")
 ZERO_INIT_POLICIES = ("surrogate", "dense")
@@ -20,12 +20,14 @@ def _patterns(name: str, value: Any) -> list[str]:
     """A list of valid regexes; one string is one pattern."""
     patterns = [value] if isinstance(value, str) else value
     if not isinstance(patterns, (list, tuple)) or not all(isinstance(x, str) for x in patterns):
-        raise ConfigError(f"{name} must be a list of regexes, e.g. ['lora_B'], got {value!r}")
+        raise ConfigError(f"{name} must be a list of regexes, e.g. ['lora_B'], got {shown(value)}")
     for pattern in patterns:
         try:
             re.compile(pattern)
         except re.error as e:
-            raise ConfigError(f"{name} pattern {pattern!r} is not a valid regex: {e}") from None
+            raise ConfigError(
+                f"{name} pattern {shown(pattern)} is not a valid regex: {e}"
+            ) from None
     return list(patterns)
 
 
@@ -35,7 +37,7 @@ SEED_RANGE = "[0, 2**32 - 1]"  # what NumPy and torch generators all accept
 def check_seed(seed: object, name: str) -> None:
     """ConfigError unless ``seed`` is an integer every generator takes: the one seed rule."""
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
-        raise ConfigError(f"{name} must be an integer in {SEED_RANGE}, got {seed!r}")
+        raise ConfigError(f"{name} must be an integer in {SEED_RANGE}, got {shown(seed)}")
 
 
 @dataclass
@@ -104,7 +106,7 @@ class SparsityConfig:
     def __post_init__(self) -> None:
         if isinstance(self.sparsity, bool) or not isinstance(self.sparsity, (int, float)):
             raise ConfigError(
-                f"sparsity must be a number in [0, 1), got {self.sparsity!r}; e.g. sparsity=0.4"
+                f"sparsity must be a number in [0, 1), got {shown(self.sparsity)}; e.g. sparsity=0.4"
             )
         if not (0.0 <= float(self.sparsity) < 1.0) or math.isnan(self.sparsity):
             raise ConfigError(
@@ -115,17 +117,19 @@ class SparsityConfig:
 
         if self.method not in available_scorers():
             raise ConfigError(
-                f"unknown pruning method {self.method!r}; choose one of "
+                f"unknown pruning method {shown(self.method)}; choose one of "
                 f"{', '.join(available_scorers())} or register one with sparseadapter.register_scorer"
             )
         if self.scope not in SCOPES:
-            raise ConfigError(f"scope must be one of {SCOPES}, got {self.scope!r}")
+            raise ConfigError(f"scope must be one of {SCOPES}, got {shown(self.scope)}")
         if self.zero_init not in ZERO_INIT_POLICIES:
             raise ConfigError(
-                f"zero_init must be one of {ZERO_INIT_POLICIES}, got {self.zero_init!r}"
+                f"zero_init must be one of {ZERO_INIT_POLICIES}, got {shown(self.zero_init)}"
             )
         if not isinstance(self.num_examples, int) or self.num_examples < 1:
-            raise ConfigError(f"num_examples must be a positive integer, got {self.num_examples!r}")
+            raise ConfigError(
+                f"num_examples must be a positive integer, got {shown(self.num_examples)}"
+            )
         check_seed(self.seed, "seed")
         if self.include is not None:
             self.include = _patterns("include", self.include)
@@ -139,17 +143,17 @@ class SparsityConfig:
         )
         for name in ("prune_biases", "prune_norms"):
             if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+                raise ConfigError(f"{name} must be true or false, got {shown(getattr(self, name))}")
         temperature = self.grasp_temperature
         if (
             isinstance(temperature, bool)
             or not isinstance(temperature, (int, float))
             or not 0 < temperature < math.inf
         ):
-            raise ConfigError(f"grasp_temperature must be a number > 0, got {temperature!r}")
+            raise ConfigError(f"grasp_temperature must be a number > 0, got {shown(temperature)}")
         if not isinstance(self.synflow_rounds, int) or self.synflow_rounds < 1:
             raise ConfigError(
-                f"synflow_rounds must be an integer >= 1, got {self.synflow_rounds!r}"
+                f"synflow_rounds must be an integer >= 1, got {shown(self.synflow_rounds)}"
             )
 
     def to_dict(self) -> dict[str, Any]:

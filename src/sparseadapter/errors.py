@@ -39,3 +39,25 @@ def not_utf8_message(path: object, err: UnicodeDecodeError) -> str:
         f"{path} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start} "
         "cannot be decoded); save it as UTF-8"
     )
+
+
+SHOWN_CHARS = 80
+
+
+def shown(value: object) -> str:
+    """``repr(value)`` for an error message, cut to about 80 characters: a message names the
+    bad value, it never echoes a whole (possibly huge) one."""
+    text = repr(value) if not isinstance(value, (list, dict, tuple, set)) else _short_repr(value)
+    if len(text) <= SHOWN_CHARS:
+        return text
+    return f"{text[: SHOWN_CHARS - 1]}… ({type(value).__name__})"
+
+
+def _short_repr(value: object) -> str:
+    # a container's repr could be huge (YAML aliases share one object many times): render at
+    # most SHOWN_CHARS + 1 characters of it
+    import reprlib
+
+    short = reprlib.Repr()
+    short.maxlevel, short.maxlist, short.maxdict, short.maxstring, short.maxother = 3, 6, 6, 40, 40
+    return short.repr(value)

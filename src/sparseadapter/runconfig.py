@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from sparseadapter.config import SparsityConfig, check_seed
-from sparseadapter.errors import ConfigError, not_utf8_message
+from sparseadapter.errors import ConfigError, not_utf8_message, shown
 
 FULL_FINETUNE = "full"
 NO_PRUNING = "none"
@@ -72,7 +72,9 @@ class ModelConfig:
 
         valid = (*ADAPTERS, FULL_FINETUNE)
         if self.adapter not in valid:
-            raise ConfigError(f"unknown adapter {self.adapter!r}; use one of: {', '.join(valid)}")
+            raise ConfigError(
+                f"unknown adapter {shown(self.adapter)}; use one of: {', '.join(valid)}"
+            )
         if not self.is_full_finetune:
             resolve_library(self.adapter, self.library)
         if not 1 <= self.large_sparse < math.inf:
@@ -195,10 +197,10 @@ class TrainConfig:
         if self.mixed_precision not in MIXED_PRECISION:
             raise ConfigError(
                 f"train.mixed_precision must be one of {', '.join(MIXED_PRECISION)}, "
-                f"got {self.mixed_precision!r}"
+                f"got {shown(self.mixed_precision)}"
             )
         if self.select not in SELECTIONS:
-            raise ConfigError(f"train.select must be 'best' or 'last', got {self.select!r}")
+            raise ConfigError(f"train.select must be 'best' or 'last', got {shown(self.select)}")
         if self.checkpoint_every < 0:
             raise ConfigError(
                 f"train.checkpoint_every must be >= 0 (0 = no checkpoints), got "
@@ -235,7 +237,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.output is not None and not Path(self.output).name:
             raise ConfigError(
-                f"output {self.output!r} names no run folder: give one, e.g. runs/my-run"
+                f"output {shown(self.output)} names no run folder: give one, e.g. runs/my-run"
             )
         if self.train.lr is None:
             self.train.lr = DEFAULT_LR_FULL if self.model.is_full_finetune else DEFAULT_LR_ADAPTER
@@ -295,7 +297,9 @@ class RunConfig:
         for name in _SECTIONS:
             values = data.get(name) or {}
             if not isinstance(values, dict):
-                raise ConfigError(f"config section {name!r} must be a mapping, got {values!r}")
+                raise ConfigError(
+                    f"config section {shown(name)} must be a mapping, got {shown(values)}"
+                )
             for key in values:
                 _check_key(name, key)
             sections[name] = values
@@ -303,7 +307,7 @@ class RunConfig:
         train = _build(TrainConfig, "train", sections["train"])
         output = data.get("output")
         if output is not None and not isinstance(output, str):
-            raise ConfigError(f"output must be a folder path, got {output!r}")
+            raise ConfigError(f"output must be a folder path, got {shown(output)}")
         return cls(
             model=model,
             data=_build(DataConfig, "data", sections["data"]),
@@ -389,7 +393,7 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
                 except ValueError:
                     pass
     expected = " or ".join(t.__name__ for t in allowed if t is not type(None))
-    raise ConfigError(f"{name} must be {expected}, got {value!r}")
+    raise ConfigError(f"{name} must be {expected}, got {shown(value)}")
 
 
 def valid_keys() -> list[str]:
@@ -404,7 +408,7 @@ def parse_assignment(assignment: str) -> tuple[str, Any]:
     path = path.strip()
     if not sep or not path:
         raise ConfigError(
-            f"--set expects section.key=value, got {assignment!r}; e.g. train.epochs=3"
+            f"--set expects section.key=value, got {shown(assignment)}; e.g. train.epochs=3"
         )
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
@@ -425,7 +429,7 @@ def set_key(data: dict[str, Any], path: str, value: Any) -> None:
         return
     section, _, key = path.partition(".")
     if section not in _SECTIONS or not key:
-        raise ConfigError(f"unknown key {path!r}; valid keys: {', '.join(valid_keys())}")
+        raise ConfigError(f"unknown key {shown(path)}; valid keys: {', '.join(valid_keys())}")
     _check_key(section, key)
     config_section(data, section)[key] = value
 
@@ -437,21 +441,69 @@ def config_section(data: dict[str, Any], name: str) -> dict[str, Any]:
     if values is None:
         values = data[name] = {}
     if not isinstance(values, dict):
-        raise ConfigError(f"config section {name!r} must be a mapping, got {values!r}")
+        raise ConfigError(f"config section {shown(name)} must be a mapping, got {shown(values)}")
     return values
+
+
+MAX_YAML_VALUES = 100_000  # far above any real config; YAML aliases can expand past it
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (YAML says last wins)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(
+                    f"key {shown(key)} is given twice (lines {seen[key]} and "
+                    f"{key_node.start_mark.line + 1}) in {self.name}; keep one"
+                )
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def _expanded_size(value: Any, budget: int) -> int:
+    """How many values ``value`` holds with every alias expanded, counting up to ``budget``."""
+    count, stack = 0, [value]
+    while stack and count <= budget:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return count
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """A YAML file's top-level mapping; a missing or malformed file is a ConfigError."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a folder; pass a YAML file")
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist; check the path")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        loader = _StrictLoader(text)
+        loader.name = str(path)
+        try:
+            data = loader.get_single_data()
+        finally:
+            loader.dispose()
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML ({err}); fix the file") from None
+        raise ConfigError(
+            f"{path} is not valid YAML ({' '.join(str(err).split())}); fix the file"
+        ) from None
     except UnicodeDecodeError as err:
         raise ConfigError(not_utf8_message(path, err)) from None
+    if _expanded_size(data, MAX_YAML_VALUES) > MAX_YAML_VALUES:
+        raise ConfigError(
+            f"{path} expands to more than {MAX_YAML_VALUES:,} values (nested YAML aliases?); "
+            "write the config out without them"
+        )
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -501,5 +553,5 @@ def changed_keys(old: RunConfig, new: RunConfig) -> list[str]:
         for key in keys:
             a, b = before[section].get(key), after[section].get(key)
             if a != b:
-                changes.append(f"{section}.{key}: {a!r} -> {b!r}")
+                changes.append(f"{section}.{key}: {shown(a)} -> {shown(b)}")
     return changes

@@ -7,9 +7,8 @@ needs a hub) and are plain floats on their natural scale (accuracy in [0, 1], no
 
 from __future__ import annotations
 
-import csv
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import numpy as np
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import f1_score, matthews_corrcoef
 
-from sparseadapter.errors import ConfigError, DataError, not_utf8_message
+from sparseadapter.errors import ConfigError, DataError, not_utf8_message, shown
 
 HUB_DATASET = "nyu-mll/glue"
 
@@ -34,6 +33,7 @@ class TaskSpec:
     metrics: tuple[str, ...]
     main_metric: str
     dev_splits: tuple[str, ...] = ("validation",)
+    label_range: tuple[float, float] | None = None  # the scores a regression task's labels take
 
     @property
     def is_regression(self) -> bool:
@@ -79,7 +79,7 @@ GLUE_TASKS: dict[str, TaskSpec] = {
         TaskSpec("qqp", "QQP", ("question1", "question2"), 2, ("not_duplicate", "duplicate"),
                  ("f1", "accuracy"), "f1"),
         TaskSpec("stsb", "STS-B", ("sentence1", "sentence2"), 1, None,
-                 ("pearson", "spearmanr"), "pearson"),
+                 ("pearson", "spearmanr"), "pearson", label_range=(0.0, 5.0)),
         TaskSpec("mnli", "MNLI", ("premise", "hypothesis"), 3,
                  ("entailment", "neutral", "contradiction"), ("accuracy",), "accuracy", _MNLI_DEV),
         TaskSpec("qnli", "QNLI", ("question", "sentence"), 2, _NLI, ("accuracy",), "accuracy"),
@@ -114,7 +114,7 @@ def get_task(name: str) -> TaskSpec:
     """The spec of a GLUE task, by name in any case, with or without a dash ("SST-2", "sts-b")."""
     spec = GLUE_TASKS.get(name.lower().replace("-", ""))
     if spec is None:
-        raise DataError(f"unknown GLUE task {name!r}; use one of: {', '.join(GLUE_TASKS)}")
+        raise DataError(f"unknown GLUE task {shown(name)}; use one of: {', '.join(GLUE_TASKS)}")
     return spec
 
 
@@ -133,7 +133,7 @@ def load_glue(
     valid_splits = ("train", *spec.dev_splits)
     if split not in valid_splits:
         raise DataError(
-            f"unknown split {split!r} for GLUE task {spec.name}; use one of: {', '.join(valid_splits)}"
+            f"unknown split {shown(split)} for GLUE task {spec.name}; use one of: {', '.join(valid_splits)}"
         )
     if max_samples is not None and max_samples < 1:
         raise ConfigError(f"max_samples must be a positive integer, got {max_samples}")
@@ -169,6 +169,11 @@ def _load_hub(spec: TaskSpec, split: str, max_samples: int | None) -> list[Examp
 
 
 def _load_tsv(spec: TaskSpec, split: str, data_dir: Path, max_samples: int | None) -> list[Example]:
+    if data_dir.exists() and not data_dir.is_dir():
+        raise DataError(
+            f"GLUE data directory {data_dir} is a file; pass the folder that holds "
+            f"{spec.folder}/ with --data-dir"
+        )
     if not data_dir.is_dir():
         raise DataError(
             f"GLUE data directory {data_dir} does not exist; pass the folder that holds "
@@ -192,29 +197,36 @@ def _load_tsv(spec: TaskSpec, split: str, data_dir: Path, max_samples: int | Non
     # utf-8-sig: the original MRPC files start with a byte-order mark before "Quality".
     try:
         with path.open(encoding="utf-8-sig", newline="") as f:
-            reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+            rows = _tsv_rows(f)
             columns = [layout.text_a, layout.text_b, layout.label]
             if isinstance(layout.label, str):
-                columns = _header_indices(next(reader, []), columns, path)
+                columns = _header_indices(next(rows, (1, []))[1], columns, path)
             i_a, i_b, i_label = columns
             min_fields = max(i for i in columns if i is not None) + 1
-            for row in reader:
+            for line, row in rows:
                 if max_samples is not None and len(examples) == max_samples:
                     break
-                if not row:
-                    continue
                 if len(row) < min_fields:
                     raise DataError(
-                        f"line {reader.line_num} of {path} has {len(row)} tab-separated fields, "
+                        f"line {line} of {path} has {len(row)} tab-separated fields, "
                         f"expected at least {min_fields}; fix or remove that line"
                     )
-                label = _parse_label(row[i_label], label_ids, path, reader.line_num)
+                label = _parse_label(row[i_label], label_ids, path, line, spec.label_range)
                 examples.append(Example(row[i_a], None if i_b is None else row[i_b], label))
     except UnicodeDecodeError as err:
         raise DataError(not_utf8_message(path, err)) from None
     if not examples:
         raise DataError(f"{path} has no examples; restore the {spec.folder} {split} file")
     return examples
+
+
+def _tsv_rows(lines: Iterable[str]) -> Iterator[tuple[int, list[str]]]:
+    """(line number, tab-separated fields) of each non-empty line. GLUE's files quote nothing,
+    so a field is exactly the text between tabs, however long."""
+    for number, line in enumerate(lines, 1):
+        line = line.rstrip("\r\n")
+        if line:
+            yield number, line.split("\t")
 
 
 def _header_indices(header: list[str], columns: list, path: Path) -> list[int | None]:
@@ -228,17 +240,28 @@ def _header_indices(header: list[str], columns: list, path: Path) -> list[int | 
 
 
 def _parse_label(
-    value: str, label_ids: dict[str, int] | None, path: Path, line: int
+    value: str,
+    label_ids: dict[str, int] | None,
+    path: Path,
+    line: int,
+    label_range: tuple[float, float] | None = None,
 ) -> int | float:
     try:
         label = float(value) if label_ids is None else label_ids[value]
         if not math.isfinite(label):
             raise ValueError(value)
+        if label_range is not None and not label_range[0] <= label <= label_range[1]:
+            raise ValueError(value)
         return label
     except (KeyError, ValueError):
-        expected = "a finite number" if label_ids is None else f"one of {', '.join(label_ids)}"
+        if label_ids is not None:
+            expected = f"one of {', '.join(label_ids)}"
+        elif label_range is not None:
+            expected = f"a finite number in [{label_range[0]:g}, {label_range[1]:g}]"
+        else:
+            expected = "a finite number"
         raise DataError(
-            f"unknown label {value!r} on line {line} of {path}; expected {expected}"
+            f"unknown label {shown(value)} on line {line} of {path}; expected {expected}"
         ) from None
 
 
