@@ -173,3 +173,48 @@ def test_a_sweep_without_a_grid_is_refused(tmp_path, grid):
     spec.write_text(f"output: {tmp_path / 'out'}\n{grid}")
     with pytest.raises(ConfigError, match="has no grid"):
         load_sweep(spec)
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory, minilm_path) -> str:
+    """A random LLaMA classifier (64 positions) whose tokenizer has an EOS but no pad token."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
+    tokenizer.eos_token = "[SEP]"
+    tokenizer.pad_token = None
+    torch.manual_seed(0)
+    config = AutoConfig.for_model(
+        "llama",
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        pad_token_id=None,
+    )
+    AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    assert AutoTokenizer.from_pretrained(path).pad_token is None
+    return str(path)
+
+
+def test_a_decoder_without_pad_token_and_a_too_long_max_length_train(
+    tiny_llama, tiny_glue, tmp_path, caplog
+):
+    long_rte = tmp_path / "data" / "RTE"
+    long_rte.mkdir(parents=True)
+    rows = "".join(f"{i}\t{'many words ' * 60}{i}\tshort\tentailment\n" for i in range(8))
+    rows += "".join(f"{i}\tone {i}\ttwo\tnot_entailment\n" for i in range(8, 16))
+    for split in ("train", "dev"):
+        (long_rte / f"{split}.tsv").write_text("index\tsentence1\tsentence2\tlabel\n" + rows)
+    run = tmp_path / "run"
+    code = tiny_run(
+        tiny_llama, tmp_path / "data", run, "--max-length", "100000", "--pruner", "snip"
+    )
+    assert code == 0
+    assert (run / "final.json").is_file()
+    assert "inputs are cut at 64 tokens" in caplog.text

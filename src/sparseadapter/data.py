@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 from transformers import AutoTokenizer
 
@@ -13,6 +16,8 @@ from sparseadapter.batching import LengthGroupedBatches, PadCollator
 from sparseadapter.errors import ConfigError
 from sparseadapter.runconfig import RunConfig
 from sparseadapter.tasks.glue import Example, TaskSpec, get_task, load_glue
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -40,20 +45,52 @@ def load_run_data(
     return RunData(task, train, dev)
 
 
-def load_tokenizer(model_path: str):
+def load_tokenizer(model_path: str, model: nn.Module | None = None):
+    """The model's tokenizer, ready to batch for ``model``.
+
+    A decoder tokenizer without a pad token pads with its EOS token (as decoder fine-tuning does;
+    the model's ``pad_token_id`` is set to match, so a classifier pools the last real token), and
+    the longest input is capped at the model's position embeddings."""
     try:
-        return AutoTokenizer.from_pretrained(model_path)
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
     except (OSError, ValueError) as err:
         raise ConfigError(
             f"no tokenizer found for model {model_path!r} ({str(err).splitlines()[0]}); "
             "pass --model minilm, an HF model id, or a folder holding a model and its tokenizer"
         ) from None
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ConfigError(
+                f"the tokenizer of {model_path!r} has neither a pad nor an EOS token to pad "
+                "batches with; give it a pad token (tokenizer.pad_token = ...) and save it"
+            )
+        tokenizer.pad_token = tokenizer.eos_token
+    if model is not None:
+        if getattr(model.config, "pad_token_id", None) is None:
+            model.config.pad_token_id = tokenizer.pad_token_id
+        positions = getattr(model.config, "max_position_embeddings", None)
+        if positions and tokenizer.model_max_length > positions:
+            tokenizer.model_max_length = positions
+    return tokenizer
+
+
+@functools.cache
+def _note_capped(requested: int, limit: int) -> None:
+    log.warning(
+        "data.max_length %d is longer than the model takes: inputs are cut at %d tokens",
+        requested,
+        limit,
+    )
 
 
 def encode(
     tokenizer, examples: list[Example], max_length: int, is_regression: bool
 ) -> list[dict[str, Any]]:
-    """Tokenized examples (unpadded) with their labels."""
+    """Tokenized examples (unpadded) with their labels, at most ``max_length`` tokens (or the
+    tokenizer's own limit, if lower)."""
+    if max_length > tokenizer.model_max_length:
+        _note_capped(max_length, tokenizer.model_max_length)
+        max_length = tokenizer.model_max_length
     pairs = bool(examples) and examples[0].text_b is not None
     encoded = tokenizer(
         [e.text_a for e in examples],

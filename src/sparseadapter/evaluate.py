@@ -59,7 +59,7 @@ def evaluate_run(run_dir: str | Path, data_dir: str | None = None) -> dict[str, 
     accelerator = make_accelerator(config)
     set_seed(config.train.seed)
     model, tokenizer_path = load_run_model(run_dir, config, data.task)
-    tokenizer = load_tokenizer(tokenizer_path)
+    tokenizer = load_tokenizer(tokenizer_path, model)
     model = accelerator.prepare(model)
     loaders = {
         split: accelerator.prepare(loader)

@@ -168,7 +168,7 @@ def _run(config: RunConfig, overwrite: bool, quiet: bool, resume: bool) -> dict[
         )
     set_seed(config.train.seed)
     model, model_path = build_run_model(config, data.task)
-    tokenizer = load_tokenizer(model_path)
+    tokenizer = load_tokenizer(model_path, model)
     if checkpoint is not None:
         _restore_model(model, checkpoint, config)
     if accelerator.is_main_process and checkpoint is None:
