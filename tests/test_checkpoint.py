@@ -739,3 +739,18 @@ def test_minilm_round_trip(minilm_path, family, tmp_path):
     masks = sa.get_masks(model)
     assert all(torch.equal(masks[n], m) for n, m in sa.get_masks(loaded).items())
     assert sa.get_masks(loaded).keys() == masks.keys()
+
+
+def test_peft_round_trips_do_not_grow_modules_to_save(tmp_path):
+    model, config = sparse_model("peft-lora")
+    save_sparse(model, tmp_path / "0")
+    first = json.loads((tmp_path / "0" / CONFIG_FILE).read_text())["adapter_config"]
+    for i in range(1, 4):
+        model = load_sparse(base_model(config), tmp_path / str(i - 1))
+        save_sparse(model, tmp_path / str(i))
+    last = json.loads((tmp_path / "3" / CONFIG_FILE).read_text())["adapter_config"]
+    assert last["modules_to_save"] == first["modules_to_save"]
+    assert len(set(last["modules_to_save"])) == len(last["modules_to_save"])
+    export_dense(model, tmp_path / "export", format="peft")
+    exported = json.loads((tmp_path / "export" / "adapter_config.json").read_text())
+    assert sorted(exported["modules_to_save"]) == sorted(set(exported["modules_to_save"]))

@@ -330,7 +330,12 @@ def _attach_peft(model: nn.Module, meta: dict[str, Any]) -> nn.Module:
     if isinstance(model, peft.PeftModel):
         return model
     config = peft.PeftConfig.from_peft_type(**{**meta["adapter_config"], "inference_mode": False})
-    return peft.get_peft_model(model, config, adapter_name=meta["adapter_name"])
+    model = peft.get_peft_model(model, config, adapter_name=meta["adapter_name"])
+    # PEFT appends the sequence-classification heads to modules_to_save, which already holds them
+    saved = model.peft_config[meta["adapter_name"]]
+    if saved.modules_to_save:
+        saved.modules_to_save = list(dict.fromkeys(saved.modules_to_save))
+    return model
 
 
 def _attach_adapterhub(model: nn.Module, meta: dict[str, Any]) -> nn.Module:
