@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from sparseadapter import SparseAdapterError, resume
 from sparseadapter import cli as cli_module
@@ -190,6 +191,8 @@ CASES = [
          ("export", "{run}", "--format", "sparse", "--output", "{tmp}/file/exp"), setup="finished_and_file"),
     Case("final-json-wrong-shape", "`final.json` of the wrong shape", "`eval RUN` with `final.json` holding a list",
          "ConfigError", "is damaged (not the JSON a run writes)", ("eval", "{run}"), setup="finished_list_final"),
+    Case("eval-swapped-adapter", "an adapter that is not the run's", "`eval RUN` whose `config.yaml` names another adapter",
+         "CheckpointError", "the model carries another adapter", ("eval", "{run}"), setup="finished_other_adapter"),
 ]  # fmt: skip
 
 
@@ -329,6 +332,15 @@ def two_finished(runs: dict, tmp: Path) -> dict:
 def finished_and_file(runs: dict, tmp: Path) -> dict:
     (tmp / "file").write_text("not a folder")
     return {"run": _copy_run(runs["finished"], tmp)}
+
+
+@setup
+def finished_other_adapter(runs: dict, tmp: Path) -> dict:
+    run = _copy_run(runs["finished"], tmp)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["model"].update(adapter="ia3", library="peft", width=None)
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    return {"run": run}
 
 
 @setup

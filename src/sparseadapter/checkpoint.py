@@ -403,6 +403,12 @@ def load_sparse(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """
     meta, tensors = read_sparse(path)
     _check_base(model, meta)
+    carried = adapter_library(model)
+    if carried is not None and carried != meta["library"]:
+        raise CheckpointError(
+            f"{path} holds a {meta['library']} adapter but the model carries another adapter "
+            f"({carried}): pass a fresh base model, or the run folder the checkpoint belongs to"
+        )
     training = model.training
     attach = _attach_peft if meta["library"] == "peft" else _attach_adapterhub
     model = attach(model, meta)

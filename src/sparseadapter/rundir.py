@@ -19,7 +19,7 @@ from typing import Any
 
 from torch import nn
 
-from sparseadapter.adapters import load_model, resolve_model
+from sparseadapter.adapters import build_model, load_model, resolve_model
 from sparseadapter.checkpoint import export_dense, load_sparse, save_sparse
 from sparseadapter.errors import ConfigError
 from sparseadapter.files import check_parent, move_into_place
@@ -235,14 +235,32 @@ def save_run_model(model: nn.Module, tokenizer, folder: Path, config: RunConfig)
         save_sparse(model, folder / ADAPTER_DIR)
 
 
+def build_run_model(config: RunConfig, task: TaskSpec) -> tuple[nn.Module, str]:
+    """The backbone with the run's adapter (or fully trainable), and the resolved model path."""
+    model_path = resolve_model(config.model.name)
+    model, _ = build_model(
+        model_path,
+        task.num_labels,
+        None if config.model.is_full_finetune else config.model.adapter,
+        library=config.model.library,
+        width=config.model.width,
+        large_sparse=config.model.large_sparse,
+        problem_type=task.problem_type,
+    )
+    return model, model_path
+
+
 def load_run_model(run_dir: Path, config: RunConfig, task: TaskSpec) -> tuple[nn.Module, str]:
-    """The trained model of a finished run, and the path of its tokenizer."""
+    """The trained model of a finished run, and the path of its tokenizer.
+
+    The adapter is built from the run's config, as for training, and the checkpoint loaded
+    into it: a checkpoint of another adapter (a folder swapped in from another run) is refused.
+    """
     if config.model.is_full_finetune:
         path = str(run_dir / MODEL_DIR)
         return load_model(path, task.num_labels, task.problem_type), path
-    path = resolve_model(config.model.name)
-    base = load_model(path, task.num_labels, task.problem_type)
-    return load_sparse(base, run_dir / ADAPTER_DIR), path
+    model, path = build_run_model(config, task)
+    return load_sparse(model, run_dir / ADAPTER_DIR), path
 
 
 def export_run(

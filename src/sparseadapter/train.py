@@ -34,7 +34,6 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from sparseadapter.adapters import build_model, resolve_model
 from sparseadapter.budget import parameter_report
 from sparseadapter.checkpoint import base_identity
 from sparseadapter.config import SparsityConfig
@@ -63,6 +62,7 @@ from sparseadapter.rundir import (
     EPOCHS_FILE,
     FINAL_FILE,
     LOG_FILE,
+    build_run_model,
     discard_partial,
     new_run_dirs,
     publish,
@@ -78,21 +78,6 @@ from sparseadapter.tasks.glue import TaskSpec
 DEBUG_DUMP_ENV = "SPARSEADAPTER_DEBUG_DUMP"
 
 log = logging.getLogger("sparseadapter.train")
-
-
-def build_run_model(config: RunConfig, task: TaskSpec) -> tuple[nn.Module, str]:
-    """The backbone with the run's adapter (or fully trainable), and the resolved model path."""
-    model_path = resolve_model(config.model.name)
-    model, _ = build_model(
-        model_path,
-        task.num_labels,
-        None if config.model.is_full_finetune else config.model.adapter,
-        library=config.model.library,
-        width=config.model.width,
-        large_sparse=config.model.large_sparse,
-        problem_type=task.problem_type,
-    )
-    return model, model_path
 
 
 def _describe(record: dict[str, Any], task: TaskSpec) -> str:
