@@ -236,3 +236,21 @@ def test_full_finetune_with_a_pruner_on_the_command_line_still_clashes(capsys):
     config = str(Path(__file__).parents[1] / "configs" / "rte_houlsby.yaml")
     assert main(["train", "--config", config, "--full-finetune", "--pruner", "snip"]) == 2
     assert "full fine-tuning is not pruned" in capsys.readouterr().err
+
+
+def test_help_imports_no_torch_or_transformers():
+    script = (
+        "import sys\n"
+        "from sparseadapter.cli import main\n"
+        "for argv in (['--help'], ['train', '--help']):\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'peft', 'accelerate') if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "--pruner" in done.stdout and done.stdout.strip().endswith("[]"), done.stdout[-300:]

@@ -218,3 +218,10 @@ def test_a_decoder_without_pad_token_and_a_too_long_max_length_train(
     assert code == 0
     assert (run / "final.json").is_file()
     assert "inputs are cut at 64 tokens" in caplog.text
+
+
+def test_an_output_path_that_is_not_utf8_trains_and_logs(tiny_bert, tiny_glue, tmp_path, capsys):
+    run = tmp_path / os.fsdecode(b"run-\xff\xfe")  # bytes a shell may pass, not valid UTF-8
+    assert tiny_run(tiny_bert, tiny_glue, run) == 0
+    assert "Logging error" not in capsys.readouterr().err
+    assert "run-\\udcff\\udcfe" in (run / "log.txt").read_text(encoding="utf-8")

@@ -233,15 +233,24 @@ def _export(args: argparse.Namespace) -> int:
 COMMANDS = {"train": _train, "eval": _eval, "sweep": _sweep, "export": _export}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``sparseadapter`` command; returns the exit code."""
+def _quiet_libraries() -> None:
+    """Library chatter ("newly initialized: classifier.*", adapter activation notes) is expected;
+    imported only once a command runs, so that --help needs no torch or transformers."""
     from transformers.utils import logging as hf_logging
 
-    # library chatter ("newly initialized: classifier.*", adapter activation notes) is expected
     hf_logging.set_verbosity_error()
     logging.getLogger("adapters").setLevel(logging.ERROR)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``sparseadapter`` command; returns the exit code."""
+    for stream in (sys.stdout, sys.stderr):
+        # paths from the shell may hold bytes that are not UTF-8: print them escaped
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
         args = build_parser().parse_args(argv)
+        _quiet_libraries()
         return COMMANDS[args.command](args)
     except (_UsageError, SparseAdapterError) as err:
         message = " ".join(str(err).split())

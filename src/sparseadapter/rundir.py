@@ -210,7 +210,8 @@ def read_final(run_dir: Path) -> dict[str, Any]:
         final = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise damaged from None
-    if not isinstance(final, dict) or not all(k in final for k in ("task", "main_metric", "score")):
+    score = final.get("score") if isinstance(final, dict) else None
+    if isinstance(score, bool) or not isinstance(score, (int, float)):
         raise damaged
     return final
 

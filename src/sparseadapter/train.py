@@ -94,7 +94,8 @@ def _log_to(path: Path | None, quiet: bool) -> Iterator[None]:
     """Log this run to ``path`` and (unless quiet) to stderr, without breaking progress bars."""
     handlers: list[logging.Handler] = []
     if path is not None:
-        handlers.append(logging.FileHandler(path, encoding="utf-8"))
+        # a path that is not valid UTF-8 (bytes from the shell) is logged with escapes
+        handlers.append(logging.FileHandler(path, encoding="utf-8", errors="backslashreplace"))
         handlers[-1].setFormatter(logging.Formatter("%(asctime)s %(message)s"))
         if not quiet:
             handlers.append(_TqdmHandler(logging.INFO))
