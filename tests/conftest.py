@@ -32,6 +32,16 @@ def minilm_path() -> str:
 
 
 @pytest.fixture(autouse=True)
+def _scorers_registered_by_a_test_are_removed():
+    from sparseadapter.scoring import available_scorers, unregister_scorer
+
+    before = set(available_scorers())
+    yield
+    for name in set(available_scorers()) - before:
+        unregister_scorer(name)
+
+
+@pytest.fixture(autouse=True)
 def _seed_and_threads():
     torch.manual_seed(0)
     torch.set_num_threads(2)

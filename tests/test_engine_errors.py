@@ -185,3 +185,35 @@ def test_a_transformers_model_without_an_adapter_is_not_pruned():
     config = sa.SparsityConfig(method="magnitude", sparsity=0.4, include=[r"query"])
     report = sa.sparsify(model, config)
     assert report.tensors and all("query" in t.name for t in report.tensors)
+
+
+@pytest.mark.parametrize(
+    "call, error, words",
+    [
+        (lambda m: sa.sparsify(m, {"method": "snip"}), sa.ConfigError, "must be a SparsityConfig"),
+        (lambda m: sa.sparsify("model", sa.SparsityConfig()), sa.ConfigError, "nn.Module"),
+        (lambda m: sa.score_weights(m, "snip"), sa.ConfigError, "must be a SparsityConfig"),
+        (lambda m: sa.parameter_report("model"), sa.ConfigError, "nn.Module"),
+        (
+            lambda m: sa.sparsify(m, sa.SparsityConfig(method="snip"), batches=5),
+            sa.ScoringDataError,
+            "iterable of dict batches",
+        ),
+    ],
+    ids=["dict-config", "not-a-model", "score-str-config", "report-not-a-model", "int-batches"],
+)
+def test_api_mistakes_get_the_librarys_errors(call, error, words):
+    with pytest.raises(error, match=words):
+        call(TinyAdapterModel())
+
+
+def test_a_built_in_method_is_not_replaced_by_accident():
+    with pytest.raises(sa.ConfigError, match="'snip' is already registered.*replace=True"):
+
+        @sa.register_scorer("snip")
+        def mine(model, params, batches, config):
+            return {}
+
+    from sparseadapter.scoring import get_scorer
+
+    assert get_scorer("snip").fn.__module__ == "sparseadapter.scoring.snip"

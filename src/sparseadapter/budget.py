@@ -44,6 +44,8 @@ class ParameterReport:
 
 def parameter_report(model: nn.Module, config: SparsityConfig | None = None) -> ParameterReport:
     """Total, trainable, prunable and non-zero parameter counts (shared tensors counted once)."""
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a torch nn.Module, got {type(model).__name__}")
     config = config or SparsityConfig()
     params = list(model.parameters())
     trainable = [p for p in params if p.requires_grad]

@@ -18,6 +18,7 @@ from torch import nn
 from sparseadapter.config import SparsityConfig
 from sparseadapter.errors import (
     CheckpointError,
+    ConfigError,
     NoPrunableWeightsError,
     ScoreError,
     ScoringDataError,
@@ -123,6 +124,11 @@ def take_scoring_batches(
             "this pruning method needs scoring data: pass batches=<training DataLoader> "
             "(or use a data-free method: random, magnitude, synflow)"
         )
+    if not isinstance(batches, Iterable):
+        raise ScoringDataError(
+            f"batches must be an iterable of dict batches (e.g. a DataLoader), got "
+            f"{type(batches).__name__}"
+        )
     taken, seen = [], 0
     for batch in batches:
         if not isinstance(batch, Mapping):
@@ -213,7 +219,7 @@ def sparsify(
     the train/eval mode of every module is restored. Calling it again replaces the masks; if that
     call fails, the masks the model had stay.
     """
-    config = config or SparsityConfig()
+    config = _checked(model, config)
     start = time.perf_counter()
     previous = masked_parameters(model)
     remove_sparsity(model)  # old masks would hold back the gradients that scoring reads
@@ -245,7 +251,24 @@ def score_weights(
 ) -> dict[str, torch.Tensor]:
     """The scores that ``sparsify`` ranks (higher = kept first), by prunable parameter name,
     computed exactly as ``sparsify`` computes them; nothing is pruned."""
-    return _score(model, config or SparsityConfig(), batches).scores
+    return _score(model, _checked(model, config), batches).scores
+
+
+def _checked(model: object, config: object) -> SparsityConfig:
+    """``config`` (the default when None) once ``model`` and ``config`` are of the right types."""
+    if not isinstance(model, nn.Module):
+        raise ConfigError(
+            f"model must be a torch nn.Module (a PEFT or AdapterHub model), got "
+            f"{type(model).__name__}"
+        )
+    if config is None:
+        return SparsityConfig()
+    if not isinstance(config, SparsityConfig):
+        raise ConfigError(
+            f"config must be a SparsityConfig, got {type(config).__name__}; e.g. "
+            "SparsityConfig(method='snip', sparsity=0.4)"
+        )
+    return config
 
 
 @dataclass

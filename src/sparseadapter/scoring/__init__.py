@@ -33,18 +33,33 @@ class Scorer:
 _REGISTRY: dict[str, Scorer] = {}
 
 
-def register_scorer(name: str, needs_data: bool = True) -> Callable[[ScoreFn], ScoreFn]:
+def register_scorer(
+    name: str, needs_data: bool = True, replace: bool = False
+) -> Callable[[ScoreFn], ScoreFn]:
     """Decorator that registers ``fn`` as pruning method ``name``.
 
     ``needs_data=False`` marks a data-free scorer: it is called with ``batches=None`` when the
-    user gives none.
+    user gives none. A name already registered (a built-in method included) is refused unless
+    ``replace=True``.
     """
 
     def decorate(fn: ScoreFn) -> ScoreFn:
+        if name in _REGISTRY and not replace:
+            from sparseadapter.errors import ConfigError
+
+            raise ConfigError(
+                f"pruning method {name!r} is already registered; choose another name, or pass "
+                "replace=True to replace it"
+            )
         _REGISTRY[name] = Scorer(name, fn, needs_data)
         return fn
 
     return decorate
+
+
+def unregister_scorer(name: str) -> None:
+    """Remove pruning method ``name`` (one registered with :func:`register_scorer`)."""
+    _REGISTRY.pop(name, None)
 
 
 def get_scorer(name: str) -> Scorer:
