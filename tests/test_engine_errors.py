@@ -203,6 +203,7 @@ def test_a_transformers_model_without_an_adapter_is_not_pruned():
     ids=["dict-config", "not-a-model", "score-str-config", "report-not-a-model", "int-batches"],
 )
 def test_api_mistakes_get_the_librarys_errors(call, error, words):
+    """A ConfigError or ScoringDataError naming the mistake, never a raw AttributeError."""
     with pytest.raises(error, match=words):
         call(TinyAdapterModel())
 
