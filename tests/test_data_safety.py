@@ -225,3 +225,10 @@ def test_an_output_path_that_is_not_utf8_trains_and_logs(tiny_bert, tiny_glue, t
     assert tiny_run(tiny_bert, tiny_glue, run) == 0
     assert "Logging error" not in capsys.readouterr().err
     assert "run-\\udcff\\udcfe" in (run / "log.txt").read_text(encoding="utf-8")
+
+
+def test_a_refused_run_leaves_no_folder_made_for_it(tiny_bert, tmp_path, capsys):
+    run = tmp_path / "new" / "deeper" / "run"
+    assert tiny_run(tiny_bert, tmp_path / "no-data-here", run) == 2  # the data is missing
+    assert "does not exist" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

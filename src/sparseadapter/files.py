@@ -166,6 +166,7 @@ def exclusive(output: Path, what: str = "run") -> Iterator[None]:
         return
     path = lock_path(output)
     check_parent(path)
+    created = [p for p in [path.parent, *path.parent.parents] if not p.exists()]
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -196,3 +197,6 @@ def exclusive(output: Path, what: str = "run") -> Iterator[None]:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
         os.close(fd)
+        for folder in created:  # innermost first: folders made for the lock that stayed empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
