@@ -11,7 +11,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import adapters
 import helpers
 import numpy as np
 import peft
@@ -51,6 +50,8 @@ def peft_builder(config, name: str = "default"):
 
 def adapterhub_builder(config_name: str):
     def build(base):
+        import adapters
+
         adapters.init(base)
         base.add_adapter("task", config=config_name)
         base.train_adapter("task")
@@ -148,6 +149,8 @@ def test_round_trip_is_bit_identical(family, tmp_path):
 
 def test_round_trip_with_an_adapterhub_flex_head(tmp_path):
     config = tiny_config()
+
+    import adapters
 
     def flex_base():
         torch.manual_seed(0)
