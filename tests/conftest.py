@@ -10,16 +10,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # made a MiniLM step ~10x slower.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import importlib.util  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from helpers import HAS_ADAPTERHUB  # noqa: E402
 
 # Tests that need AdapterHub carry the `adapterhub` marker and are skipped where it is not
 # installed (the transformers 5.x environment). No other test may skip: a skip without that
 # marker fails the run.
-HAS_ADAPTERHUB = importlib.util.find_spec("adapters") is not None
 ADAPTERHUB_SKIP = "needs AdapterHub: pip install 'sparseadapter[adapters]'"
 
 GLUE_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"

@@ -176,11 +176,19 @@ def _check_peft_prefix_head(model: nn.Module) -> None:
     # takes no past_key_values, and feeds outputs[1] (the pooler output) to the head.
     if "past_key_values" in inspect.signature(model.forward).parameters:
         return
-    if getattr(model.base_model, "pooler", None) is None:
+    backbone = model.base_model
+    if getattr(backbone, "pooler", None) is None:
         raise ConfigError(
             f"PEFT prefix tuning cannot classify with a {model.config.model_type} model: PEFT "
             "feeds the backbone's pooler output to the head and this model has no pooler; use "
             "library 'adapterhub' (or 'auto') for prefix tuning"
+        )
+    if "past_key_values" not in inspect.signature(backbone.forward).parameters:
+        # transformers 5 renamed the encoders' past_key_values; PEFT still passes the old name.
+        raise ConfigError(
+            f"PEFT prefix tuning cannot run on this {model.config.model_type} model: its "
+            "forward takes no past_key_values (transformers 5 renamed it); use library "
+            "'adapterhub' with transformers 4.57, or another adapter"
         )
 
 
