@@ -14,6 +14,12 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from helpers import HAS_ADAPTERHUB  # noqa: E402
+
+# Tests that need AdapterHub carry the `adapterhub` marker and are skipped where it is not
+# installed (the transformers 5.x environment). No other test may skip: a skip without that
+# marker fails the run.
+ADAPTERHUB_SKIP = "needs AdapterHub: pip install 'sparseadapter[adapters]'"
 
 GLUE_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
 
@@ -91,3 +97,36 @@ def tiny_glue(tmp_path_factory) -> Path:
         for split in ("train", "dev"):
             (root / task / f"{split}.tsv").write_text(header + rows, encoding="utf-8")
     return root
+
+
+def pytest_collection_modifyitems(config, items):
+    if HAS_ADAPTERHUB:
+        return
+    skip = pytest.mark.skip(reason=ADAPTERHUB_SKIP)
+    for item in items:
+        if item.get_closest_marker("adapterhub"):
+            item.add_marker(skip)
+
+
+def _skips(terminalreporter) -> tuple[int, list[str]]:
+    """How many tests skipped for AdapterHub, and the ids of those skipped for anything else."""
+    reports = terminalreporter.stats.get("skipped", [])
+    adapterhub = [r for r in reports if "adapterhub" in r.keywords and not HAS_ADAPTERHUB]
+    others = [r.nodeid for r in reports if r not in adapterhub]
+    return len(adapterhub), others
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    adapterhub, others = _skips(terminalreporter)
+    terminalreporter.write_line(
+        f"AdapterHub {'installed' if HAS_ADAPTERHUB else 'not installed'}: "
+        f"{adapterhub} tests skipped for it, {len(others)} skipped otherwise"
+    )
+    for nodeid in others:
+        terminalreporter.write_line(f"unexpected skip: {nodeid}")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None and _skips(reporter)[1] and exitstatus == 0:
+        session.exitstatus = 1

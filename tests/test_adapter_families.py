@@ -18,8 +18,10 @@ import torch
 from helpers import (
     ARCHITECTURES,
     HEAD,
+    PEFT_PREFIX_ON_ENCODERS,
     expected_kept,
     head_parameters,
+    library_marks,
     pruned_nonzero,
     random_batches,
     rte_batches,
@@ -141,7 +143,7 @@ def train_and_check(model, masks, batches, steps: int, lr: float = 1e-2) -> list
 
 
 FAMILY_CASES = [
-    pytest.param(arch, *case[1:], id=f"{arch}-{case[0]}")
+    pytest.param(arch, *case[1:], id=f"{arch}-{case[0]}", marks=library_marks(*case[1:3]))
     for arch in ARCHITECTURES
     for case in ADAPTER_CASES
     if not (case[0] == "peft-prefix" and arch in NO_POOLER)
@@ -159,7 +161,9 @@ def test_snip_sparsify_then_train(arch, library, adapter, width, sparsity):
     assert losses[-1] < losses[0]
 
 
-@pytest.mark.parametrize("case", ADAPTER_CASES, ids=[c[0] for c in ADAPTER_CASES])
+@pytest.mark.parametrize(
+    "case", [pytest.param(c, id=c[0], marks=library_marks(*c[1:3])) for c in ADAPTER_CASES]
+)
 def test_padding_does_not_change_the_output(case):
     """A sequence alone and the same sequence padded in a batch give the same logits: prefix
     keys and values (prefix tuning, MAM) must extend the attention mask, not attend to padding."""
@@ -186,6 +190,16 @@ def test_peft_prefix_needs_a_pooler(arch):
         attach_adapter(tiny_model(arch), "prefix", "peft")
 
 
+def test_peft_prefix_on_an_encoder_runs_or_is_refused_in_one_line():
+    if PEFT_PREFIX_ON_ENCODERS:
+        model, _ = attach_adapter(tiny_model("bert"), "prefix", "peft", width=4)
+        assert model(**random_batches(num_batches=1)[0]).loss.isfinite()
+    else:
+        with pytest.raises(ConfigError, match="takes no past_key_values.*'adapterhub'"):
+            attach_adapter(tiny_model("bert"), "prefix", "peft", width=4)
+
+
+@pytest.mark.adapterhub
 def test_no_spurious_adapterhub_warning_when_training_an_adapter(caplog):
     # on this logger itself: the CLI, run in-process by other tests, quiets the "adapters" parent
     caplog.set_level(logging.WARNING, logger="adapters.model_mixin")
@@ -196,7 +210,9 @@ def test_no_spurious_adapterhub_warning_when_training_an_adapter(caplog):
     assert "a real one" in caplog.text  # the filter is gone afterwards
 
 
-@pytest.mark.parametrize("library", ["peft", "adapterhub"])
+@pytest.mark.parametrize(
+    "library", ["peft", pytest.param("adapterhub", marks=pytest.mark.adapterhub)]
+)
 def test_lora_factor_pairs_are_found_and_kept_aligned(library):
     model, _ = attach_adapter(tiny_model("bert"), "lora", library, width=4)
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -215,13 +231,16 @@ def test_lora_factor_pairs_are_found_and_kept_aligned(library):
     assert all((masks[a].any(1) & masks[b].any(0)).any() for a, b in pairs)
 
 
+@pytest.mark.adapterhub
 def test_default_exclude_covers_bart_head():
     model, _ = attach_adapter(tiny_model("bart"), "lora", "adapterhub", width=4)
     sparsify(model, SparsityConfig(method="magnitude", sparsity=0.5))
     assert not any("classification_head" in n for n in get_masks(model))
 
 
-@pytest.mark.parametrize("library", ["peft", "adapterhub"])
+@pytest.mark.parametrize(
+    "library", ["peft", pytest.param("adapterhub", marks=pytest.mark.adapterhub)]
+)
 def test_heads_stay_unpruned_under_a_custom_exclude(library):
     """``exclude`` adds to the task heads, never replaces them: excluding LoRA's B factors (or
     (IA)³ scales) must not make PEFT's ``modules_to_save`` classifier prunable."""
@@ -232,7 +251,7 @@ def test_heads_stay_unpruned_under_a_custom_exclude(library):
 
 
 METHOD_CASES = [
-    (method, case)
+    pytest.param(method, case, id=f"{method}-{case[0]}", marks=library_marks(*case[1:3]))
     for method in ("random", "magnitude", "grasp", "synflow")
     for case in ADAPTER_CASES
     if case[0] in ("hub-houlsby", "hub-parallel", "hub-mam", "hub-prefix", "peft-lora")
@@ -240,7 +259,7 @@ METHOD_CASES = [
 
 
 @pytest.mark.parametrize("scope", ["global", "layer"])
-@pytest.mark.parametrize("method,case", METHOD_CASES, ids=[f"{m}-{c[0]}" for m, c in METHOD_CASES])
+@pytest.mark.parametrize("method,case", METHOD_CASES)
 def test_other_methods_on_bert(method, case, scope):
     _, library, adapter, width = case
     model = build("bert", library, adapter, width)
@@ -256,11 +275,12 @@ def test_other_methods_on_bert(method, case, scope):
 @pytest.mark.parametrize(
     "library,adapter,zero_name",
     [
-        ("peft", "lora", "lora_B"),
-        ("adapterhub", "lora", "lora_B"),
-        ("adapterhub", "parallel", "adapter_up"),
+        pytest.param("peft", "lora", "lora_B", id="peft-lora"),
+        pytest.param("adapterhub", "lora", "lora_B", id="hub-lora", marks=pytest.mark.adapterhub),
+        pytest.param(
+            "adapterhub", "parallel", "adapter_up", id="hub-parallel", marks=pytest.mark.adapterhub
+        ),
     ],
-    ids=["peft-lora", "hub-lora", "hub-parallel"],
 )
 def test_zero_init_factor_still_learns(library, adapter, zero_name, zero_init, sparsity):
     model = build("bert", library, adapter, 8)
@@ -308,7 +328,8 @@ def rte(glue_dir, minilm_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("sparsity", [0.4, 0.8])
 @pytest.mark.parametrize(
-    "library,adapter", [c[1:] for c in MINILM_CASES], ids=[c[0] for c in MINILM_CASES]
+    "library,adapter",
+    [pytest.param(*c[1:], id=c[0], marks=library_marks(*c[1:])) for c in MINILM_CASES],
 )
 def test_minilm_rte(library, adapter, sparsity, rte):
     torch.manual_seed(0)
@@ -325,11 +346,10 @@ def test_minilm_rte(library, adapter, sparsity, rte):
 @pytest.mark.parametrize(
     "adapter,library",
     [
-        ("houlsby", "adapterhub"),
-        ("pfeiffer", "adapterhub"),
-        ("parallel", "adapterhub"),
-        ("mam", "adapterhub"),
-        ("prefix", "adapterhub"),
+        *(
+            pytest.param(adapter, "adapterhub", marks=pytest.mark.adapterhub)
+            for adapter in ("houlsby", "pfeiffer", "parallel", "mam", "prefix")
+        ),
         ("lora", "peft"),
         ("ia3", "peft"),
     ],
@@ -360,7 +380,9 @@ def test_without_adapterhub_auto_falls_back_to_peft(monkeypatch):
         ({"adapter": "lora", "width": 0}, "positive integer"),
         ({"adapter": "lora", "width": 2.5}, "positive integer"),
         ({"adapter": "prefix", "width": True}, "positive integer"),
-        ({"adapter": "pfeiffer", "width": 8}, "hidden size"),
+        pytest.param(
+            {"adapter": "pfeiffer", "width": 8}, "hidden size", marks=pytest.mark.adapterhub
+        ),
     ],
 )
 def test_bad_adapter_options(kwargs, message):
@@ -371,15 +393,18 @@ def test_bad_adapter_options(kwargs, message):
 @pytest.mark.parametrize(
     "library,adapter,width,weight",
     [
-        ("adapterhub", "houlsby", 8, "adapter_down.0.weight"),
-        ("adapterhub", "houlsby", 5, "adapter_down.0.weight"),  # 5 does not divide 32
-        ("adapterhub", "pfeiffer", 12, "adapter_down.0.weight"),
-        ("adapterhub", "parallel", 6, "adapter_down.0.weight"),
-        ("adapterhub", "mam", 8, "adapter_down.0.weight"),
-        ("adapterhub", "prefix", 7, "wte.weight"),
-        ("adapterhub", "lora", 3, "lora_A"),
-        ("peft", "lora", 3, "lora_A.task.weight"),
-        ("peft", "prefix", 7, "embedding.weight"),
+        pytest.param(*case, marks=library_marks(*case[:2]))
+        for case in [
+            ("adapterhub", "houlsby", 8, "adapter_down.0.weight"),
+            ("adapterhub", "houlsby", 5, "adapter_down.0.weight"),  # 5 does not divide 32
+            ("adapterhub", "pfeiffer", 12, "adapter_down.0.weight"),
+            ("adapterhub", "parallel", 6, "adapter_down.0.weight"),
+            ("adapterhub", "mam", 8, "adapter_down.0.weight"),
+            ("adapterhub", "prefix", 7, "wte.weight"),
+            ("adapterhub", "lora", 3, "lora_A"),
+            ("peft", "lora", 3, "lora_A.task.weight"),
+            ("peft", "prefix", 7, "embedding.weight"),
+        ]
     ],
 )
 def test_width_sets_the_adapter_size(library, adapter, width, weight):
@@ -388,6 +413,7 @@ def test_width_sets_the_adapter_size(library, adapter, width, weight):
     assert sized and all(p.shape[0] == width for p in sized)
 
 
+@pytest.mark.adapterhub
 def test_lora_is_the_same_adapter_in_both_libraries():
     hub, _ = attach_adapter(tiny_model("bert"), "lora", "adapterhub")
     peft_model, _ = attach_adapter(tiny_model("bert"), "lora", "peft")
@@ -402,11 +428,22 @@ def test_lora_is_the_same_adapter_in_both_libraries():
 @pytest.mark.parametrize(
     "make,heads,library",
     [
-        (lambda: tiny_model("bart"), ["classification_head"], "peft"),
-        (lambda: tiny_model("bart"), ["classification_head"], "adapterhub"),
-        (tiny_distilbert, ["pre_classifier", "classifier"], "adapterhub"),
+        pytest.param(lambda: tiny_model("bart"), ["classification_head"], "peft", id="bart-peft"),
+        pytest.param(
+            lambda: tiny_model("bart"),
+            ["classification_head"],
+            "adapterhub",
+            id="bart-hub",
+            marks=pytest.mark.adapterhub,
+        ),
+        pytest.param(
+            tiny_distilbert,
+            ["pre_classifier", "classifier"],
+            "adapterhub",
+            id="distilbert-hub",
+            marks=pytest.mark.adapterhub,
+        ),
     ],
-    ids=["bart-peft", "bart-hub", "distilbert-hub"],
 )
 def test_every_head_module_stays_trainable_and_unpruned(make, heads, library):
     """BART's classification_head and DistilBERT's pre_classifier are heads PEFT does not name."""
@@ -419,7 +456,9 @@ def test_every_head_module_stays_trainable_and_unpruned(make, heads, library):
     assert prunable and all("lora" in n for n in prunable)
 
 
-@pytest.mark.parametrize("library", ["peft", "adapterhub"])
+@pytest.mark.parametrize(
+    "library", ["peft", pytest.param("adapterhub", marks=pytest.mark.adapterhub)]
+)
 def test_pruning_ia3_warns_that_zero_scales_switch_channels_off(library):
     model, _ = attach_adapter(tiny_model("bert"), "ia3", library)
     with pytest.warns(UserWarning, match=r"\(IA\)³ scale vectors.*neutral value is 1"):
@@ -463,6 +502,7 @@ def test_build_model_from_a_path_that_is_not_a_model(tmp_path, what):
     assert path in message and "\n" not in message and len(message) < 500
 
 
+@pytest.mark.adapterhub
 def test_describe_names_library_type_and_trainable_count():
     hub, _ = attach_adapter(tiny_model("bert"), "houlsby", "adapterhub", width=8)
     peft_model, _ = attach_adapter(tiny_model("bert"), "lora", "peft")

@@ -7,6 +7,7 @@ from helpers import run_benchmark
 
 
 @pytest.mark.slow
+@pytest.mark.adapterhub  # the benchmark measures AdapterHub adapters
 def test_quick_run_reports_padding_and_speed():
     done = run_benchmark("batching.py", "--quick")
     rows = dict(re.findall(r"\| (rte|sst2) \| \d+ \| ([\d.]+ \| [\d.]+) \|", done.stdout))

@@ -37,6 +37,7 @@ def quick_run(tmp_path_factory) -> tuple[dict, str, Path]:
 
 
 @pytest.mark.slow
+@pytest.mark.adapterhub  # the benchmark measures AdapterHub adapters
 def test_quick_run_reports_step_time_ratios(quick_run):
     results, _, _ = quick_run
     settings = results["settings"]
@@ -63,6 +64,7 @@ def test_quick_run_reports_step_time_ratios(quick_run):
 
 
 @pytest.mark.slow
+@pytest.mark.adapterhub  # the benchmark measures AdapterHub adapters
 def test_quick_run_reports_pruning_and_memory(quick_run):
     results, _, _ = quick_run
     for family in results["pruning"].values():
@@ -79,6 +81,7 @@ def test_quick_run_reports_pruning_and_memory(quick_run):
 
 
 @pytest.mark.slow
+@pytest.mark.adapterhub  # the benchmark measures AdapterHub adapters
 def test_quick_run_writes_the_markdown_report(quick_run):
     results, markdown, _ = quick_run
     for section in ("## Goals", "## Training step time", "## Pruning time", "## Peak memory"):
@@ -92,6 +95,7 @@ def test_quick_run_writes_the_markdown_report(quick_run):
 
 
 @pytest.mark.slow
+@pytest.mark.adapterhub  # the benchmark measures AdapterHub adapters
 def test_render_rewrites_the_report_from_the_json(quick_run, cost):
     _, markdown, output = quick_run
     (output / "cost.md").unlink()

@@ -8,6 +8,7 @@ from helpers import run_benchmark
 
 
 @pytest.mark.slow
+@pytest.mark.adapterhub  # the benchmark measures AdapterHub adapters
 def test_quick_run_scores_every_epoch_and_reuses_finished_runs(tmp_path):
     first = run_benchmark("epochs.py", "--quick", "--runs-dir", str(tmp_path))
     (row,) = re.findall(r"\| rte \| accuracy \| 1 \| ([\d.]+) \| ([\d.]+) \| 6 \|", first.stdout)

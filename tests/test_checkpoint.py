@@ -12,7 +12,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import adapters
 import helpers
 import numpy as np
 import peft
@@ -52,6 +51,8 @@ def peft_builder(config, name: str = "default"):
 
 def adapterhub_builder(config_name: str):
     def build(base):
+        import adapters
+
         adapters.init(base)
         base.add_adapter("task", config=config_name)
         base.train_adapter("task")
@@ -93,6 +94,15 @@ FAMILIES = {
 }
 
 
+def families(*names: str) -> list:
+    """``names`` as test parameters: AdapterHub families need AdapterHub (see helpers)."""
+    marks = {"peft-prefix": [helpers.PEFT_PREFIX_FAILS]}
+    return [
+        pytest.param(n, marks=marks.get(n, [] if n.startswith("peft-") else [pytest.mark.adapterhub]))
+        for n in names
+    ]  # fmt: skip
+
+
 def inputs(config, batch: int = 3, length: int = 7, seed: int = 1) -> dict[str, torch.Tensor]:
     """Token ids avoiding special tokens, ending in EOS (BART classifies from the last EOS)."""
     g = torch.Generator().manual_seed(seed)
@@ -128,7 +138,7 @@ def trainable(model) -> dict[str, tuple[int, ...]]:
     return {n: tuple(p.shape) for n, p in model.named_parameters() if p.requires_grad}
 
 
-@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("family", families(*FAMILIES))
 def test_round_trip_is_bit_identical(family, tmp_path):
     model, config = sparse_model(family)
     batch = inputs(config)
@@ -147,8 +157,11 @@ def test_round_trip_is_bit_identical(family, tmp_path):
     assert masked_parameters(loaded).config == masked_parameters(model).config
 
 
+@pytest.mark.adapterhub
 def test_round_trip_with_an_adapterhub_flex_head(tmp_path):
     config = tiny_config()
+
+    import adapters
 
     def flex_base():
         torch.manual_seed(0)
@@ -216,7 +229,7 @@ def test_loading_a_dense_checkpoint_drops_the_models_masks(tmp_path):
     assert torch.equal(logits(loaded, inputs(config)), logits(dense, inputs(config)))
 
 
-@pytest.mark.parametrize("family", ["peft-lora", "houlsby"])
+@pytest.mark.parametrize("family", families("peft-lora", "houlsby"))
 def test_training_after_load_keeps_pruned_weights_zero(family, tmp_path):
     model, config = sparse_model(family, sparsity=0.8)
     save_sparse(model, tmp_path / "ckpt")
@@ -266,6 +279,7 @@ def test_each_pruned_tensor_stores_kept_values_and_the_smaller_position_encoding
     assert torch.equal(logits(loaded, inputs(config)), logits(model, inputs(config)))
 
 
+@pytest.mark.adapterhub
 def test_dense_tensors_are_stored_as_they_are(tmp_path):
     model, _ = sparse_model("houlsby")
     save_sparse(model, tmp_path / "ckpt")
@@ -304,6 +318,7 @@ def test_save_works_from_a_source_checkout_without_package_metadata(tmp_path, mo
     assert meta["versions"]["sparseadapter"] == sa.__version__
 
 
+@pytest.mark.adapterhub
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_half_precision_storage(dtype, tmp_path):
     model, config = sparse_model("houlsby")
@@ -339,16 +354,21 @@ def sized_models():
         hidden_size=256, num_attention_heads=4, intermediate_size=256, num_labels=2
     )
     lora = peft.LoraConfig(task_type="SEQ_CLS", r=32, target_modules=["query", "value"])
-    return {
-        "peft-lora": peft_builder(lora)(base_model(config)),
-        "houlsby": adapterhub_builder("double_seq_bn")(base_model(config)),
-    }
+    builders = {"peft-lora": peft_builder(lora), "houlsby": adapterhub_builder("double_seq_bn")}
+    built = {}
+
+    def model(family: str):  # built on first use: AdapterHub's only where it is installed
+        if family not in built:
+            built[family] = builders[family](base_model(config))
+        return built[family]
+
+    return model
 
 
-@pytest.mark.parametrize("family", ["peft-lora", "houlsby"])
+@pytest.mark.parametrize("family", families("peft-lora", "houlsby"))
 @pytest.mark.parametrize("sparsity", [0.4, 0.8, 0.9, 0.95])
 def test_size_bound(sized_models, family, sparsity, tmp_path):
-    model = sized_models[family]
+    model = sized_models(family)
     library = "peft" if family == "peft-lora" else "adapterhub"
     dense_dir = export_dense(model, tmp_path / "dense", format=library)
     dense = sum(f.stat().st_size for f in dense_dir.glob("*.safetensors"))
@@ -398,6 +418,7 @@ EXPORT_CHECK = textwrap.dedent(
 )
 
 
+@pytest.mark.adapterhub
 @pytest.mark.parametrize("peft_family", ["peft-lora", "peft-lora-task"])
 def test_dense_exports_load_without_sparseadapter(peft_family, tmp_path):
     config = tiny_config()
@@ -438,7 +459,10 @@ def test_dense_export_stores_pruned_weights_as_zeros(tmp_path):
 
 @pytest.mark.parametrize(
     ("family", "fmt", "match"),
-    [("peft-lora", "adapterhub", "format='peft'"), ("houlsby", "sparse", "save_sparse")],
+    [
+        ("peft-lora", "adapterhub", "format='peft'"),
+        pytest.param("houlsby", "sparse", "save_sparse", marks=pytest.mark.adapterhub),
+    ],
 )
 def test_export_format_errors(family, fmt, match, tmp_path):
     model, _ = sparse_model(family)
@@ -473,6 +497,7 @@ def test_merge_peft_lora_uses_masked_weights():
     assert not any("lora" in n for n, _ in merged.named_parameters())
 
 
+@pytest.mark.adapterhub
 def test_merge_adapterhub_lora_matches_unmerged_logits():
     model, config = sparse_model("lora", sparsity=0.5)
     batch = inputs(config)
@@ -482,7 +507,7 @@ def test_merge_adapterhub_lora_matches_unmerged_logits():
     torch.testing.assert_close(logits(merged, batch), expected, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("family", ["houlsby", "peft-ia3", "ia3"])
+@pytest.mark.parametrize("family", families("houlsby", "peft-ia3", "ia3"))
 def test_merge_refuses_non_lora(family):
     model, _ = sparse_model(family)
     with pytest.raises(ConfigError, match="LoRA"):
@@ -724,7 +749,7 @@ def test_save_refuses_models_without_exactly_one_adapter(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["peft-lora", "houlsby"])
+@pytest.mark.parametrize("family", families("peft-lora", "houlsby"))
 def test_minilm_round_trip(minilm_path, family, tmp_path):
     def minilm():
         return AutoModelForSequenceClassification.from_pretrained(minilm_path, num_labels=2)

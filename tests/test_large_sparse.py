@@ -9,7 +9,7 @@ adapter's prunable count within 1%.
 from __future__ import annotations
 
 import pytest
-from helpers import random_batches, rte_batches, tiny_distilbert, tiny_model
+from helpers import library_marks, random_batches, rte_batches, tiny_distilbert, tiny_model
 
 from sparseadapter import ConfigError, SparsityConfig, large_sparse, parameter_report, sparsify
 from sparseadapter.adapters import adapter_config, attach_adapter, build_model
@@ -36,7 +36,8 @@ def assert_budget_kept(dense, wide, sparsity: float, factor: float, batches) -> 
 
 
 @pytest.mark.parametrize(
-    "library,adapter,width", [f[1:] for f in FAMILIES], ids=[f[0] for f in FAMILIES]
+    "library,adapter,width",
+    [pytest.param(*f[1:], id=f[0], marks=library_marks(*f[1:3])) for f in FAMILIES],
 )
 def test_four_times_wider_keeps_the_dense_budget(library, adapter, width):
     dense, none = attach_adapter(tiny_model("bert"), adapter, library, width=width)
@@ -47,6 +48,7 @@ def test_four_times_wider_keeps_the_dense_budget(library, adapter, width):
     assert_budget_kept(dense, wide, sparsity, 4, random_batches(num_batches=1, batch_size=8))
 
 
+@pytest.mark.adapterhub
 def test_a_head_with_several_modules_is_neither_pruned_nor_counted():
     dense, _ = attach_adapter(tiny_distilbert(), "pfeiffer", "adapterhub", width=4)
     wide, sparsity = attach_adapter(
@@ -58,6 +60,7 @@ def test_a_head_with_several_modules_is_neither_pruned_nor_counted():
     assert report.kept == parameter_report(dense).prunable
 
 
+@pytest.mark.adapterhub
 @pytest.mark.parametrize("factor", [1.5, 3, 5])
 @pytest.mark.parametrize("adapter", ["houlsby", "mam"])
 def test_bottleneck_width_is_exact_for_any_integer_result(adapter, factor):
@@ -71,6 +74,7 @@ def test_bottleneck_width_is_exact_for_any_integer_result(adapter, factor):
     assert_budget_kept(dense, wide, sparsity, factor, random_batches(num_batches=1, batch_size=8))
 
 
+@pytest.mark.adapterhub
 def test_widen_alone_sizes_bottleneck_exactly():
     import adapters
 
@@ -92,12 +96,15 @@ def test_factor_below_one_is_rejected():
 @pytest.mark.parametrize(
     "library,adapter,width,factor",
     [
-        ("peft", "lora", 4, 1.3),
-        ("adapterhub", "lora", 4, 1.3),
-        ("adapterhub", "prefix", 4, 1.3),
-        ("peft", "prefix", 4, 1.3),
-        ("adapterhub", "houlsby", 2, 1.25),
-        ("adapterhub", "mam", 2, 1.25),
+        pytest.param(*case, marks=[pytest.mark.adapterhub] if case[0] == "adapterhub" else [])
+        for case in [
+            ("peft", "lora", 4, 1.3),
+            ("adapterhub", "lora", 4, 1.3),
+            ("adapterhub", "prefix", 4, 1.3),
+            ("peft", "prefix", 4, 1.3),  # refused for its width before PEFT is asked
+            ("adapterhub", "houlsby", 2, 1.25),
+            ("adapterhub", "mam", 2, 1.25),
+        ]
     ],
 )
 def test_non_integer_width_is_rejected(library, adapter, width, factor):
@@ -105,7 +112,9 @@ def test_non_integer_width_is_rejected(library, adapter, width, factor):
         attach_adapter(tiny_model("bert"), adapter, library, width=width, large_sparse=factor)
 
 
-@pytest.mark.parametrize("library", ["peft", "adapterhub"])
+@pytest.mark.parametrize(
+    "library", ["peft", pytest.param("adapterhub", marks=pytest.mark.adapterhub)]
+)
 def test_ia3_has_no_width_to_widen(library):
     with pytest.raises(ConfigError, match="IA3|\\(IA\\)3"):
         attach_adapter(tiny_model("bert"), "ia3", library, large_sparse=2)
@@ -119,8 +128,10 @@ def test_full_fine_tuning_cannot_be_widened():
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "library,adapter",
-    [("adapterhub", "houlsby"), ("peft", "lora")],
-    ids=["hub-houlsby", "peft-lora"],
+    [
+        pytest.param("adapterhub", "houlsby", id="hub-houlsby", marks=pytest.mark.adapterhub),
+        pytest.param("peft", "lora", id="peft-lora"),
+    ],
 )
 def test_minilm_four_times_wider_keeps_the_dense_budget(library, adapter, glue_dir, minilm_path):
     from transformers import AutoTokenizer

@@ -77,7 +77,9 @@ def _has_adapterhub() -> bool:
 
 
 def resolve_library(adapter: str, library: str = "auto") -> str:
-    """The library that builds ``adapter``: "adapterhub" or "peft"; ConfigError if none can."""
+    """The library that builds ``adapter``: "adapterhub" or "peft"; ConfigError for names that
+    no library can build. Whether the library is installed is checked by
+    :func:`require_library`, when an adapter is built, so a run config validates anywhere."""
     if adapter not in ADAPTERS:
         raise ConfigError(f"unknown adapter {shown(adapter)}; choose one of {', '.join(ADAPTERS)}")
     if library not in LIBRARIES:
@@ -92,13 +94,19 @@ def resolve_library(adapter: str, library: str = "auto") -> str:
     if library == "auto":
         if adapter in ("lora", "ia3") or (adapter == "prefix" and not _has_adapterhub()):
             return "peft"
-        library = "adapterhub"
-    if not _has_adapterhub():
+        return "adapterhub"
+    return library
+
+
+def require_library(adapter: str, library: str = "auto") -> str:
+    """:func:`resolve_library`, and a ConfigError when that library is not installed."""
+    chosen = resolve_library(adapter, library)
+    if chosen == "adapterhub" and not _has_adapterhub():
         raise ConfigError(
             f'the {shown(adapter)} adapter needs AdapterHub: pip install "sparseadapter[adapters]"'
             + (" (or use library 'peft')" if adapter in PEFT_ADAPTERS else "")
         )
-    return library
+    return chosen
 
 
 def _check_width(width: Any, adapter: str) -> None:
@@ -156,7 +164,7 @@ def adapter_config(
     ``width`` is the bottleneck dim, LoRA rank or prefix length (see the module docstring);
     a bottleneck width also needs ``hidden_size``.
     """
-    library = resolve_library(adapter, library)
+    library = require_library(adapter, library)
     _check_width(width, adapter)
     if library == "adapterhub":
         return _adapterhub_config(adapter, width, hidden_size)
@@ -168,11 +176,19 @@ def _check_peft_prefix_head(model: nn.Module) -> None:
     # takes no past_key_values, and feeds outputs[1] (the pooler output) to the head.
     if "past_key_values" in inspect.signature(model.forward).parameters:
         return
-    if getattr(model.base_model, "pooler", None) is None:
+    backbone = model.base_model
+    if getattr(backbone, "pooler", None) is None:
         raise ConfigError(
             f"PEFT prefix tuning cannot classify with a {model.config.model_type} model: PEFT "
             "feeds the backbone's pooler output to the head and this model has no pooler; use "
             "library 'adapterhub' (or 'auto') for prefix tuning"
+        )
+    if "past_key_values" not in inspect.signature(backbone.forward).parameters:
+        # transformers 5 renamed the encoders' past_key_values; PEFT still passes the old name.
+        raise ConfigError(
+            f"PEFT prefix tuning cannot run on this {model.config.model_type} model: its "
+            "forward takes no past_key_values (transformers 5 renamed it); use library "
+            "'adapterhub' with transformers 4.57, or another adapter"
         )
 
 
@@ -197,7 +213,7 @@ def attach_adapter(
         model.requires_grad_(True)
         return model, None
     hidden_size = model.config.hidden_size
-    library = resolve_library(adapter, library)
+    library = require_library(adapter, library)
     config = adapter_config(adapter, library, width, hidden_size)
     sparsity = None
     if large_sparse != 1:
@@ -281,7 +297,7 @@ def build_model(
 ) -> tuple[nn.Module, float | None]:
     """Load ``model`` for sequence classification and attach ``adapter`` (see attach_adapter)."""
     if adapter is not None:
-        resolve_library(adapter, library)  # fail on bad options before loading any weights
+        require_library(adapter, library)  # fail on bad options before loading any weights
         _check_width(width, adapter)
     loaded = load_model(model, num_labels, problem_type)
     return attach_adapter(loaded, adapter, library, width, large_sparse, adapter_name)
