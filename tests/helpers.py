@@ -4,7 +4,6 @@ and running a benchmark script."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import inspect
 import math
 import re
@@ -19,8 +18,9 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, BertModel, PretrainedConfig
 
 from sparseadapter.errors import ConfigError
+from sparseadapter.optional import has_adapterhub
 
-HAS_ADAPTERHUB = importlib.util.find_spec("adapters") is not None
+HAS_ADAPTERHUB = has_adapterhub()
 # PEFT prefix tuning passes past_key_values to the encoder, which transformers 5 renamed: there
 # attach_adapter refuses it with a ConfigError, and the prefix cases expect exactly that.
 PEFT_PREFIX_ON_ENCODERS = "past_key_values" in inspect.signature(BertModel.forward).parameters

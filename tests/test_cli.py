@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from sparseadapter.cli import main
+from sparseadapter.runconfig import DEFAULT_ADAPTER
 
 
 def small(glue_dir: Path, output: Path) -> list[str]:
@@ -40,15 +41,29 @@ def one_thread():
 @pytest.mark.parametrize(
     ("task", "options", "sparsity"),
     [
-        ("rte", ["--adapter", "houlsby", "--pruner", "snip", "--sparsity", "0.4"], 0.4),
-        ("rte", ["--adapter", "pfeiffer", "--pruner", "grasp", "--sparsity", "0.8"], 0.8),
-        ("rte", ["--adapter", "parallel", "--pruner", "magnitude", "--scope", "layer"], 0.4),
-        ("rte", ["--adapter", "mam", "--pruner", "random"], 0.4),
-        ("rte", ["--adapter", "prefix", "--pruner", "synflow", "--sparsity", "0.5"], 0.5),
-        ("mrpc", ["--adapter", "lora", "--large-sparse", "4", "--pruner", "snip"], 0.75),
-        ("rte", ["--full-finetune"], None),
+        *(
+            pytest.param(*case, id=case[1][1], marks=pytest.mark.adapterhub)
+            for case in [
+                ("rte", ["--adapter", "houlsby", "--pruner", "snip", "--sparsity", "0.4"], 0.4),
+                ("rte", ["--adapter", "pfeiffer", "--pruner", "grasp", "--sparsity", "0.8"], 0.8),
+                (
+                    "rte",
+                    ["--adapter", "parallel", "--pruner", "magnitude", "--scope", "layer"],
+                    0.4,
+                ),
+                ("rte", ["--adapter", "mam", "--pruner", "random"], 0.4),
+                ("rte", ["--adapter", "prefix", "--pruner", "synflow", "--sparsity", "0.5"], 0.5),
+            ]
+        ),
+        pytest.param(
+            "mrpc",
+            ["--adapter", "lora", "--large-sparse", "4", "--pruner", "snip"],
+            0.75,
+            id="lora-large-sparse",
+        ),
+        pytest.param("rte", ["--adapter", "ia3", "--pruner", "magnitude"], 0.4, id="ia3"),
+        pytest.param("rte", ["--full-finetune"], None, id="full"),
     ],
-    ids=["houlsby", "pfeiffer", "parallel", "mam", "prefix", "lora-large-sparse", "full"],
 )
 def test_train_then_eval_reproduces(
     task, options, sparsity, glue_dir, tmp_path, capsys, one_thread
@@ -100,16 +115,17 @@ def tiny_train(tiny_bert: str, glue_dir: Path, output: Path, *extra: str) -> int
 
 def test_export_formats(tiny_bert, glue_dir, tmp_path, capsys, one_thread):
     run = tmp_path / "run"
+    own, other = ("adapterhub", "peft") if DEFAULT_ADAPTER == "houlsby" else ("peft", "adapterhub")
     assert tiny_train(tiny_bert, glue_dir, run, "--pruner", "magnitude") == 0
-    assert main(["export", str(run), "--format", "adapterhub"]) == 0
-    assert (run / "export-adapterhub" / "adapter_config.json").is_file()
+    assert main(["export", str(run), "--format", own]) == 0
+    assert (run / f"export-{own}" / "adapter_config.json").is_file()
     assert main(["export", str(run), "--format", "sparse", "--output", str(tmp_path / "s")]) == 0
     assert sorted(p.name for p in (tmp_path / "s").iterdir()) == sorted(
         p.name for p in (run / "adapter").iterdir()
     )
     capsys.readouterr()
-    assert main(["export", str(run), "--format", "peft"]) == 2
-    assert "exports as format='adapterhub'" in capsys.readouterr().err
+    assert main(["export", str(run), "--format", other]) == 2
+    assert f"exports as format='{own}'" in capsys.readouterr().err
 
 
 def test_finished_output_is_refused_unless_overwrite(tiny_bert, glue_dir, tmp_path, capsys):

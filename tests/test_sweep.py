@@ -13,6 +13,7 @@ import yaml
 
 from sparseadapter import ConfigError
 from sparseadapter.cli import main
+from sparseadapter.runconfig import DEFAULT_ADAPTER
 from sparseadapter.sweep import aggregate, load_sweep, plot, run_sweep
 
 
@@ -69,8 +70,8 @@ def test_sweep_base_file_set_and_extra_grid_keys(assignments, tmp_path):
     )
     runs = load_sweep(path).runs()
     assert [Path(c.output).name for c in runs] == [
-        "mrpc-houlsby-random40-s0-lr0.001",
-        "mrpc-houlsby-random40-s0-lr0.0001",
+        f"mrpc-{DEFAULT_ADAPTER}-random40-s0-lr0.001",
+        f"mrpc-{DEFAULT_ADAPTER}-random40-s0-lr0.0001",
     ]
     assert all(c.train.epochs == 2 for c in runs)
     assert Path(runs[0].output).parent == Path("runs/sweep")  # default: runs/<file stem>
@@ -128,12 +129,12 @@ def test_sweep_runs_resumes_and_writes_results(tmp_path, tiny_bert, glue_dir, ca
     assert capsys.readouterr().out.count("finished before, skipped") == 6
 
     # a missing run is the only one trained
-    lost = out / "stsb-houlsby-random50-s1"
+    lost = out / f"stsb-{DEFAULT_ADAPTER}-random50-s1"
     for f in sorted(lost.rglob("*"), reverse=True):
         f.unlink() if f.is_file() else f.rmdir()
     lost.rmdir()
     again = run_sweep(path, quiet=True)
-    assert again.ran == ["stsb-houlsby-random50-s1"] and len(again.skipped) == 5
+    assert again.ran == [lost.name] and len(again.skipped) == 5
 
     with (out / "runs.csv").open() as f:
         runs = list(csv.DictReader(f))

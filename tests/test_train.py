@@ -19,6 +19,7 @@ from sparseadapter import ConfigError, SparseAdapterError
 from sparseadapter.cli import main
 from sparseadapter.evaluate import evaluate_run, summary
 from sparseadapter.runconfig import (
+    DEFAULT_ADAPTER,
     DEFAULT_LR_ADAPTER,
     DEFAULT_LR_FULL,
     RunConfig,
@@ -105,7 +106,7 @@ def test_derived_defaults():
     assert pruned.prune.sparsity == 0.4 and pruned.prune.seed == 5
     large = resolve(flags={"prune.method": "snip", "model.large_sparse": 4})
     assert large.prune.sparsity == 0.75
-    assert large.run_name() == "rte-houlsby-ls4-snip75-s0"
+    assert large.run_name() == f"rte-{DEFAULT_ADAPTER}-ls4-snip75-s0"
 
 
 def test_resolved_config_round_trips(tmp_path):

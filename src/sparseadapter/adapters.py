@@ -36,6 +36,7 @@ from torch import nn
 from sparseadapter.budget import bottleneck_reduction, parameter_report
 from sparseadapter.budget import large_sparse as widen_for_large_sparse
 from sparseadapter.errors import ConfigError, shown
+from sparseadapter.optional import has_adapterhub
 from sparseadapter.targets import head_modules
 
 ADAPTERS = ("houlsby", "pfeiffer", "parallel", "mam", "prefix", "lora", "ia3")
@@ -68,14 +69,6 @@ def resolve_model(name_or_path: str) -> str:
     return alias() if alias else name_or_path
 
 
-def _has_adapterhub() -> bool:
-    try:
-        import adapters  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def resolve_library(adapter: str, library: str = "auto") -> str:
     """The library that builds ``adapter``: "adapterhub" or "peft"; ConfigError for names that
     no library can build. Whether the library is installed is checked by
@@ -92,7 +85,7 @@ def resolve_library(adapter: str, library: str = "auto") -> str:
             "use library 'adapterhub' or 'auto'"
         )
     if library == "auto":
-        if adapter in ("lora", "ia3") or (adapter == "prefix" and not _has_adapterhub()):
+        if adapter in ("lora", "ia3") or (adapter == "prefix" and not has_adapterhub()):
             return "peft"
         return "adapterhub"
     return library
@@ -101,7 +94,7 @@ def resolve_library(adapter: str, library: str = "auto") -> str:
 def require_library(adapter: str, library: str = "auto") -> str:
     """:func:`resolve_library`, and a ConfigError when that library is not installed."""
     chosen = resolve_library(adapter, library)
-    if chosen == "adapterhub" and not _has_adapterhub():
+    if chosen == "adapterhub" and not has_adapterhub():
         raise ConfigError(
             f'the {shown(adapter)} adapter needs AdapterHub: pip install "sparseadapter[adapters]"'
             + (" (or use library 'peft')" if adapter in PEFT_ADAPTERS else "")

@@ -233,12 +233,15 @@ def _export(args: argparse.Namespace) -> int:
 COMMANDS = {"train": _train, "eval": _eval, "sweep": _sweep, "export": _export}
 
 
-def _quiet_libraries() -> None:
+def _quiet_libraries(quiet: bool) -> None:
     """Library chatter ("newly initialized: classifier.*", adapter activation notes) is expected;
-    imported only once a command runs, so that --help needs no torch or transformers."""
+    imported only once a command runs, so that --help needs no torch or transformers. ``quiet``
+    also hides transformers' weight-loading progress bars."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    if quiet:
+        hf_logging.disable_progress_bar()
     logging.getLogger("adapters").setLevel(logging.ERROR)
 
 
@@ -250,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             stream.reconfigure(errors="backslashreplace")
     try:
         args = build_parser().parse_args(argv)
-        _quiet_libraries()
+        _quiet_libraries(getattr(args, "quiet", False))
         return COMMANDS[args.command](args)
     except (_UsageError, SparseAdapterError) as err:
         message = " ".join(str(err).split())

@@ -20,6 +20,7 @@ import yaml
 
 from sparseadapter.config import SparsityConfig, check_seed
 from sparseadapter.errors import ConfigError, not_utf8_message, shown
+from sparseadapter.optional import has_adapterhub
 
 FULL_FINETUNE = "full"
 NO_PRUNING = "none"
@@ -28,6 +29,9 @@ SELECTIONS = ("best", "last")
 DEFAULT_LR_ADAPTER = 1e-3
 DEFAULT_LR_FULL = 5e-5
 DEFAULT_SPARSITY = 0.4
+# The paper's Houlsby adapter; LoRA (PEFT) where AdapterHub is not installed, so that a PEFT-only
+# install runs with the defaults too (the run's config.yaml records which one it was).
+DEFAULT_ADAPTER = "houlsby" if has_adapterhub() else "lora"
 
 
 @dataclass
@@ -39,10 +43,11 @@ class ModelConfig:
         },
     )
     adapter: str = field(
-        default="houlsby",
+        default=DEFAULT_ADAPTER,
         metadata={
-            "help": "houlsby, pfeiffer, parallel, mam, prefix, lora, ... or 'full' for full "
-            "fine-tuning (no adapter, no pruning)."
+            "help": "houlsby (default; lora where AdapterHub is not installed), pfeiffer, "
+            "parallel, mam, prefix, lora, ia3, or 'full' for full fine-tuning (no adapter, no "
+            "pruning)."
         },
     )
     library: str = field(
