@@ -23,8 +23,8 @@ from transformers import AutoModelForSequenceClassification
 import sparseadapter as sa
 from sparseadapter import checkpoint
 from sparseadapter.checkpoint import (
-    CONFIG_FILE,
     FORMAT_VERSION,
+    META_FILE,
     WEIGHTS_FILE,
     export_dense,
     load_sparse,
@@ -259,7 +259,7 @@ def test_each_pruned_tensor_stores_kept_values_and_the_smaller_position_encoding
     model, config = sparse_model("peft-lora", sparsity=sparsity)
     save_sparse(model, tmp_path / "ckpt")
     stored = safetensors.torch.load_file(tmp_path / "ckpt" / WEIGHTS_FILE)
-    meta = json.loads((tmp_path / "ckpt" / CONFIG_FILE).read_text())
+    meta = json.loads((tmp_path / "ckpt" / META_FILE).read_text())
     masks = sa.get_masks(model)
     assert meta["pruned_tensors"].keys() == masks.keys()
     for name, keep in masks.items():
@@ -294,7 +294,7 @@ def test_dense_tensors_are_stored_as_they_are(tmp_path):
 def test_metadata_records_what_rebuilding_needs(tmp_path):
     model, config = sparse_model("peft-lora")
     save_sparse(model, tmp_path / "ckpt")
-    meta = json.loads((tmp_path / "ckpt" / CONFIG_FILE).read_text())
+    meta = json.loads((tmp_path / "ckpt" / META_FILE).read_text())
     assert meta["format_version"] == FORMAT_VERSION
     assert meta["library"] == "peft" and meta["adapter_name"] == "default"
     assert meta["adapter_config"]["r"] == 4
@@ -314,7 +314,7 @@ def test_save_works_from_a_source_checkout_without_package_metadata(tmp_path, mo
     monkeypatch.setattr(importlib.metadata, "version", not_installed)
     model, _ = sparse_model("peft-lora")
     save_sparse(model, tmp_path / "ckpt")
-    meta = json.loads((tmp_path / "ckpt" / CONFIG_FILE).read_text())
+    meta = json.loads((tmp_path / "ckpt" / META_FILE).read_text())
     assert meta["versions"]["sparseadapter"] == sa.__version__
 
 
@@ -543,26 +543,26 @@ def test_tampered_weights_are_refused(saved):
 
 def test_tampered_metadata_is_refused(saved):
     path, config = saved
-    meta = json.loads((path / CONFIG_FILE).read_text())
+    meta = json.loads((path / META_FILE).read_text())
     meta["adapter_config"]["r"] = 8
-    (path / CONFIG_FILE).write_text(json.dumps(meta))
+    (path / META_FILE).write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="SHA-256"):
         load_sparse(base_model(config), path)
 
 
 def test_truncated_metadata_is_refused(saved):
     path, config = saved
-    text = (path / CONFIG_FILE).read_text()
-    (path / CONFIG_FILE).write_text(text[: len(text) // 2])
+    text = (path / META_FILE).read_text()
+    (path / META_FILE).write_text(text[: len(text) // 2])
     with pytest.raises(CheckpointError, match="not valid JSON"):
         load_sparse(base_model(config), path)
 
 
 def test_newer_format_version_is_refused_with_upgrade_hint(saved):
     path, config = saved
-    meta = json.loads((path / CONFIG_FILE).read_text())
+    meta = json.loads((path / META_FILE).read_text())
     meta["format_version"] = FORMAT_VERSION + 1
-    (path / CONFIG_FILE).write_text(json.dumps(meta))
+    (path / META_FILE).write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match=rf"version {FORMAT_VERSION + 1}.*upgrade"):
         load_sparse(base_model(config), path)
 
@@ -630,7 +630,7 @@ def test_failed_save_leaves_the_existing_checkpoint_untouched(saved, monkeypatch
 
     def write_then_fail(target, data):
         real_write(target, data[:10])
-        if target.name == CONFIG_FILE:
+        if target.name == META_FILE:
             raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(checkpoint, "write_new", write_then_fail)
@@ -769,11 +769,11 @@ def test_minilm_round_trip(minilm_path, family, tmp_path):
 def test_peft_round_trips_do_not_grow_modules_to_save(tmp_path):
     model, config = sparse_model("peft-lora")
     save_sparse(model, tmp_path / "0")
-    first = json.loads((tmp_path / "0" / CONFIG_FILE).read_text())["adapter_config"]
+    first = json.loads((tmp_path / "0" / META_FILE).read_text())["adapter_config"]
     for i in range(1, 4):
         model = load_sparse(base_model(config), tmp_path / str(i - 1))
         save_sparse(model, tmp_path / str(i))
-    last = json.loads((tmp_path / "3" / CONFIG_FILE).read_text())["adapter_config"]
+    last = json.loads((tmp_path / "3" / META_FILE).read_text())["adapter_config"]
     assert last["modules_to_save"] == first["modules_to_save"]
     assert len(set(last["modules_to_save"])) == len(last["modules_to_save"])
     export_dense(model, tmp_path / "export", format="peft")

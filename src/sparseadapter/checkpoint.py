@@ -35,7 +35,7 @@ from sparseadapter.targets import adapter_library
 FORMAT_NAME = "sparseadapter-sparse-checkpoint"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "adapter.safetensors"
-CONFIG_FILE = "sparse_config.json"
+META_FILE = "sparse_config.json"  # the metadata: what rebuilds the adapter, and the checksum
 EXPORT_FORMATS = ("peft", "adapterhub")
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 FINGERPRINT_KEYS = (
@@ -278,9 +278,9 @@ def save_sparse(
 
     def write(tmp: Path) -> None:
         write_new(tmp / WEIGHTS_FILE, payload)
-        write_new(tmp / CONFIG_FILE, _canonical(meta))
+        write_new(tmp / META_FILE, _canonical(meta))
 
-    return _replace_checkpoint(path, CONFIG_FILE, overwrite, write)
+    return _replace_checkpoint(path, META_FILE, overwrite, write)
 
 
 def read_sparse(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -290,10 +290,10 @@ def read_sparse(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torc
     written in a newer format version.
     """
     path = Path(path)
-    config_file, weights_file = path / CONFIG_FILE, path / WEIGHTS_FILE
+    config_file, weights_file = path / META_FILE, path / WEIGHTS_FILE
     if not config_file.is_file() or not weights_file.is_file():
         raise CheckpointError(
-            f"{path} is not a sparse checkpoint ({CONFIG_FILE} and {WEIGHTS_FILE} expected): "
+            f"{path} is not a sparse checkpoint ({META_FILE} and {WEIGHTS_FILE} expected): "
             "pass the directory written by save_sparse"
         )
     try:
@@ -320,7 +320,7 @@ def read_sparse(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torc
     payload = weights_file.read_bytes()
     if _checksum(payload, meta) != meta.get("sha256"):
         raise CheckpointError(
-            f"{path} fails its SHA-256 check: {WEIGHTS_FILE} or {CONFIG_FILE} was truncated or "
+            f"{path} fails its SHA-256 check: {WEIGHTS_FILE} or {META_FILE} was truncated or "
             "modified after saving; restore the checkpoint from a good copy or save it again"
         )
     return meta, safetensors.torch.load(payload)

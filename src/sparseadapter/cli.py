@@ -15,7 +15,13 @@ from typing import Any, NoReturn
 
 from sparseadapter.config import SparsityConfig
 from sparseadapter.errors import SparseAdapterError
-from sparseadapter.runconfig import DataConfig, ModelConfig, RunConfig, TrainConfig
+from sparseadapter.runconfig import (
+    DEFAULT_SPARSITY,
+    DataConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+)
 
 EXIT_USAGE = 2
 
@@ -51,7 +57,7 @@ RUN_FLAGS: dict[str, tuple[str, type]] = {
 }
 _EXTRA_HELP = {
     "prune.method": "'none' (dense adapter; the default), random, magnitude, snip, grasp, synflow.",
-    "prune.sparsity": "Fraction of adapter weights set to zero; default 0.4, or 1 - 1/K with "
+    "prune.sparsity": f"Fraction of adapter weights set to zero; default {DEFAULT_SPARSITY}, or 1 - 1/K with "
     "--large-sparse K.",
     "prune.seed": "Default: the training seed.",
 }

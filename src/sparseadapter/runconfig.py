@@ -28,7 +28,7 @@ MIXED_PRECISION = ("no", "bf16", "fp16")
 SELECTIONS = ("best", "last")
 DEFAULT_LR_ADAPTER = 1e-3
 DEFAULT_LR_FULL = 5e-5
-DEFAULT_SPARSITY = 0.4
+DEFAULT_SPARSITY: float = SparsityConfig.sparsity  # the one default, written in config.py
 # The paper's Houlsby adapter; LoRA (PEFT) where AdapterHub is not installed, so that a PEFT-only
 # install runs with the defaults too (the run's config.yaml records which one it was).
 DEFAULT_ADAPTER = "houlsby" if has_adapterhub() else "lora"
