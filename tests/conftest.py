@@ -99,7 +99,16 @@ def tiny_glue(tmp_path_factory) -> Path:
     return root
 
 
+# Fixtures that read ../shared or a model package: a test using one is slow by construction, so
+# `pytest -m "not slow"` runs in a clone with neither beside it.
+REAL_DATA_FIXTURES = {"glue_dir", "minilm_path", "tiny_bert"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if REAL_DATA_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
     if HAS_ADAPTERHUB:
         return
     skip = pytest.mark.skip(reason=ADAPTERHUB_SKIP)
