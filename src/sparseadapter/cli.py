@@ -53,6 +53,7 @@ RUN_FLAGS: dict[str, tuple[str, type]] = {
     "--seed": ("train.seed", int),
     "--select": ("train.select", str),
     "--checkpoint-every": ("train.checkpoint_every", int),
+    "--report-to": ("train.report_to", str),
     "--output": ("output", str),
 }
 _EXTRA_HELP = {

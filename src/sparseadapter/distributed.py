@@ -4,11 +4,12 @@ and the same masks on every process. See docs/distributed.md."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
-from accelerate.utils import DistributedType, broadcast
+from accelerate.utils import DistributedType, ProjectConfiguration, broadcast
 from torch import nn
 
 from sparseadapter.config import SparsityConfig
@@ -23,8 +24,9 @@ SHARDED = {
 }
 
 
-def make_accelerator(config: RunConfig) -> Accelerator:
-    """A fresh Accelerator for this run (runs in one process may differ in precision).
+def make_accelerator(config: RunConfig, logging_dir: Path | None = None) -> Accelerator:
+    """A fresh Accelerator for this run (runs in one process may differ in precision), with the
+    run's trackers (``train.report_to``) writing to ``logging_dir`` (none without one).
 
     Under ``torchrun`` on a machine without GPUs accelerate finds no backend and would let every
     process train alone; then the processes are joined over gloo on the CPU instead.
@@ -33,10 +35,17 @@ def make_accelerator(config: RunConfig) -> Accelerator:
     def fresh(cpu: bool) -> Accelerator:
         AcceleratorState._reset_state(reset_partial_state=cpu)
         GradientState._reset_state()
+        trackers = config.train.trackers if logging_dir is not None else []
         return Accelerator(
             cpu=cpu,
             mixed_precision=config.train.mixed_precision,
             gradient_accumulation_steps=config.train.grad_accum,
+            log_with=trackers or None,
+            project_config=ProjectConfiguration(
+                project_dir=str(logging_dir.parent), logging_dir=str(logging_dir)
+            )
+            if trackers
+            else None,
         )
 
     accelerator = fresh(cpu=False)

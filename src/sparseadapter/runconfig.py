@@ -28,6 +28,7 @@ MIXED_PRECISION = ("no", "bf16", "fp16")
 SELECTIONS = ("best", "last")
 DEFAULT_LR_ADAPTER = 1e-3
 DEFAULT_LR_FULL = 5e-5
+TRACKERS = ("tensorboard", "wandb", "mlflow")
 DEFAULT_SPARSITY: float = SparsityConfig.sparsity  # the one default, written in config.py
 # The paper's Houlsby adapter; LoRA (PEFT) where AdapterHub is not installed, so that a PEFT-only
 # install runs with the defaults too (the run's config.yaml records which one it was).
@@ -178,6 +179,15 @@ class TrainConfig:
         default="best",
         metadata={"help": "Which epoch's weights to keep: 'best' dev score or 'last'."},
     )
+    report_to: str = field(
+        default="none",
+        metadata={
+            "help": "Experiment tracking through accelerate's trackers: none, tensorboard, wandb "
+            "or mlflow (several: comma-separated). Logs the loss and lr per step, dev metrics "
+            "per epoch, the sparsity and parameter reports and the config; TensorBoard and "
+            "MLflow files go to <output>/logs."
+        },
+    )
     checkpoint_every: int = field(
         default=100,
         metadata={
@@ -185,6 +195,12 @@ class TrainConfig:
             "(sparseadapter train --resume RUN); 0 = no checkpoints."
         },
     )
+
+    @property
+    def trackers(self) -> list[str]:
+        """The trackers ``report_to`` names ([] for none)."""
+        names = [t.strip() for t in str(self.report_to).split(",") if t.strip()]
+        return [] if names == ["none"] else names
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size", "grad_accum"):
@@ -206,6 +222,12 @@ class TrainConfig:
             )
         if self.select not in SELECTIONS:
             raise ConfigError(f"train.select must be 'best' or 'last', got {shown(self.select)}")
+        unknown = [t for t in self.trackers if t not in TRACKERS]
+        if unknown or (self.report_to.strip() != "none" and not self.trackers):
+            raise ConfigError(
+                f"train.report_to must be none or one of {', '.join(TRACKERS)} (comma-separated), "
+                f"got {shown(self.report_to)}"
+            )
         if self.checkpoint_every < 0:
             raise ConfigError(
                 f"train.checkpoint_every must be >= 0 (0 = no checkpoints), got "

@@ -33,10 +33,11 @@ FINAL_FILE = "final.json"
 LOG_FILE = "log.txt"
 ADAPTER_DIR = "adapter"
 MODEL_DIR = "model"
+LOGS_DIR = "logs"  # the experiment trackers' files (train.report_to)
 PARTIAL_SUFFIX = ".partial"
 PARTIAL_MARKER = ".sparseadapter-run"  # the first file of every .partial folder a run makes
 # What a finished run folder may hold: its own files, and exports made into it.
-RUN_ENTRIES = (CONFIG_FILE, EPOCHS_FILE, FINAL_FILE, LOG_FILE, ADAPTER_DIR, MODEL_DIR)
+RUN_ENTRIES = (CONFIG_FILE, EPOCHS_FILE, FINAL_FILE, LOG_FILE, ADAPTER_DIR, MODEL_DIR, LOGS_DIR)
 EXPORT_PREFIX = "export-"
 
 

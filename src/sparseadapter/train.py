@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from sparseadapter import tracking
 from sparseadapter.budget import parameter_report
 from sparseadapter.checkpoint import base_identity
 from sparseadapter.config import SparsityConfig
@@ -62,6 +63,7 @@ from sparseadapter.rundir import (
     EPOCHS_FILE,
     FINAL_FILE,
     LOG_FILE,
+    LOGS_DIR,
     build_run_model,
     discard_partial,
     new_run_dirs,
@@ -146,7 +148,7 @@ def _run(config: RunConfig, overwrite: bool, quiet: bool, resume: bool) -> dict[
     else:
         output, partial = new_run_dirs(config, overwrite)
     data = load_run_data(config)
-    accelerator = make_accelerator(config)
+    accelerator = make_accelerator(config, partial / LOGS_DIR)
     if checkpoint is not None and checkpoint["num_processes"] != accelerator.num_processes:
         raise ConfigError(
             f"the run was checkpointed with {checkpoint['num_processes']} processes, this resume "
@@ -160,6 +162,7 @@ def _run(config: RunConfig, overwrite: bool, quiet: bool, resume: bool) -> dict[
     if accelerator.is_main_process and checkpoint is None:
         start_partial(partial, config)
     accelerator.wait_for_everyone()
+    tracking.start(accelerator, config)
     try:
         with _log_to(partial / LOG_FILE if accelerator.is_main_process else None, quiet):
             final = _train(config, data, model, tokenizer, accelerator, partial, quiet, checkpoint)
@@ -169,6 +172,8 @@ def _run(config: RunConfig, overwrite: bool, quiet: bool, resume: bool) -> dict[
         if accelerator.is_main_process:
             discard_partial(partial)
         raise
+    finally:
+        tracking.finish(accelerator)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         publish(partial, output)
@@ -234,6 +239,8 @@ def _train(
             # a loader of its own, so that pruning leaves the training data order unchanged
             scoring = train_loader(config, features, tokenizer, data_generator(config))
             sparsity = _prune(config.prune, model, scoring, accelerator).to_dict()
+            tracking.log_pruning(accelerator, sparsity)
+        tracking.log_parameters(accelerator, parameter_report(model).to_dict())
     else:
         progress, sparsity = Progress(**checkpoint["progress"]), checkpoint["sparsity"]
     optimizer, scheduler = _optimizer(model, cfg, len(batches))
@@ -290,6 +297,9 @@ def _train(
             )
             if accelerator.sync_gradients:
                 progress.steps += 1
+                tracking.log_step(
+                    accelerator, loss.item(), scheduler.get_last_lr()[0], progress.steps
+                )
                 mid_epoch = not accelerator.gradient_state.end_of_dataloader
                 if (
                     mid_epoch
@@ -302,6 +312,7 @@ def _train(
         progress.train_seconds += time.perf_counter() - start
         record = _end_epoch(epoch, progress, model, dev_sets, task, cfg, accelerator)
         log.info("epoch %d/%d: %s", epoch, cfg.epochs, _describe(record, task))
+        tracking.log_epoch(accelerator, record, progress.steps)
         if accelerator.is_main_process:
             with (folder / EPOCHS_FILE).open("a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
