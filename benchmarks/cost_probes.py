@@ -165,9 +165,6 @@ def probe_pool() -> Any:
     return pool
 
 
-# ----------------------------------------------------------------------------- report
-
-
 def machine_info(threads: int) -> dict[str, Any]:
     cpuinfo = Path("/proc/cpuinfo")
     text = cpuinfo.read_text() if cpuinfo.exists() else ""

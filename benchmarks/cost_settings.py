@@ -8,9 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sparseadapter import (
-    SparsityConfig,
-)
+from sparseadapter import SparsityConfig
 
 # family -> (adapter, library) for sparseadapter.adapters.build_model
 FAMILIES: dict[str, tuple[str, str]] = {
