@@ -1,7 +1,8 @@
 """Length-grouped vs shuffled training batches (``data.group_by_length``): padding and speed.
 
 For each GLUE task: padded tokens per real token over one epoch of batches of 32 (max length
-128), with plain shuffling and with ``LengthGroupedBatches``. Then, on SST-2 (the quality
+128), with plain shuffling and with ``LengthGroupedBatches``, as training's
+``data.train_loader`` makes them. Then, on SST-2 (the quality
 benchmark's 8k training subset), Houlsby on MiniLM-L6: training steps (forward, backward, AdamW)
 alternating one grouped and one shuffled batch, examples per second of each, and their ratio.
 
@@ -11,58 +12,47 @@ alternating one grouped and one shuffled batch, examples per second of each, and
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import common
+import torch
 
-import torch  # noqa: E402
+from sparseadapter.adapters import build_model, resolve_model
+from sparseadapter.data import load_tokenizer, train_loader
+from sparseadapter.runconfig import RunConfig
 
-from sparseadapter.adapters import build_model, resolve_model  # noqa: E402
-from sparseadapter.batching import LengthGroupedBatches, PadCollator  # noqa: E402
-from sparseadapter.data import encode, load_tokenizer  # noqa: E402
-from sparseadapter.tasks.glue import get_task, load_glue  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 TASKS = {"rte": None, "mrpc": None, "stsb": None, "cola": None, "sst2": 8000}
 BATCH = 32
+KINDS = {"grouped": True, "shuffled": False}  # kind -> data.group_by_length
 
 
-def shuffled(n: int, seed: int) -> list[list[int]]:
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    return [order[k : k + BATCH] for k in range(0, n, BATCH)]
+def epoch(features: list[dict], tokenizer, grouped: bool, seed: int = 0) -> list[dict]:
+    """One epoch of training batches as training makes them (``data.train_loader``)."""
+    config = RunConfig.from_dict(
+        {"data": {"task": "sst2", "group_by_length": grouped}, "train": {"batch_size": BATCH}}
+    )
+    return list(train_loader(config, features, tokenizer, torch.Generator().manual_seed(seed)))
 
 
-def grouped(lengths: list[int], seed: int) -> list[list[int]]:
-    return list(LengthGroupedBatches(lengths, BATCH, torch.Generator().manual_seed(seed)))
-
-
-def padding(features: list[dict], batches: list[list[int]]) -> float:
+def padding(batches: list[dict]) -> float:
     """Tokens fed to the model (each batch padded to its longest example) per real token."""
-    lengths = [len(f["input_ids"]) for f in features]
-    fed = sum(max(lengths[i] for i in b) * len(b) for b in batches)
-    return fed / sum(lengths)
+    fed = sum(b["input_ids"].numel() for b in batches)
+    return fed / sum(int(b["attention_mask"].sum()) for b in batches)
 
 
 def step_speed(features: list[dict], tokenizer, steps: int) -> dict[str, float]:
     """Examples per second of grouped and shuffled batches, one step of each in turn."""
     model, _ = build_model(resolve_model("minilm"), 2, "houlsby")
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    collate = PadCollator(tokenizer.pad_token_id or 0)
-    lengths = [len(f["input_ids"]) for f in features]
-    kinds = {"grouped": grouped(lengths, 0), "shuffled": shuffled(len(features), 0)}
+    kinds = {kind: epoch(features, tokenizer, grouped) for kind, grouped in KINDS.items()}
     seconds = {kind: [] for kind in kinds}
     model.train()
     for step in range(steps + 2):  # the first two rounds warm up, untimed
         for kind, batches in kinds.items():
-            batch = collate([features[i] for i in batches[step]])
+            batch = batches[step]
             start = time.perf_counter()
             model(**batch).loss.backward()
             optimizer.step()
@@ -70,7 +60,7 @@ def step_speed(features: list[dict], tokenizer, steps: int) -> dict[str, float]:
             if step >= 2:
                 seconds[kind].append(time.perf_counter() - start)
     speed = {
-        kind: sum(len(b) for b in kinds[kind][2 : steps + 2]) / sum(s)
+        kind: sum(len(b["labels"]) for b in kinds[kind][2 : steps + 2]) / sum(s)
         for kind, s in seconds.items()
     }
     median = {kind: statistics.median(s) for kind, s in seconds.items()}
@@ -116,8 +106,8 @@ def markdown(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data" / "glue")
+    p = common.parser(__doc__)
+    common.add_data_dir(p)
     p.add_argument("--steps", type=int, default=100, help="timed steps of each kind")
     p.add_argument("--quick", action="store_true", help="rte and sst2, 3 steps, print only")
     args = p.parse_args(argv)
@@ -132,20 +122,18 @@ def main(argv: list[str] | None = None) -> int:
         "speed_task": "sst2",
     }
     for task, limit in tasks.items():
-        spec = get_task(task)
-        examples = load_glue(spec.name, "train", args.data_dir, limit)
-        features = encode(tokenizer, examples, 128, spec.is_regression)
+        features = common.task_features(tokenizer, task, args.data_dir, limit)
         results["padding"][task] = {
             "examples": len(features),
-            "shuffled": padding(features, shuffled(len(features), 0)),
-            "grouped": padding(features, grouped([len(f["input_ids"]) for f in features], 0)),
+            "shuffled": padding(epoch(features, tokenizer, grouped=False)),
+            "grouped": padding(epoch(features, tokenizer, grouped=True)),
         }
     results["speed"] = step_speed(features, tokenizer, steps)  # the last task: sst2
     text = markdown(results)
     print(text)
     if not args.quick:
-        (RESULTS / "batching.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
-        (RESULTS / "batching.md").write_text(text, encoding="utf-8")
+        common.write_json(common.RESULTS / "batching.json", results)
+        common.write_text(common.RESULTS / "batching.md", text)
     return 0
 
 

@@ -15,23 +15,19 @@ row exceeds the format's bound.
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import common
+import safetensors.torch
+import torch
+from transformers import AutoModelForSequenceClassification
 
-import safetensors.torch  # noqa: E402
-import torch  # noqa: E402
-from transformers import AutoModelForSequenceClassification  # noqa: E402
-
-import sparseadapter as sa  # noqa: E402
-from sparseadapter.checkpoint import (  # noqa: E402
+import sparseadapter as sa
+from sparseadapter.checkpoint import (
     WEIGHTS_FILE,
     export_dense,
     save_sparse,
@@ -42,7 +38,7 @@ ISSUE_HEADER_CONSTANT = 16 * 1024
 SPARSITIES = (0.4, 0.8, 0.9, 0.95)
 DTYPES = ("float32", "float16")
 FAMILIES = ("houlsby", "parallel", "lora")
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = common.RESULTS
 
 
 def build(family: str, model_path: str) -> torch.nn.Module:
@@ -160,7 +156,7 @@ def markdown(rows: list[dict], header: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.parser(__doc__)
     parser.add_argument("--quick", action="store_true", help="LoRA only, s = 0.4 and 0.95")
     parser.add_argument(
         "--output-dir",
@@ -196,11 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     output = args.output_dir or (None if args.quick else RESULTS)
     if output is not None:
-        output.mkdir(parents=True, exist_ok=True)
-        (output / "checkpoint_size.json").write_text(
-            json.dumps({**header, "rows": rows}, indent=2) + "\n"
+        common.write_json(
+            output / "checkpoint_size.json", {**header, "rows": rows}, indent=2, newline=True
         )
-        (output / "checkpoint_size.md").write_text(text)
+        common.write_text(output / "checkpoint_size.md", text)
     return 0 if all(r["within_bound"] for r in rows) else 1
 
 

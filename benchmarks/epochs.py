@@ -1,7 +1,7 @@
 """How many epochs each task needs: the dense adapter's dev score after every epoch.
 
 The quality benchmark trains each task for a fixed number of epochs (``EPOCHS`` in
-``quality.py``). This script is the evidence behind those numbers: it trains the dense Houlsby
+``quality_grid.py``). This script is the evidence behind those numbers: it trains the dense Houlsby
 adapter (lr 1e-3; otherwise the quality protocol: length-grouped batches of 32, max length 128)
 for ``--epochs`` epochs on each task and records the dev score after each epoch. The linear
 schedule decays over all of them, so the score after epoch k is a guide to a k-epoch run, not
@@ -17,16 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import common
+from quality_grid import EPOCHS, TASKS, base_config
 
-from quality import DEFAULT_DATA, EPOCHS, RESULTS, ROOT, TASKS, base_config  # noqa: E402
-
-from sparseadapter.runconfig import RunConfig  # noqa: E402
-from sparseadapter.rundir import EPOCHS_FILE, finished_result, interrupted  # noqa: E402
-from sparseadapter.train import train  # noqa: E402
+from sparseadapter.runconfig import RunConfig
+from sparseadapter.rundir import EPOCHS_FILE, finished_result, interrupted
+from sparseadapter.train import train
 
 
 def run_config(task: str, seed: int, args: argparse.Namespace) -> RunConfig:
@@ -77,14 +75,14 @@ def markdown(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = common.parser(__doc__)
     p.add_argument("--tasks", nargs="+", default=["rte", "mrpc", "stsb", "cola"], choices=TASKS)
     p.add_argument("--seeds", nargs="+", type=int, default=[1])
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--max-train-samples", type=int, default=None)
-    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
-    p.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "epochs")
-    p.add_argument("--results-dir", type=Path, default=RESULTS)
+    common.add_data_dir(p)
+    p.add_argument("--runs-dir", type=Path, default=common.ROOT / "runs" / "epochs")
+    p.add_argument("--results-dir", type=Path, default=common.RESULTS)
     p.add_argument("--quick", action="store_true", help="RTE, 64 examples, 2 epochs; print only")
     args = p.parse_args(argv)
     if args.quick:
@@ -96,11 +94,11 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"task": task, "metric": metric, "seed": seed, "scores": scores})
     if not args.quick:
         rows = merged(args.results_dir / "epochs.json", rows)
-        (args.results_dir / "epochs.json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
+        common.write_json(args.results_dir / "epochs.json", rows)
     table = markdown(rows)
     print(table)
     if not args.quick:
-        (args.results_dir / "epochs.md").write_text(table + "\n", encoding="utf-8")
+        common.write_text(args.results_dir / "epochs.md", table + "\n")
     return 0
 
 

@@ -13,27 +13,18 @@ twice at each sparsity: weight by weight (``pairs=()``) and with the pairs kept 
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import statistics
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import common
+import torch
 
-import torch  # noqa: E402
+from sparseadapter import SparsityConfig, score_weights
+from sparseadapter.adapters import build_model, resolve_model
+from sparseadapter.data import load_tokenizer
+from sparseadapter.masks import select_masks
+from sparseadapter.targets import lora_pairs
 
-from sparseadapter import SparsityConfig, score_weights  # noqa: E402
-from sparseadapter.adapters import build_model, resolve_model  # noqa: E402
-from sparseadapter.batching import PadCollator  # noqa: E402
-from sparseadapter.data import encode, load_tokenizer  # noqa: E402
-from sparseadapter.masks import select_masks  # noqa: E402
-from sparseadapter.targets import lora_pairs  # noqa: E402
-from sparseadapter.tasks.glue import load_glue  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "glue"
 SPARSITIES = {1: [0.4, 0.6, 0.8, 0.9, 0.95], 4: [0.75, 0.9, 0.95]}
 
 
@@ -50,9 +41,8 @@ def measure(large_sparse: int, examples: int, data_dir: Path) -> list[dict]:
     path = resolve_model("minilm")
     model, _ = build_model(path, 2, "lora", library="peft", large_sparse=large_sparse)
     tokenizer = load_tokenizer(path)
-    features = encode(tokenizer, load_glue("sst2", "train", data_dir, examples), 128, False)
-    collate = PadCollator(tokenizer.pad_token_id or 0)
-    batches = [collate(features[i : i + 32]) for i in range(0, len(features), 32)]
+    features = common.task_features(tokenizer, "sst2", data_dir, examples)
+    batches = common.fixed_batches(features, tokenizer, 32)
     scores = score_weights(model, SparsityConfig("snip", 0.5, num_examples=examples), batches)
     pairs = lora_pairs(scores)
     rows = []
@@ -101,18 +91,17 @@ def markdown(rows: list[dict], examples: int) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.parser(__doc__)
     parser.add_argument("--quick", action="store_true", help="64 scoring examples, print only")
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="GLUE TSV folder")
+    common.add_data_dir(parser, help="GLUE TSV folder")
     args = parser.parse_args()
     examples = 64 if args.quick else 320
     rows = [row for width in SPARSITIES for row in measure(width, examples, args.data_dir)]
     text = markdown(rows, examples)
     print(text)
     if not args.quick:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "lora_alignment.json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
-        (RESULTS / "lora_alignment.md").write_text(text, encoding="utf-8")
+        common.write_json(common.RESULTS / "lora_alignment.json", rows)
+        common.write_text(common.RESULTS / "lora_alignment.md", text)
 
 
 if __name__ == "__main__":

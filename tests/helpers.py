@@ -4,6 +4,7 @@ and running a benchmark script."""
 from __future__ import annotations
 
 import csv
+import importlib
 import inspect
 import math
 import re
@@ -11,6 +12,7 @@ import subprocess
 import sys
 from fractions import Fraction
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -174,9 +176,19 @@ def head_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def benchmark_module(name: str) -> ModuleType:
+    """The module ``benchmarks/<name>.py``, imported as its scripts import each other."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    return importlib.import_module(name)
+
+
 def run_benchmark(script: str, *args: str) -> subprocess.CompletedProcess:
     """Run ``benchmarks/<script>`` with ``args`` in a new process; fails the test if it fails."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / script
+    path = BENCHMARKS / script
     done = subprocess.run(
         [sys.executable, str(path), *args], capture_output=True, text=True, timeout=900
     )

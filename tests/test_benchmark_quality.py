@@ -1,23 +1,25 @@
 """The quality benchmark: --quick runs end to end, resumes from its records, and its verdicts
 follow the stated rules."""
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import BENCHMARKS, benchmark_module
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "quality.py"
+from sparseadapter.rundir import finished_result, interrupted
+
+SCRIPT = BENCHMARKS / "quality.py"
 EPOCHS = {"rte": 6, "cola": 5, "stsb": 3}  # the script's, checked below
-
-
-def _quality_module():
-    spec = importlib.util.spec_from_file_location("quality_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+quality = benchmark_module("quality")  # the command line
+q_grid = benchmark_module("quality_grid")
+q_records = benchmark_module("quality_records")
+q_worker = benchmark_module("quality_worker")
+q_plan = benchmark_module("quality_plan")
+q_report = benchmark_module("quality_report")
+common = benchmark_module("common")
 
 
 @pytest.mark.slow
@@ -63,7 +65,6 @@ def _on(task, record):
 
 
 def test_report_verdicts_follow_the_rules(tmp_path):
-    quality = _quality_module()
     records = []
     for seed, noise in [(1, 0.0), (2, 0.01)]:
         records += [
@@ -81,7 +82,7 @@ def test_report_verdicts_follow_the_rules(tmp_path):
     lines = [json.dumps(r) for r in [*records, legacy, shorter]]
     (tmp_path / "quality_runs.jsonl").write_text("\n".join(lines))
     args = quality.parse_args(["--report-only", "--results-dir", str(tmp_path)])
-    text = quality.report(args).read_text()
+    text = q_report.report(args).read_text()
     progress = text.split("## Progress")[1].split("## Claim 1")[0]
     assert "| cola | 4 | 0 | 42 |" in progress and "| all | | 14 | " in progress
     claim1 = text.split("## Claim 1")[1].split("## Claim 2")[0]
@@ -118,7 +119,6 @@ def test_report_verdicts_follow_the_rules(tmp_path):
 
 
 def test_report_says_where_runs_trained_and_what_the_device_changes(tmp_path):
-    quality = _quality_module()
     gpu = {"device": "NVIDIA H100", "torch": "2.11.0"}
     dense = [_record("lora", "none", 0.0, seed, 0.60 + 0.02 * seed) for seed in (1, 2, 3)]
 
@@ -134,10 +134,10 @@ def test_report_says_where_runs_trained_and_what_the_device_changes(tmp_path):
     (tmp_path / "quality_device_check.jsonl").write_text("\n".join(map(json.dumps, checked)))
     args = quality.parse_args(["--report-only", "--results-dir", str(tmp_path)])
     write(gpu_seconds=1.0)
-    fast = quality.plan(args)
-    text = quality.report(args).read_text()
+    fast = q_plan.plan(args)
+    text = q_report.report(args).read_text()
     write(gpu_seconds=1000.0)
-    assert quality.plan(args) == fast  # the pace left is the CPU's
+    assert q_plan.plan(args) == fast  # the pace left is the CPU's
 
     assert "- cpu, torch 2.13.0: 3 runs (rte 3)" in text
     assert "- NVIDIA H100, torch 2.11.0: 3 runs (rte 3)" in text
@@ -152,99 +152,94 @@ def test_report_says_where_runs_trained_and_what_the_device_changes(tmp_path):
 
 
 def test_lr_is_tuned_on_each_adapters_grid(tmp_path):
-    quality = _quality_module()
     args = quality.parse_args(["--runs-dir", str(tmp_path), "--adapters", "houlsby", "mam"])
-    tuning = {(r.model.adapter, r.train.lr) for r in quality.planned_runs("rte", "1", {}, args)}
+    tuning = {(r.model.adapter, r.train.lr) for r in q_grid.planned_runs("rte", "1", {}, args)}
     assert tuning == {("houlsby", 1e-3), ("houlsby", 3e-3), ("mam", 3e-4), ("mam", 1e-3)}
     args = quality.parse_args(["--adapters", "mam", "--lr-grid", "1e-4"])
-    assert {r.train.lr for r in quality.planned_runs("rte", "1", {}, args)} == {1e-4}
+    assert {r.train.lr for r in q_grid.planned_runs("rte", "1", {}, args)} == {1e-4}
 
 
 def test_tuning_goes_lower_while_every_rate_collapsed(tmp_path):
-    quality = _quality_module()
     args = quality.parse_args(["--runs-dir", str(tmp_path), "--adapters", "mam"])
 
     def planned(records, args=args):
-        return {r.train.lr: r for r in quality.planned_runs("rte", "1", records, args)}
+        return {r.train.lr: r for r in q_grid.planned_runs("rte", "1", records, args)}
 
     def recorded(run, score, collapsed):
         record = _record("mam", "none", 0.0, 1, score, lr=run.train.lr, collapsed=collapsed)
-        return {**record, "run": quality.record_key(run)}
+        return {**record, "run": q_grid.record_key(run)}
 
     grid = planned({})
     assert set(grid) == {3e-4, 1e-3}
-    records = {quality.record_key(r): recorded(r, 0.65, True) for r in grid.values()}
+    records = {q_grid.record_key(r): recorded(r, 0.65, True) for r in grid.values()}
     assert set(planned(records)) == {3e-4, 1e-3, 1e-4}  # none works yet: one step lower, no more
     lower = planned(records)[1e-4]
-    works = {**records, quality.record_key(lower): recorded(lower, 0.60, False)}
-    runs = quality.planned_runs("rte", "1", works, args)
+    works = {**records, q_grid.record_key(lower): recorded(lower, 0.60, False)}
+    runs = q_grid.planned_runs("rte", "1", works, args)
     assert {r.train.lr for r in runs} == {1e-4} and len(runs) == 6  # dense + SNIP 40%, 3 seeds
-    assert quality.tuned_lrs(list(works.values()), args) == {("rte", "mam"): 1e-4}
-    assert quality.without_working_lr(list(works.values()), args) == {}
+    assert q_records.tuned_lrs(list(works.values()), args) == {("rte", "mam"): 1e-4}
+    assert q_records.without_working_lr(list(works.values()), args) == {}
     # the bottom of the ladder collapsed too: no working rate, nothing more to train
-    dead = {**records, quality.record_key(lower): recorded(lower, 0.50, True)}
+    dead = {**records, q_grid.record_key(lower): recorded(lower, 0.50, True)}
     assert set(planned(dead)) == {3e-4, 1e-3, 1e-4}
-    assert len(quality.planned_runs("rte", "1", dead, args, assume_lr=True)) == 3  # counts, too
-    assert quality.without_working_lr(list(dead.values()), args) == {
+    assert len(q_grid.planned_runs("rte", "1", dead, args, assume_lr=True)) == 3  # counts, too
+    assert q_records.without_working_lr(list(dead.values()), args) == {
         ("rte", "mam"): [1e-4, 3e-4, 1e-3]
     }
     (tmp_path / "quality_runs.jsonl").write_text("\n".join(json.dumps(r) for r in dead.values()))
-    report = quality.report(quality.parse_args(["--results-dir", str(tmp_path)])).read_text()
+    report = q_report.report(quality.parse_args(["--results-dir", str(tmp_path)])).read_text()
     assert "No working learning rate (every rate" in report
     assert "verdicts): rte mam (0.0001, 0.0003, 0.001)" in report
     assert "| rte | mam | 65.00 ± 0.00 (n=1) ⚠ 1 collapsed | no working learning rate |" in report
     # a grid with one working rate is not extended, and picks it over a collapsed higher score
-    one_works = {**records, quality.record_key(grid[1e-3]): recorded(grid[1e-3], 0.60, False)}
-    assert {r.train.lr for r in quality.planned_runs("rte", "1", one_works, args)} == {1e-3}
+    one_works = {**records, q_grid.record_key(grid[1e-3]): recorded(grid[1e-3], 0.60, False)}
+    assert {r.train.lr for r in q_grid.planned_runs("rte", "1", one_works, args)} == {1e-3}
     args.lr_grid = [3e-4, 1e-3]  # given explicitly: used as given, never extended or skipped
-    runs = quality.planned_runs("rte", "1", records, args)
+    runs = q_grid.planned_runs("rte", "1", records, args)
     assert {r.train.lr for r in runs} == {3e-4} and len(runs) == 6  # sparse runs follow, too
 
 
 def test_workers_never_take_the_same_run(tmp_path):
-    quality = _quality_module()
     args = quality.parse_args(["--quick", "--runs-dir", str(tmp_path)])
-    (run, *_) = quality.planned_runs("rte", "1", {}, args)
-    assert quality.take(run)
-    assert not quality.take(run)  # held by this live process
+    (run, *_) = q_grid.planned_runs("rte", "1", {}, args)
+    assert q_worker.take(run)
+    assert not q_worker.take(run)  # held by this live process
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True
     )
     Path(f"{run.output}.lock").write_text(dead.stdout.decode().strip())
-    assert quality.take(run)  # its worker died: the run is free again
+    assert q_worker.take(run)  # its worker died: the run is free again
 
 
 def test_plan_counts_runs_left_and_their_hours(tmp_path):
-    quality = _quality_module()
     args = quality.parse_args(["--quick", "--runs-dir", str(tmp_path)])
-    assert "| rte | 1 | 0 | 2 | 0.0 |" in quality.plan(args)  # dense (= tuning) + SNIP 40%
-    (dense, sparse) = quality.planned_runs("rte", "1", {}, args, assume_lr=True)
-    record = {"run": quality.record_key(dense), "protocol": quality.PROTOCOL, "score": 0.6}
+    assert "| rte | 1 | 0 | 2 | 0.0 |" in q_plan.plan(args)  # dense (= tuning) + SNIP 40%
+    (dense, sparse) = q_grid.planned_runs("rte", "1", {}, args, assume_lr=True)
+    record = {"run": q_grid.record_key(dense), "protocol": q_grid.PROTOCOL, "score": 0.6}
     record.update(collapsed=False)
     record.update(task="rte", adapter="lora", large_sparse=1.0, seconds=7200.0)
     record.update(epochs=1, max_train_samples=64)
-    quality.append_record(args.records, record)
-    assert quality.planned_runs("rte", "1", {}, args) == [dense]  # lr unknown: tuning only
-    assert "| rte | 1 | 1 | 1 | 2.0 |" in quality.plan(args)
+    q_records.append_record(args.records, record)
+    assert q_grid.planned_runs("rte", "1", {}, args) == [dense]  # lr unknown: tuning only
+    assert "| rte | 1 | 1 | 1 | 2.0 |" in q_plan.plan(args)
     resumed = {**record, "run": "rte-lora-other", "seconds": 60.0, "resumed": True}
-    quality.append_record(args.records, resumed)  # its seconds are only the rest of a run
-    assert "| rte | 1 | 1 | 1 | 2.0 |" in quality.plan(args)
+    q_records.append_record(args.records, resumed)  # its seconds are only the rest of a run
+    assert "| rte | 1 | 1 | 1 | 2.0 |" in q_plan.plan(args)
     # a task with no runs yet borrows the pace, scaled by its work (epochs x training words)
-    words = {t: quality.training_words(args.data_dir, t, 64) for t in ("rte", "cola")}
+    words = {t: q_plan.training_words(args.data_dir, t, 64) for t in ("rte", "cola")}
     assert words["rte"] > 2 * words["cola"]  # RTE's sentence pairs are longer than CoLA's sentences
     args.tasks = ["cola"]
     cola_hours = 2 * 2.0 * words["cola"] / words["rte"]  # dense + SNIP 40%, both still to run
-    assert f"| cola | 1 | 0 | 2 | {cola_hours:.1f} |" in quality.plan(args)
+    assert f"| cola | 1 | 0 | 2 | {cola_hours:.1f} |" in q_plan.plan(args)
 
 
 def test_claim_4_runs_on_its_own_tasks_only(tmp_path):
-    quality = _quality_module()
     args = quality.parse_args(["--runs-dir", str(tmp_path), "--claims", "1", "4"])
-    assert quality.CLAIMS["4"]["tasks"] == ["sst2", "cola", "stsb"]
-    assert quality.planned_runs("rte", "4", {}, args, assume_lr=True) == []
-    pruners = {r.pruner for r in quality.planned_runs("cola", "4", {}, args, assume_lr=True)}
+    assert q_grid.CLAIMS["4"]["tasks"] == ["sst2", "cola", "stsb"]
+    assert q_grid.planned_runs("rte", "4", {}, args, assume_lr=True) == []
+    pruners = {r.pruner for r in q_grid.planned_runs("cola", "4", {}, args, assume_lr=True)}
     assert pruners == {"none", "random", "magnitude", "snip", "grasp", "synflow"}
-    table = quality.plan(args)
+    table = q_plan.plan(args)
     assert "| rte | 1 |" in table and "| cola | 4 |" in table
     assert "| rte | 4 |" not in table and "| mrpc | 4 |" not in table
     records = []
@@ -257,7 +252,7 @@ def test_claim_4_runs_on_its_own_tasks_only(tmp_path):
             ]
     (tmp_path / "quality_runs.jsonl").write_text("\n".join(json.dumps(r) for r in records))
     args = quality.parse_args(["--report-only", "--results-dir", str(tmp_path)])
-    claim4 = quality.report(args).read_text().split("## Claim 4")[1].split("## Every cell")[0]
+    claim4 = q_report.report(args).read_text().split("## Claim 4")[1].split("## Every cell")[0]
     assert "- cola @40%: snip 62.50 > random 58.50; spread 4.00 ± 0.71 points (beyond 2 SE)" in (
         claim4
     )
@@ -266,22 +261,20 @@ def test_claim_4_runs_on_its_own_tasks_only(tmp_path):
 
 
 def test_epochs_are_set_per_task_unless_given():
-    quality = _quality_module()
     per_task = quality.parse_args([])
-    assert {t: quality.base_config(t, per_task)["train"]["epochs"] for t in quality.TASKS} == (
-        quality.EPOCHS
+    assert {t: q_grid.base_config(t, per_task)["train"]["epochs"] for t in q_grid.TASKS} == (
+        q_grid.EPOCHS
     )
-    assert EPOCHS.items() <= quality.EPOCHS.items()
+    assert EPOCHS.items() <= q_grid.EPOCHS.items()
     fixed = quality.parse_args(["--epochs", "3"])
-    assert {quality.base_config(t, fixed)["train"]["epochs"] for t in quality.TASKS} == {3}
+    assert {q_grid.base_config(t, fixed)["train"]["epochs"] for t in q_grid.TASKS} == {3}
 
 
 def test_folders_of_another_config_are_set_aside_not_reused(tmp_path):
     from sparseadapter.runconfig import RunConfig, save_yaml
 
-    quality = _quality_module()
     args = quality.parse_args(["--quick", "--runs-dir", str(tmp_path)])
-    (run, other, *_) = quality.planned_runs("rte", "1", {}, args, assume_lr=True)
+    (run, other, *_) = q_grid.planned_runs("rte", "1", {}, args, assume_lr=True)
     old = RunConfig.from_dict({**run.to_dict(), "train": {**run.to_dict()["train"], "epochs": 9}})
     output = run.output_dir()
     for folder in (output, output.with_name(output.name + ".partial")):
@@ -294,16 +287,15 @@ def test_folders_of_another_config_are_set_aside_not_reused(tmp_path):
     (current / "final.json").write_text('{"score": 0.7}')
     (output.parent / f"{output.name}.superseded").mkdir()  # set aside once before
 
-    quality.set_aside_stale(run)
-    quality.set_aside_stale(other)
-    assert quality.finished_result(run) is None and not quality.interrupted(run)
+    q_worker.set_aside_stale(run)
+    q_worker.set_aside_stale(other)
+    assert finished_result(run) is None and not interrupted(run)
     assert json.loads((output.parent / f"{output.name}.superseded2" / "final.json").read_text())
     assert (output.parent / f"{output.name}.partial.superseded" / "config.yaml").is_file()
-    assert quality.finished_result(other) == {"score": 0.7}  # same config: kept and read
+    assert finished_result(other) == {"score": 0.7}  # same config: kept and read
 
 
 def test_verdicts_are_given_per_task_once_two_tasks_are_measured(tmp_path):
-    quality = _quality_module()
 
     records = []
     for seed, noise in [(1, 0.0), (2, 0.01)]:
@@ -315,7 +307,7 @@ def test_verdicts_are_given_per_task_once_two_tasks_are_measured(tmp_path):
         ]
     (tmp_path / "quality_runs.jsonl").write_text("\n".join(json.dumps(r) for r in records))
     args = quality.parse_args(["--report-only", "--results-dir", str(tmp_path)])
-    claim1 = quality.report(args).read_text().split("## Claim 1")[1].split("## Claim 2")[0]
+    claim1 = q_report.report(args).read_text().split("## Claim 1")[1].split("## Claim 2")[0]
     assert "**Verdict: mixed (on 2 of 8 cells measured).**" in claim1
     assert (
         "Per task: rte: holds (on 1 of 4 cells measured); "
@@ -325,13 +317,12 @@ def test_verdicts_are_given_per_task_once_two_tasks_are_measured(tmp_path):
 
 def test_committed_report_and_readme_show_the_recorded_runs(tmp_path):
     """quality.md's summary is what the committed records give, and the README shows it."""
-    quality = _quality_module()
-    records = quality.RESULTS / "quality_runs.jsonl"
+    records = common.RESULTS / "quality_runs.jsonl"
     args = quality.parse_args(
         ["--report-only", "--results-dir", str(tmp_path), "--records", str(records)]
     )
-    fresh = quality.report(args).read_text()
-    committed = (quality.RESULTS / "quality.md").read_text()
+    fresh = q_report.report(args).read_text()
+    committed = (common.RESULTS / "quality.md").read_text()
 
     def summary_table(text):
         section = text.split("## Summary")[1].split("## Progress")[0]
@@ -340,5 +331,5 @@ def test_committed_report_and_readme_show_the_recorded_runs(tmp_path):
     table = summary_table(fresh)
     assert len(table) == 2 + 4 + 12 + 2  # header, rule, claim 1, 2 and 3 rows
     assert summary_table(committed) == table
-    readme = (quality.ROOT / "README.md").read_text()
+    readme = (common.ROOT / "README.md").read_text()
     assert "\n".join(table) in readme
