@@ -1,5 +1,6 @@
 """The quality benchmark: --quick runs end to end, resumes from its records, and its verdicts
-follow the stated rules."""
+follow the stated rules. Tests that read the GLUE files (the report sizes its tables from them)
+take the glue_dir fixture, which makes them slow."""
 
 import json
 import subprocess
@@ -64,7 +65,7 @@ def _on(task, record):
     return {**record, "task": task, "run": run, "epochs": EPOCHS[task]}
 
 
-def test_report_verdicts_follow_the_rules(tmp_path):
+def test_report_verdicts_follow_the_rules(tmp_path, glue_dir):
     records = []
     for seed, noise in [(1, 0.0), (2, 0.01)]:
         records += [
@@ -118,7 +119,7 @@ def test_report_verdicts_follow_the_rules(tmp_path):
     )
 
 
-def test_report_says_where_runs_trained_and_what_the_device_changes(tmp_path):
+def test_report_says_where_runs_trained_and_what_the_device_changes(tmp_path, glue_dir):
     gpu = {"device": "NVIDIA H100", "torch": "2.11.0"}
     dense = [_record("lora", "none", 0.0, seed, 0.60 + 0.02 * seed) for seed in (1, 2, 3)]
 
@@ -159,7 +160,7 @@ def test_lr_is_tuned_on_each_adapters_grid(tmp_path):
     assert {r.train.lr for r in q_grid.planned_runs("rte", "1", {}, args)} == {1e-4}
 
 
-def test_tuning_goes_lower_while_every_rate_collapsed(tmp_path):
+def test_tuning_goes_lower_while_every_rate_collapsed(tmp_path, glue_dir):
     args = quality.parse_args(["--runs-dir", str(tmp_path), "--adapters", "mam"])
 
     def planned(records, args=args):
@@ -211,7 +212,7 @@ def test_workers_never_take_the_same_run(tmp_path):
     assert q_worker.take(run)  # its worker died: the run is free again
 
 
-def test_plan_counts_runs_left_and_their_hours(tmp_path):
+def test_plan_counts_runs_left_and_their_hours(tmp_path, glue_dir):
     args = quality.parse_args(["--quick", "--runs-dir", str(tmp_path)])
     assert "| rte | 1 | 0 | 2 | 0.0 |" in q_plan.plan(args)  # dense (= tuning) + SNIP 40%
     (dense, sparse) = q_grid.planned_runs("rte", "1", {}, args, assume_lr=True)
@@ -233,7 +234,7 @@ def test_plan_counts_runs_left_and_their_hours(tmp_path):
     assert f"| cola | 1 | 0 | 2 | {cola_hours:.1f} |" in q_plan.plan(args)
 
 
-def test_claim_4_runs_on_its_own_tasks_only(tmp_path):
+def test_claim_4_runs_on_its_own_tasks_only(tmp_path, glue_dir):
     args = quality.parse_args(["--runs-dir", str(tmp_path), "--claims", "1", "4"])
     assert q_grid.CLAIMS["4"]["tasks"] == ["sst2", "cola", "stsb"]
     assert q_grid.planned_runs("rte", "4", {}, args, assume_lr=True) == []
@@ -295,7 +296,7 @@ def test_folders_of_another_config_are_set_aside_not_reused(tmp_path):
     assert finished_result(other) == {"score": 0.7}  # same config: kept and read
 
 
-def test_verdicts_are_given_per_task_once_two_tasks_are_measured(tmp_path):
+def test_verdicts_are_given_per_task_once_two_tasks_are_measured(tmp_path, glue_dir):
 
     records = []
     for seed, noise in [(1, 0.0), (2, 0.01)]:
@@ -315,7 +316,7 @@ def test_verdicts_are_given_per_task_once_two_tasks_are_measured(tmp_path):
     )
 
 
-def test_committed_report_and_readme_show_the_recorded_runs(tmp_path):
+def test_committed_report_and_readme_show_the_recorded_runs(tmp_path, glue_dir):
     """quality.md's summary is what the committed records give, and the README shows it."""
     records = common.RESULTS / "quality_runs.jsonl"
     args = quality.parse_args(
