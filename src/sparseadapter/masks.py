@@ -24,13 +24,16 @@ import copy
 import weakref
 from collections.abc import Sequence
 from decimal import ROUND_HALF_UP, Decimal
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from sparseadapter.config import SparsityConfig
 from sparseadapter.errors import ConfigError
+
+if TYPE_CHECKING:
+    from sparseadapter.config import SparsityConfig
 
 
 def kept_count(numel: int, sparsity: float) -> int:

@@ -16,10 +16,16 @@ and buffers are restored afterwards.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
-from sparseadapter.scoring import register_scorer
+from sparseadapter.masks import select_masks
+from sparseadapter.scoring.registry import register_scorer
+
+if TYPE_CHECKING:
+    from sparseadapter.config import SparsityConfig
 
 
 def _normalization_modules(model: nn.Module) -> list[nn.Module]:
@@ -100,9 +106,12 @@ def _synflow_once(model, params, inputs) -> dict[str, torch.Tensor]:
 
 
 @register_scorer("synflow", needs_data=False)
-def synflow_scores(model, params, batches, config):
-    from sparseadapter.masks import select_masks
-
+def synflow_scores(
+    model: nn.Module,
+    params: dict[str, nn.Parameter],
+    batches: list[dict] | None,
+    config: SparsityConfig,
+) -> dict[str, torch.Tensor]:
     inputs = _synflow_inputs(model, batches)
     rounds = config.synflow_rounds
     if rounds == 1:
