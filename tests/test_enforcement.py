@@ -1,12 +1,14 @@
 """Pruned weights stay exactly 0.0 through every kind of training step."""
 
 import copy
+import gc
 
 import pytest
 import torch
 from tiny_module import ADAPTER_NAMES, TinyAdapterModel, tiny_batches
 
 import sparseadapter as sa
+from sparseadapter import masks as mask_engine
 
 
 def _sparse_model(method="snip", sparsity=0.5):
@@ -115,6 +117,63 @@ def test_step_hook_remasks_only_the_stepping_optimizers_parameters():
     assert (weight_b[pruned_b] == 3.0).all(), "stepping A must not touch B's weights"
     opt_b.step()
     assert (_pruned_values(model_b) == 0.0).all()
+
+
+def _engine_step_hooks():
+    from torch.optim.optimizer import _global_optimizer_post_hooks
+
+    return [
+        h for h in _global_optimizer_post_hooks.values() if h.__module__ == mask_engine.__name__
+    ]
+
+
+def test_the_step_hook_lives_only_while_masks_do():
+    gc.collect()
+    model_a, model_b = _sparse_model(), _sparse_model()
+    assert len(_engine_step_hooks()) == 1
+    sa.remove_sparsity(model_a)
+    assert len(_engine_step_hooks()) == 1, "B's masks are still live"
+    _train(model_b, Drift([p for p in model_b.parameters() if p.requires_grad]), steps=1)
+    del model_b
+    gc.collect()
+    assert _engine_step_hooks() == []
+
+
+def test_an_optimizer_steps_without_the_hook_once_no_masks_are_live(monkeypatch):
+    gc.collect()
+    calls = []
+    reapply = mask_engine._reapply_stepped_masks
+    monkeypatch.setattr(
+        mask_engine,
+        "_reapply_stepped_masks",
+        lambda *args: calls.append(1) or reapply(*args),
+    )
+    model = _sparse_model()
+    _train(model, Drift([p for p in model.parameters() if p.requires_grad]), steps=1)
+    assert len(calls) == 1 and (_pruned_values(model) == 0.0).all()
+    del model
+    gc.collect()
+    plain = TinyAdapterModel(hidden=16, bottleneck=8)
+    _train(plain, torch.optim.SGD(plain.parameters(), lr=0.1), steps=3)
+    assert len(calls) == 1
+
+
+def test_what_an_optimizer_remasks_is_worked_out_once_and_follows_its_groups(monkeypatch):
+    plans = []
+    make_plan = mask_engine._make_plan
+    monkeypatch.setattr(mask_engine, "_make_plan", lambda opt: plans.append(1) or make_plan(opt))
+    model = _sparse_model()
+    late = dict(model.named_parameters())[ADAPTER_NAMES[0]]
+    opt = Drift([p for p in model.parameters() if p.requires_grad and p is not late])
+    _train(model, opt, steps=3)
+    assert len(plans) == 1
+    opt.add_param_group({"params": [late]})
+    _train(model, opt, steps=2)
+    assert len(plans) == 2 and (_pruned_values(model) == 0.0).all()
+    other = _sparse_model()  # a new mask set: plans are worked out again
+    _train(model, opt, steps=1)
+    assert len(plans) == 3 and (_pruned_values(model) == 0.0).all()
+    del other
 
 
 def test_names_and_state_dict_keys_unchanged():
