@@ -201,6 +201,13 @@ def test_what_an_optimizer_remasks_is_worked_out_once_and_follows_its_groups(mon
         gc.enable()
 
 
+def test_masks_follow_the_weights_to_another_dtype():
+    model = _sparse_model().double()
+    _train(model, Drift([p for p in model.parameters() if p.requires_grad]), steps=2)
+    assert _pruned_values(model).dtype == torch.float64
+    assert (_pruned_values(model) == 0.0).all()
+
+
 def test_names_and_state_dict_keys_unchanged():
     plain = TinyAdapterModel(hidden=16, bottleneck=8)
     keys = list(plain.state_dict())
