@@ -1,12 +1,18 @@
 """Pruned weights stay exactly 0.0 through every kind of training step."""
 
 import copy
+import gc
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from tiny_module import ADAPTER_NAMES, TinyAdapterModel, tiny_batches
 
 import sparseadapter as sa
+from sparseadapter import masks as mask_engine
 
 
 def _sparse_model(method="snip", sparsity=0.5):
@@ -115,6 +121,91 @@ def test_step_hook_remasks_only_the_stepping_optimizers_parameters():
     assert (weight_b[pruned_b] == 3.0).all(), "stepping A must not touch B's weights"
     opt_b.step()
     assert (_pruned_values(model_b) == 0.0).all()
+
+
+# Run in a fresh interpreter: masked models that other tests keep alive would keep the hook.
+HOOK_LIFETIME = """
+import gc
+import torch
+from torch.optim.optimizer import _global_optimizer_post_hooks as hooks
+from tiny_module import TinyAdapterModel, tiny_batches
+import sparseadapter as sa
+from sparseadapter import masks
+
+calls = []
+reapply = masks._reapply_stepped_masks
+masks._reapply_stepped_masks = lambda *args: calls.append(1) or reapply(*args)
+
+def engine_hooks():
+    return [h for h in hooks.values() if h.__module__ in (masks.__name__, __name__)]
+
+def sparse_model():
+    model = TinyAdapterModel(hidden=16, bottleneck=8)
+    sa.sparsify(model, sa.SparsityConfig(method="magnitude", sparsity=0.5))
+    return model
+
+def step(model):
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    torch.optim.SGD(model.parameters(), lr=0.1).step()
+
+assert engine_hooks() == [], "no masks, no hook"
+model_a, model_b = sparse_model(), sparse_model()
+assert len(engine_hooks()) == 1, "one hook for every mask set"
+sa.remove_sparsity(model_a)
+assert len(engine_hooks()) == 1, "B's masks are still live"
+step(model_b)
+assert len(calls) == 1
+del model_b
+gc.collect()
+assert engine_hooks() == [], "the last mask set took the hook with it"
+step(TinyAdapterModel())
+assert len(calls) == 1, "an optimizer steps without the hook once no masks are live"
+print("ok")
+"""
+
+
+def test_the_step_hook_lives_only_while_masks_do():
+    package_root = Path(sa.__file__).parents[1]  # the sparseadapter this session imported
+    path = os.pathsep.join([str(package_root), str(Path(__file__).parent)])
+    done = subprocess.run(
+        [sys.executable, "-c", HOOK_LIFETIME],
+        env={**os.environ, "PYTHONPATH": path},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_what_an_optimizer_remasks_is_worked_out_once_and_follows_its_groups(monkeypatch):
+    plans = []
+    make_plan = mask_engine._make_plan
+    monkeypatch.setattr(mask_engine, "_make_plan", lambda opt: plans.append(1) or make_plan(opt))
+    gc.collect()
+    gc.disable()  # a mask set of another test collected midway would count as a change
+    try:
+        model = _sparse_model()
+        late = dict(model.named_parameters())[ADAPTER_NAMES[0]]
+        opt = Drift([p for p in model.parameters() if p.requires_grad and p is not late])
+        _train(model, opt, steps=3)
+        assert len(plans) == 1
+        opt.add_param_group({"params": [late]})
+        _train(model, opt, steps=2)
+        assert len(plans) == 2 and (_pruned_values(model) == 0.0).all()
+        other = _sparse_model()  # a new mask set: plans are worked out again
+        _train(model, opt, steps=1)
+        assert len(plans) == 3 and (_pruned_values(model) == 0.0).all()
+        del other
+    finally:
+        gc.enable()
+
+
+def test_masks_follow_the_weights_to_another_dtype():
+    model = _sparse_model().double()
+    _train(model, Drift([p for p in model.parameters() if p.requires_grad]), steps=2)
+    assert _pruned_values(model).dtype == torch.float64
+    assert (_pruned_values(model) == 0.0).all()
 
 
 def test_names_and_state_dict_keys_unchanged():

@@ -1,5 +1,7 @@
 """Each pruner's score equals its formula, computed independently on a hand-built model."""
 
+import types
+
 import pytest
 import torch
 from tiny_module import ADAPTER_NAMES, TinyAdapterModel, tiny_batches
@@ -39,6 +41,17 @@ def test_prunable_targets_are_adapter_matrices_only():
     model = TinyAdapterModel()
     params = prunable_parameters(model, sa.SparsityConfig())
     assert list(params) == ADAPTER_NAMES
+
+
+class Gain(torch.nn.RMSNorm):
+    """A norm whose class name does not say so."""
+
+
+def test_norm_layers_are_found_by_class_not_only_by_name():
+    model = TinyAdapterModel()
+    model.gain = Gain(6)
+    assert "gain.weight" not in prunable_parameters(model, sa.SparsityConfig())
+    assert "gain.weight" in prunable_parameters(model, sa.SparsityConfig(prune_norms=True))
 
 
 def test_magnitude_is_abs_weight():
@@ -102,6 +115,46 @@ def test_synflow_restores_weights_dtypes_and_buffers():
     after = model.state_dict()
     for k, v in before.items():
         assert after[k].dtype == v.dtype and torch.equal(after[k], v), k
+
+
+def test_synflow_never_writes_the_models_weights():
+    model = TinyAdapterModel()
+    weight = model.adapter_down.weight
+    seen = []
+    model.classifier.register_forward_hook(lambda *_: seen.append((weight.dtype, weight.min())))
+    _scores(model, "synflow", None)
+    assert seen and all(dtype == torch.float32 for dtype, _ in seen)
+    assert min(low for _, low in seen) < 0, "the weights were replaced by |θ| in place"
+
+
+class SharedEmbedding(torch.nn.Module):
+    """One embedding module under two names, its weight tied to the output layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(11, 6)
+        self.encoder_embed = self.embed
+        self.adapter_down, self.adapter_up = torch.nn.Linear(6, 4), torch.nn.Linear(4, 6)
+        self.out = torch.nn.Linear(6, 11, bias=False)
+        self.out.weight = self.embed.weight
+        self.embed.requires_grad_(False)
+
+    def get_input_embeddings(self):
+        return self.embed
+
+    def forward(self, input_ids, attention_mask=None):
+        x = self.encoder_embed(input_ids)
+        x = x + self.adapter_up(torch.relu(self.adapter_down(x)))
+        return types.SimpleNamespace(logits=self.out(x[:, 0]))
+
+
+def test_synflow_keeps_shared_modules_and_tied_weights():
+    model = SharedEmbedding()
+    weight, before = model.embed.weight, model.embed.weight.detach().clone()
+    _, scores = _scores(model, "synflow", None)
+    assert model.encoder_embed is model.embed and model.out.weight is weight
+    assert model.embed.weight is weight and torch.equal(weight, before)
+    assert all(s.abs().sum() > 0 for s in scores.values())
 
 
 def test_synflow_iterative_rounds_prune_to_target():

@@ -12,6 +12,7 @@ with the rank so that alpha / r, the scale of the update, stays the same.
 from __future__ import annotations
 
 import copy
+import sys
 from dataclasses import asdict, dataclass
 from math import inf
 from typing import Any
@@ -20,7 +21,7 @@ from torch import nn
 
 from sparseadapter.config import SparsityConfig
 from sparseadapter.errors import ConfigError, NoPrunableWeightsError, shown
-from sparseadapter.targets import prunable_parameters
+from sparseadapter.targets import adapterhub_scales, prunable_parameters
 
 
 @dataclass
@@ -99,11 +100,10 @@ def widen(config: Any, factor: float, hidden_size: int | None = None) -> Any:
     the reduction factor is divided by ``factor``, which can floor one unit short).
     """
     name = type(config).__name__
-    if hasattr(config, "configs") and hasattr(config, "architecture"):  # AdapterHub ConfigUnion
-        from adapters import ConfigUnion
-
-        return ConfigUnion(*[widen(c, factor, hidden_size) for c in config.configs])
-    if hasattr(config, "reduction_factor") and hasattr(config, "replace"):  # AdapterHub bottleneck
+    hub = sys.modules.get("adapters")  # an AdapterHub config exists only once AdapterHub is loaded
+    if hub is not None and isinstance(config, hub.ConfigUnion):  # MAM and other unions
+        return hub.ConfigUnion(*[widen(c, factor, hidden_size) for c in config.configs])
+    if hub is not None and isinstance(config, hub.BnConfig):  # bottleneck adapters
         reduction = config.reduction_factor
         if isinstance(reduction, dict):
             return config.replace(
@@ -112,13 +112,14 @@ def widen(config: Any, factor: float, hidden_size: int | None = None) -> Any:
                 }
             )
         return config.replace(reduction_factor=_widen_reduction(reduction, factor, hidden_size))
-    if name == "PrefixTuningConfig" and hasattr(config, "replace"):  # AdapterHub
+    if hub is not None and isinstance(config, hub.PrefixTuningConfig):
         return config.replace(
             prefix_length=_scaled(config.prefix_length, factor, "prefix length"),
             bottleneck_size=_scaled(config.bottleneck_size, factor, "prefix bottleneck"),
         )
-    if name == "LoRAConfig" and hasattr(config, "replace"):  # AdapterHub LoRA
-        if config.composition_mode != "add":
+    # LoRA proper, or (IA)3 built as a LoRAConfig; IA3Config, VeRA, DoRA, ... are not widened
+    if hub is not None and type(config) is hub.LoRAConfig:
+        if adapterhub_scales(config):
             raise ConfigError(
                 "Large-Sparse needs a width: (IA)3 has none; use LoRA or a bottleneck"
             )

@@ -30,7 +30,7 @@ from sparseadapter.config import SparsityConfig
 from sparseadapter.errors import CheckpointError, ConfigError, shown
 from sparseadapter.files import check_parent, replace_directory, write_new
 from sparseadapter.sparsify import apply_masks, get_masks, masked_parameters, remove_sparsity
-from sparseadapter.targets import adapter_library
+from sparseadapter.targets import adapter_library, adapterhub_scales
 
 FORMAT_NAME = "sparseadapter-sparse-checkpoint"
 FORMAT_VERSION = 1
@@ -472,7 +472,7 @@ def _is_lora(config: Any, library: str) -> bool:
         return config.peft_type == peft.PeftType.LORA
     from adapters import LoRAConfig
 
-    return isinstance(config, LoRAConfig) and config.composition_mode == "add"
+    return isinstance(config, LoRAConfig) and not adapterhub_scales(config)
 
 
 def merge(model: nn.Module) -> nn.Module:

@@ -33,8 +33,7 @@ def make_accelerator(config: RunConfig, logging_dir: Path | None = None) -> Acce
     """
 
     def fresh(cpu: bool) -> Accelerator:
-        AcceleratorState._reset_state(reset_partial_state=cpu)
-        GradientState._reset_state()
+        _forget_accelerator_state(process_state=cpu)
         trackers = config.train.trackers if logging_dir is not None else []
         return Accelerator(
             cpu=cpu,
@@ -55,6 +54,15 @@ def make_accelerator(config: RunConfig, logging_dir: Path | None = None) -> Acce
     if config.train.mixed_precision == "fp16" and accelerator.device.type == "cpu":
         raise ConfigError("fp16 mixed precision needs a GPU; use --mixed-precision bf16 on CPU")
     return accelerator
+
+
+def _forget_accelerator_state(process_state: bool) -> None:
+    """Drop the state accelerate shares between all Accelerators of a process (precision,
+    accumulation; with ``process_state`` also the device and process group it chose), so the next
+    Accelerator is configured afresh. accelerate (1.16) has no public API for this: its own tests
+    call these private ``_reset_state`` methods, so this function is their one caller here."""
+    AcceleratorState._reset_state(reset_partial_state=process_state)
+    GradientState._reset_state()
 
 
 def check_parallelism(accelerator: Accelerator) -> None:

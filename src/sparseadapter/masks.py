@@ -14,6 +14,7 @@ Enforcement has two parts, both optimizer-agnostic:
 2. a global optimizer step post-hook multiplies the masked parameters that the stepping optimizer
    holds by their masks in one fused ``_foreach_mul_`` call per mask set, as insurance against
    optimizers that move zero-gradient weights (parameters of other optimizers are left alone).
+   It is registered while any mask set is live, and removed with the last.
 Masks live outside ``state_dict`` (no new keys, no renamed parameters), so PEFT and AdapterHub
 save/load keep working unchanged.
 """
@@ -23,14 +24,19 @@ from __future__ import annotations
 import copy
 import weakref
 from collections.abc import Sequence
+from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
+from torch.utils.hooks import RemovableHandle
 
-from sparseadapter.config import SparsityConfig
 from sparseadapter.errors import ConfigError
+
+if TYPE_CHECKING:
+    from sparseadapter.config import SparsityConfig
 
 
 def kept_count(numel: int, sparsity: float) -> int:
@@ -112,14 +118,64 @@ def select_masks(
     }
 
 
-_LIVE: weakref.WeakSet[MaskedParameters] = weakref.WeakSet()
-_STEP_HOOK = None
+# The live mask sets, and the optimizer step post-hook that serves them: registered with the first
+# mask set, removed with the last (``remove()`` or garbage collection), so a process without
+# masks runs no hook. What each optimizer re-masks is worked out on its first step after the
+# mask sets or its parameter groups change, not on every step.
+_LIVE: dict[int, weakref.ref[MaskedParameters]] = {}
+_STEP_HOOK: RemovableHandle | None = None
+_PLANS: weakref.WeakKeyDictionary[torch.optim.Optimizer, _Plan] = weakref.WeakKeyDictionary()
+_generation = 0
 
 
-def _reapply_stepped_masks(optimizer: torch.optim.Optimizer, args, kwargs) -> None:
+@dataclass
+class _Plan:
+    key: tuple[int, ...]  # the generation of the mask sets, then the size of each param group
+    parts: list[tuple[MaskedParameters, list[str]]]  # mask sets and their names it steps
+
+
+def _plan_key(optimizer: torch.optim.Optimizer) -> tuple[int, ...]:
+    return (_generation, *(len(group["params"]) for group in optimizer.param_groups))
+
+
+def _make_plan(optimizer: torch.optim.Optimizer) -> _Plan:
     stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}
-    for masked in list(_LIVE):
-        masked.apply_(only=stepped)
+    parts = []
+    for ref in list(_LIVE.values()):
+        masked = ref()
+        names = [] if masked is None else [n for n, p in masked.params.items() if id(p) in stepped]
+        if names:
+            parts.append((masked, names))
+    return _Plan(_plan_key(optimizer), parts)
+
+
+def _reapply_stepped_masks(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+    plan = _PLANS.get(optimizer)
+    if plan is None or plan.key != _plan_key(optimizer):
+        plan = _PLANS[optimizer] = _make_plan(optimizer)
+    for masked, names in plan.parts:
+        masked._multiply(names)
+
+
+def _track(masked: MaskedParameters) -> weakref.finalize:
+    """Count ``masked`` among the live mask sets until the returned finalizer runs."""
+    global _STEP_HOOK, _generation
+    key = id(masked)
+    _LIVE[key] = weakref.ref(masked)
+    _generation += 1
+    if _STEP_HOOK is None:
+        _STEP_HOOK = register_optimizer_step_post_hook(_reapply_stepped_masks)
+    return weakref.finalize(masked, _untrack, key)
+
+
+def _untrack(key: int) -> None:
+    global _STEP_HOOK, _generation
+    _LIVE.pop(key, None)
+    _generation += 1
+    if not _LIVE and _STEP_HOOK is not None:
+        _STEP_HOOK.remove()
+        _STEP_HOOK = None
+        _PLANS.clear()
 
 
 class MaskedParameters:
@@ -131,15 +187,13 @@ class MaskedParameters:
         masks: dict[str, torch.Tensor],
         config: SparsityConfig | None = None,
     ):
-        global _STEP_HOOK
         self.params = params
         self.config = config
         self.masks = {n: masks[n].to(device=p.device, dtype=torch.bool) for n, p in params.items()}
         self._pruned = {n: ~m for n, m in self.masks.items()}
+        self._factors: dict[str, torch.Tensor] = {}
         self._handles = [p.register_hook(self._gradient_hook(n)) for n, p in params.items()]
-        _LIVE.add(self)
-        if _STEP_HOOK is None:
-            _STEP_HOOK = register_optimizer_step_post_hook(_reapply_stepped_masks)
+        self._untrack = _track(self)
         self.apply_()
 
     def __deepcopy__(self, memo: dict) -> MaskedParameters:
@@ -158,21 +212,24 @@ class MaskedParameters:
         return hook
 
     @torch.no_grad()
-    def apply_(self, only: set[int] | None = None) -> None:
-        """Set pruned weights to exactly zero (one fused call, boolean masks as factors).
+    def apply_(self) -> None:
+        """Set pruned weights to exactly zero (one fused call, boolean masks as factors)."""
+        self._multiply(list(self.params))
 
-        ``only``: ids of the parameters to re-mask (an optimizer's); ``None`` re-masks all.
-        """
-        names = [n for n, p in self.params.items() if only is None or id(p) in only]
-        if not names:
-            return
-        if self.masks[names[0]].device != self.params[names[0]].device:
+    @torch.no_grad()
+    def _multiply(self, names: list[str]) -> None:
+        params = [self.params[n] for n in names]
+        first = self._factors.get(names[0])
+        if first is None or first.device != params[0].device or first.dtype != params[0].dtype:
+            # the masks in the weights' device and dtype: a single-dtype _foreach_mul_ is one
+            # fused kernel, a mixed one falls back to one multiplication per tensor
             self.masks = {n: m.to(self.params[n].device) for n, m in self.masks.items()}
-        torch._foreach_mul_([self.params[n] for n in names], [self.masks[n] for n in names])
+            self._factors = {n: m.to(self.params[n].dtype) for n, m in self.masks.items()}
+        torch._foreach_mul_(params, [self._factors[n] for n in names])
 
     def remove(self) -> None:
         """Stop enforcing; the weights keep their current values."""
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        _LIVE.discard(self)
+        self._untrack()

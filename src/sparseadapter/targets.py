@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import peft
 import torch
@@ -20,16 +21,44 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 from transformers import PreTrainedModel
 
-from sparseadapter.config import SparsityConfig
 from sparseadapter.errors import NoPrunableWeightsError
+
+if TYPE_CHECKING:
+    from sparseadapter.config import SparsityConfig
+
+_TORCH_NORMS = (
+    nn.LayerNorm,
+    nn.RMSNorm,
+    nn.GroupNorm,
+    nn.LocalResponseNorm,
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.SyncBatchNorm,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+)
+
+
+def normalization_modules(model: nn.Module) -> list[nn.Module]:
+    """The normalization layers of ``model``: torch's, and modules whose class name holds "Norm".
+
+    The name rule is for the norms transformers defines per model (``T5LayerNorm``,
+    ``LlamaRMSNorm``, ...): each subclasses ``nn.Module`` directly, with no common base class to
+    test for.
+    """
+    return [m for m in model.modules() if isinstance(m, _TORCH_NORMS) or "Norm" in type(m).__name__]
+
+
+def adapterhub_scales(config_or_module: object) -> bool:
+    """Whether an AdapterHub LoRA config or layer is (IA)³: AdapterHub's LoRA multiplies the
+    frozen activations (``composition_mode == "scale"``) instead of adding an update ("add")."""
+    return getattr(config_or_module, "composition_mode", None) == "scale"
 
 
 def _norm_parameter_ids(model: nn.Module) -> set[int]:
-    ids = set()
-    for module in model.modules():
-        if isinstance(module, (nn.LayerNorm, nn.GroupNorm)) or "Norm" in type(module).__name__:
-            ids.update(id(p) for p in module.parameters(recurse=False))
-    return ids
+    return {id(p) for m in normalization_modules(model) for p in m.parameters(recurse=False)}
 
 
 def adapter_library(model: nn.Module) -> str | None:
@@ -77,7 +106,7 @@ def scale_parameters(model: nn.Module) -> set[str]:
     channel of the frozen model off instead of leaving it unchanged."""
     names = {n for n, _ in model.named_parameters() if ".ia3_l." in f".{n}."}
     for prefix, module in model.named_modules():
-        if getattr(module, "composition_mode", None) == "scale":
+        if adapterhub_scales(module):
             names.update(f"{prefix}.{n}" for n, _ in module.named_parameters())
     return names
 

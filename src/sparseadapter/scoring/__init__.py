@@ -5,69 +5,22 @@ A scorer takes ``(model, params, batches, config)`` and returns a score tensor p
 dict batches already on the model's device, or ``None`` for a data-free scorer.
 """
 
-from __future__ import annotations
+# the built-in methods register themselves on import
+from sparseadapter.scoring import grasp, magnitude, random, snip, synflow  # noqa: E402,F401,I001
+from sparseadapter.scoring.registry import (
+    ScoreFn,
+    Scorer,
+    available_scorers,
+    get_scorer,
+    register_scorer,
+    unregister_scorer,
+)
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-import torch
-from torch import nn
-
-if TYPE_CHECKING:
-    from sparseadapter.config import SparsityConfig
-
-ScoreFn = Callable[
-    [nn.Module, dict[str, nn.Parameter], "list[dict] | None", "SparsityConfig"],
-    dict[str, torch.Tensor],
+__all__ = [
+    "ScoreFn",
+    "Scorer",
+    "available_scorers",
+    "get_scorer",
+    "register_scorer",
+    "unregister_scorer",
 ]
-
-
-@dataclass(frozen=True)
-class Scorer:
-    name: str
-    fn: ScoreFn
-    needs_data: bool
-
-
-_REGISTRY: dict[str, Scorer] = {}
-
-
-def register_scorer(
-    name: str, needs_data: bool = True, replace: bool = False
-) -> Callable[[ScoreFn], ScoreFn]:
-    """Decorator that registers ``fn`` as pruning method ``name``.
-
-    ``needs_data=False`` marks a data-free scorer: it is called with ``batches=None`` when the
-    user gives none. A name already registered (a built-in method included) is refused unless
-    ``replace=True``.
-    """
-
-    def decorate(fn: ScoreFn) -> ScoreFn:
-        if name in _REGISTRY and not replace:
-            from sparseadapter.errors import ConfigError
-
-            raise ConfigError(
-                f"pruning method {name!r} is already registered; choose another name, or pass "
-                "replace=True to replace it"
-            )
-        _REGISTRY[name] = Scorer(name, fn, needs_data)
-        return fn
-
-    return decorate
-
-
-def unregister_scorer(name: str) -> None:
-    """Remove pruning method ``name`` (one registered with :func:`register_scorer`)."""
-    _REGISTRY.pop(name, None)
-
-
-def get_scorer(name: str) -> Scorer:
-    return _REGISTRY[name]
-
-
-def available_scorers() -> list[str]:
-    return list(_REGISTRY)
-
-
-from sparseadapter.scoring import grasp, magnitude, random, snip, synflow  # noqa: E402,F401

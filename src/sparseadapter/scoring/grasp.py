@@ -6,15 +6,28 @@ remove the highest S = −θ ⊙ Hg, which is the same ranking as keeping the hi
 Attention runs on PyTorch's math kernel here: the fused CPU/GPU kernels have no double backward.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import torch
+from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from sparseadapter.scoring import register_scorer
 from sparseadapter.scoring.loss import batch_loss, summed_gradients
+from sparseadapter.scoring.registry import register_scorer
+
+if TYPE_CHECKING:
+    from sparseadapter.config import SparsityConfig
 
 
 @register_scorer("grasp")
-def grasp_scores(model, params, batches, config):
+def grasp_scores(
+    model: nn.Module,
+    params: dict[str, nn.Parameter],
+    batches: list[dict] | None,
+    config: SparsityConfig,
+) -> dict[str, torch.Tensor]:
     with sdpa_kernel(SDPBackend.MATH):
         return _grasp(model, params, batches, config)
 
