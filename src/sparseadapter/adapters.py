@@ -47,6 +47,17 @@ LORA_RANK = 8
 LORA_ALPHA = 32
 PREFIX_LENGTH = 30
 PEFT_HEADS = ("classifier", "score")  # what PEFT trains and saves for SEQ_CLS by itself
+# Target modules for architectures PEFT has no defaults for: the counterparts of its BERT
+# defaults (LoRA on query and value; (IA)3 on key, value and the FFN output).
+PEFT_TARGETS: dict[str, dict[str, dict[str, list[str]]]] = {
+    "mpnet": {
+        "lora": {"target_modules": ["q", "v"]},
+        "ia3": {
+            "target_modules": ["k", "v", "output.dense"],
+            "feedforward_modules": ["output.dense"],
+        },
+    },
+}
 
 
 def resolve_library(adapter: str, library: str = "auto") -> str:
@@ -196,6 +207,11 @@ def attach_adapter(
 
         if adapter == "prefix":
             _check_peft_prefix_head(model)
+        if getattr(config, "target_modules", None) is None:
+            for key, value in (
+                PEFT_TARGETS.get(model.config.model_type, {}).get(adapter, {}).items()
+            ):
+                setattr(config, key, value)
 
         # PEFT adds the heads named classifier/score to modules_to_save itself; other heads
         # (BART's classification_head, DistilBERT's pre_classifier) would stay frozen.
