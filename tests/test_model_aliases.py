@@ -165,3 +165,82 @@ def test_an_alias_trains_and_eval_reproduces(alias, glue_dir, tmp_path, capsys):
     for name, keep in masks.items():
         assert torch.all(weights[name][~keep] == 0), name
     print(f"{alias}: {time.perf_counter() - start:.1f}s")
+
+
+# --- the table of adapters per model in docs/models.md -----------------------------------------
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "models.md"
+COLUMNS = {  # the table's column → (adapter, library)
+    "houlsby": ("houlsby", "adapterhub"),
+    "pfeiffer": ("pfeiffer", "adapterhub"),
+    "parallel": ("parallel", "adapterhub"),
+    "mam": ("mam", "adapterhub"),
+    "prefix (AdapterHub)": ("prefix", "adapterhub"),
+    "lora (PEFT)": ("lora", "peft"),
+    "ia3 (PEFT)": ("ia3", "peft"),
+    "prefix (PEFT)": ("prefix", "peft"),
+}
+SMALL = {
+    "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
+    "vocab_size": 100, "max_position_embeddings": 64, "num_labels": 2, "pad_token_id": 0,
+}  # fmt: skip
+DECODER = {"num_key_value_heads": 2, "head_dim": 16}
+
+
+def documented_table() -> dict[tuple[str, str], str]:
+    """(architecture, column) → cell of the adapter table in docs/models.md."""
+    lines = [line for line in DOCS.read_text().splitlines() if line.startswith("| model |")]
+    assert len(lines) == 1, "docs/models.md: one adapter table expected"
+    body = DOCS.read_text().split(lines[0], 1)[1].splitlines()[2:]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert header[2:] == list(COLUMNS)
+    cells = {}
+    for line in body:
+        if not line.startswith("|"):
+            break
+        row = [c.strip() for c in line.strip("|").split("|")]
+        assert row[0] in models.MODEL_ALIASES
+        cells.update({(row[1], column): cell for column, cell in zip(header[2:], row[2:])})
+    return cells
+
+
+TABLE = documented_table()
+
+
+def adapterhub_mark(column: str) -> list:
+    return [pytest.mark.adapterhub] if COLUMNS[column][1] == "adapterhub" else []
+
+
+@pytest.mark.parametrize(
+    ("architecture", "column"),
+    [pytest.param(*key, id="-".join(key), marks=adapterhub_mark(key[1])) for key in TABLE],
+)
+def test_the_adapter_table_matches_what_builds(architecture, column, capsys):
+    import transformers
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from sparseadapter.adapters import attach_adapter
+
+    expected = TABLE[architecture, column]
+    if expected == "4.57 only":
+        expected = "yes" if transformers.__version__.startswith("4.") else "no"
+    assert expected in ("yes", "no")
+    extra = DECODER if architecture in ("llama", "gemma3_text") else {}
+    config = AutoConfig.for_model(architecture, **SMALL, **extra)
+    model = AutoModelForSequenceClassification.from_config(config)
+    adapter, library = COLUMNS[column]
+    if expected == "no":
+        with pytest.raises(ConfigError) as err:
+            attach_adapter(model, adapter, library)
+        assert "\n" not in str(err.value)
+        return
+    model, _ = attach_adapter(model, adapter, library)
+    ids = torch.randint(1, 100, (2, 8))
+    out = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=torch.tensor([0, 1]))
+    out.loss.backward()
+    adapter_grads = [
+        p.grad
+        for n, p in model.named_parameters()
+        if p.requires_grad and not any(head in n for head in ("classifier", "score"))
+    ]
+    assert adapter_grads and any(g is not None and bool(g.any()) for g in adapter_grads)

@@ -158,8 +158,15 @@ def adapter_config(
 def _check_peft_prefix_head(model: nn.Module) -> None:
     # PEFT's prefix tuning for classification runs the backbone itself when the model's forward
     # takes no past_key_values, and feeds outputs[1] (the pooler output) to the head.
-    if "past_key_values" in inspect.signature(model.forward).parameters:
+    parameters = inspect.signature(model.forward).parameters
+    if "past_key_values" in parameters:
         return
+    if "cache" in parameters:  # a transformers 5 decoder
+        raise ConfigError(
+            f"PEFT prefix tuning cannot run on this {model.config.model_type} model: its forward "
+            "takes no past_key_values (transformers 5 renamed it to cache); use transformers "
+            "4.57, or another adapter"
+        )
     backbone = model.base_model
     if getattr(backbone, "pooler", None) is None:
         raise ConfigError(
@@ -227,8 +234,14 @@ def attach_adapter(
             ) from exc
     import adapters
 
-    adapters.init(model)
-    model.add_adapter(adapter_name, config=config)
+    try:
+        adapters.init(model)
+        model.add_adapter(adapter_name, config=config)
+    except ValueError as exc:  # an architecture or adapter type AdapterHub does not support
+        raise ConfigError(
+            f"AdapterHub cannot add {shown(adapter)} to a {model.config.model_type} model "
+            f"({str(exc).splitlines()[0][:160]}); see docs/models.md for what works where"
+        ) from exc
     train_adapterhub_adapter(model, adapter_name)
     return model, sparsity
 

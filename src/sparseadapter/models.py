@@ -164,6 +164,11 @@ def _convert_gguf(gguf: Path, folder: Path) -> None:
     if tokenizer.pad_token is None and pad_id is not None:
         # the model pools the last token that is not its pad token: pad with that very token
         tokenizer.pad_token = tokenizer.convert_ids_to_tokens(pad_id)
+    # The weights are plain float tensors already; transformers 5 still marks the model as
+    # GGUF-quantized and refuses to save it.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
 
