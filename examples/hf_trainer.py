@@ -23,7 +23,7 @@ from transformers import (
 )
 
 import sparseadapter as sa
-from sparseadapter.adapters import resolve_model
+from sparseadapter.models import resolve_model
 
 TEXTS = [
     "Adapters add a few trainable weights to a frozen language model.",

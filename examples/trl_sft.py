@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import SFTConfig, SFTTrainer
 
 import sparseadapter as sa
-from sparseadapter.adapters import resolve_model
+from sparseadapter.models import resolve_model
 
 PAIRS = [
     ("Summarize: adapters add a few trainable weights to a frozen model.", " Small add-ons."),

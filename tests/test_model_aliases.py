@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,18 @@ def test_a_model_is_converted_once_and_reused(cache, source):
         "config.json": 2,
         "sub/model.safetensors": 64,
     }
+
+
+def test_two_processes_preparing_one_model_convert_it_once(cache, source):
+    build = CountingBuild()
+
+    def slow_build(folder: Path) -> None:
+        time.sleep(0.5)  # the second caller arrives while the first is converting
+        build(folder)
+
+    with ThreadPoolExecutor(2) as pool:  # flock locks per open file: threads contend like processes
+        folders = list(pool.map(lambda _: models.cached_model("toy", [source], slow_build), [0, 1]))
+    assert folders[0] == folders[1] and build.calls == 1
 
 
 @pytest.mark.parametrize(

@@ -156,9 +156,9 @@ def lock_path(output: Path) -> Path:
 
 
 @contextlib.contextmanager
-def exclusive(output: Path, what: str = "run") -> Iterator[None]:
+def exclusive(output: Path, what: str = "run", wait: bool = False) -> Iterator[None]:
     """Hold an exclusive lock on ``output`` for the block, or raise ConfigError at once if
-    another process holds it. The lock is the OS's (``flock``): it is released when the process
+    another process holds it (``wait=True``: wait for it instead). The lock is the OS's (``flock``): it is released when the process
     ends, however it ends, so a killed run never leaves a stale lock. The lock file is removed
     on release; a process that locked a file another one removed meanwhile tries again."""
     if fcntl is None:
@@ -177,7 +177,7 @@ def exclusive(output: Path, what: str = "run") -> Iterator[None]:
         except OSError as err:
             raise write_error(path, err) from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             raise ConfigError(

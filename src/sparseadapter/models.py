@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from sparseadapter.errors import ConfigError
-from sparseadapter.files import replace_directory
+from sparseadapter.files import exclusive, replace_directory
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,13 @@ def cached_model(
     folder = cache_root() / "models" / f"{alias}-{_source_key(sources, maker)}"
     if _manifest_holds(folder):
         return folder
+    with exclusive(folder, "model cache", wait=True):  # a second process waits, then reuses it
+        if _manifest_holds(folder):
+            return folder
+        return _build(alias, folder, build)
+
+
+def _build(alias: str, folder: Path, build: Callable[[Path], None]) -> Path:
     log.warning("preparing model %r once (a minute or so) into %s", alias, folder)
 
     def write(tmp: Path) -> None:
