@@ -27,12 +27,8 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 import sparseadapter as sa
-from sparseadapter.checkpoint import (
-    WEIGHTS_FILE,
-    export_dense,
-    save_sparse,
-    size_bound,
-)
+from sparseadapter.checkpoint import WEIGHTS_FILE, save_sparse, size_bound
+from sparseadapter.export import export_dense
 
 ISSUE_HEADER_CONSTANT = 16 * 1024
 SPARSITIES = (0.4, 0.8, 0.9, 0.95)

@@ -26,13 +26,12 @@ from sparseadapter.checkpoint import (
     FORMAT_VERSION,
     META_FILE,
     WEIGHTS_FILE,
-    export_dense,
     load_sparse,
-    merge,
     save_sparse,
     size_bound,
 )
 from sparseadapter.errors import CheckpointError, ConfigError
+from sparseadapter.export import export_dense, merge
 from sparseadapter.sparsify import masked_parameters
 
 

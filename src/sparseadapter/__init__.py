@@ -17,8 +17,9 @@ from sparseadapter.errors import (
 
 if TYPE_CHECKING:
     from sparseadapter.budget import ParameterReport, large_sparse, parameter_report
-    from sparseadapter.checkpoint import export_dense, load_sparse, merge, save_sparse
+    from sparseadapter.checkpoint import load_sparse, save_sparse
     from sparseadapter.config import SparsityConfig
+    from sparseadapter.export import export_dense, merge
     from sparseadapter.scoring import available_scorers, register_scorer
     from sparseadapter.sparsify import (
         SparsityReport,
@@ -33,7 +34,8 @@ if TYPE_CHECKING:
 # need neither torch nor transformers.
 _LAZY = {
     "sparseadapter.budget": ("ParameterReport", "large_sparse", "parameter_report"),
-    "sparseadapter.checkpoint": ("export_dense", "load_sparse", "merge", "save_sparse"),
+    "sparseadapter.checkpoint": ("load_sparse", "save_sparse"),
+    "sparseadapter.export": ("export_dense", "merge"),
     "sparseadapter.config": ("SparsityConfig",),
     "sparseadapter.scoring": ("available_scorers", "register_scorer"),
     "sparseadapter.sparsify": (

@@ -1,4 +1,5 @@
-"""Compact sparse checkpoints (save_sparse / load_sparse), dense export, and LoRA merging.
+"""Compact sparse checkpoints: save_sparse / load_sparse and the base model's fingerprint (dense
+export and LoRA merging: export.py; the adapter libraries' glue: libraries.py).
 
 A sparse checkpoint is a directory with two files (format: docs/checkpoint-format.md):
 ``adapter.safetensors`` holds every trainable tensor, pruned ones as their kept values plus a
@@ -11,7 +12,6 @@ and then renamed into place, so an existing checkpoint survives any failure.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import math
 import os
@@ -20,23 +20,30 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import peft
 import safetensors.torch
 import torch
 from torch import nn
 
-from sparseadapter.adapters import train_adapterhub_adapter
 from sparseadapter.config import SparsityConfig
 from sparseadapter.errors import CheckpointError, ConfigError, shown
 from sparseadapter.files import check_parent, replace_directory, write_new
+from sparseadapter.libraries import (
+    adapter_config_dict,
+    adapter_config_of,
+    adapter_name,
+    attach_adapterhub,
+    attach_peft,
+    head_configs,
+    library_versions,
+    model_library,
+)
 from sparseadapter.sparsify import apply_masks, get_masks, masked_parameters, remove_sparsity
-from sparseadapter.targets import adapter_library, adapterhub_scales
+from sparseadapter.targets import adapter_library
 
 FORMAT_NAME = "sparseadapter-sparse-checkpoint"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "adapter.safetensors"
 META_FILE = "sparse_config.json"  # the metadata: what rebuilds the adapter, and the checksum
-EXPORT_FORMATS = ("peft", "adapterhub")
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 FINGERPRINT_KEYS = (
     "model_type",
@@ -62,42 +69,6 @@ def size_bound(sparsity: float, pruned_bytes: int, unpruned_bytes: int, num_tens
     """
     header = HEADER_BASE_BYTES + HEADER_BYTES_PER_TENSOR * num_tensors
     return (1 - sparsity) * pruned_bytes + pruned_bytes / 32 + unpruned_bytes + header
-
-
-def _library(model: nn.Module) -> str:
-    library = adapter_library(model)
-    if library is not None:
-        return library
-    raise ConfigError(
-        f"a {type(model).__name__} carries no adapter: pass a PEFT model (peft.get_peft_model) "
-        "or an AdapterHub model (adapters.init + add_adapter)"
-    )
-
-
-def _adapter_name(model: nn.Module, library: str) -> str:
-    names = list(model.peft_config if library == "peft" else model.adapters_config.adapters)
-    if len(names) != 1:
-        raise ConfigError(
-            f"sparse checkpoints hold exactly one adapter, the model has {len(names)} "
-            f"({names}): delete the others first (delete_adapter)"
-        )
-    return names[0]
-
-
-def _adapter_config(model: nn.Module, library: str, name: str) -> Any:
-    return model.peft_config[name] if library == "peft" else model.adapters_config.get(name)
-
-
-def _adapter_config_dict(config: Any) -> dict[str, Any]:
-    data = config.to_dict()
-    return {k: sorted(v) if isinstance(v, set) else v for k, v in data.items()}
-
-
-def _head_configs(model: nn.Module, library: str) -> dict[str, dict]:
-    """AdapterHub flex heads (AutoAdapterModel); static heads are part of the base model."""
-    if library != "adapterhub" or not getattr(model, "heads", None):
-        return {}
-    return {name: dict(model.config.prediction_heads[name]) for name in model.heads}
 
 
 def base_identity(model: nn.Module) -> dict[str, Any]:
@@ -136,13 +107,6 @@ def _check_base(model: nn.Module, meta: dict[str, Any]) -> None:
             f"{'; '.join(diffs)}. Load it onto the base model it was trained on, with the same "
             "num_labels"
         )
-
-
-def _versions(library: str) -> dict[str, str]:
-    # from the modules, not the installed-package metadata: a source checkout on PYTHONPATH has none
-    packages = ["sparseadapter", "torch", "transformers", "safetensors"]
-    packages.append("peft" if library == "peft" else "adapters")
-    return {name: importlib.import_module(name).__version__ for name in packages}
 
 
 def _storage_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
@@ -206,7 +170,7 @@ def _checksum(payload: bytes, meta: dict[str, Any]) -> str:
     return digest.hexdigest()
 
 
-def _replace_checkpoint(
+def replace_checkpoint(
     path: str | os.PathLike, marker: str, overwrite: bool, write: Callable[[Path], None]
 ) -> Path:
     """Write a checkpoint folder atomically (:func:`files.replace_directory`).
@@ -244,8 +208,8 @@ def save_sparse(
     An existing checkpoint at ``path`` is replaced only with ``overwrite=True``; any other
     non-empty folder never is. Returns the checkpoint directory.
     """
-    library = _library(model)
-    name = _adapter_name(model, library)
+    library = model_library(model)
+    name = adapter_name(model, library)
     storage = _storage_dtype(dtype)
     state = masked_parameters(model)
     if state is not None:
@@ -265,13 +229,13 @@ def save_sparse(
         "format_version": FORMAT_VERSION,
         "library": library,
         "adapter_name": name,
-        "adapter_config": _adapter_config_dict(_adapter_config(model, library, name)),
-        "heads": _head_configs(model, library),
+        "adapter_config": adapter_config_dict(adapter_config_of(model, library, name)),
+        "heads": head_configs(model, library),
         "base_model": base_identity(model),
         "sparsity_config": state.config.to_dict() if state and state.config else None,
         "storage_dtype": str(storage).removeprefix("torch.") if storage else None,
         "pruned_tensors": layout,
-        "versions": _versions(library),
+        "versions": library_versions(library),
     }
     meta = json.loads(_canonical(meta))
     meta["sha256"] = _checksum(payload, meta)
@@ -280,7 +244,7 @@ def save_sparse(
         write_new(tmp / WEIGHTS_FILE, payload)
         write_new(tmp / META_FILE, _canonical(meta))
 
-    return _replace_checkpoint(path, META_FILE, overwrite, write)
+    return replace_checkpoint(path, META_FILE, overwrite, write)
 
 
 def read_sparse(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -324,37 +288,6 @@ def read_sparse(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torc
             "modified after saving; restore the checkpoint from a good copy or save it again"
         )
     return meta, safetensors.torch.load(payload)
-
-
-def _attach_peft(model: nn.Module, meta: dict[str, Any]) -> nn.Module:
-    if isinstance(model, peft.PeftModel):
-        return model
-    config = peft.PeftConfig.from_peft_type(**{**meta["adapter_config"], "inference_mode": False})
-    model = peft.get_peft_model(model, config, adapter_name=meta["adapter_name"])
-    # PEFT appends the sequence-classification heads to modules_to_save, which already holds them
-    saved = model.peft_config[meta["adapter_name"]]
-    if saved.modules_to_save:
-        saved.modules_to_save = list(dict.fromkeys(saved.modules_to_save))
-    return model
-
-
-def _attach_adapterhub(model: nn.Module, meta: dict[str, Any]) -> nn.Module:
-    try:
-        import adapters
-    except ImportError:
-        raise ConfigError(
-            "this checkpoint holds an AdapterHub adapter: install sparseadapter[adapters]"
-        ) from None
-    name = meta["adapter_name"]
-    if getattr(model, "adapters_config", None) is None:
-        adapters.init(model)
-    if name not in model.adapters_config.adapters:
-        model.add_adapter(name, config=adapters.AdapterConfig.load(meta["adapter_config"]))
-    for head_name, head_config in meta["heads"].items():
-        if head_name not in model.heads:
-            model.add_prediction_head_from_config(head_name, dict(head_config))
-    train_adapterhub_adapter(model, name)
-    return model
 
 
 def _load_tensors(model: nn.Module, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
@@ -410,91 +343,8 @@ def load_sparse(model: nn.Module, path: str | os.PathLike) -> nn.Module:
             f"({carried}): pass a fresh base model, or the run folder the checkpoint belongs to"
         )
     training = model.training
-    attach = _attach_peft if meta["library"] == "peft" else _attach_adapterhub
+    attach = attach_peft if meta["library"] == "peft" else attach_adapterhub
     model = attach(model, meta)
     _load_tensors(model, meta, tensors)
     model.train(training)
-    return model
-
-
-def export_dense(
-    model: nn.Module, path: str | os.PathLike, format: str = "peft", overwrite: bool = False
-) -> Path:
-    """Write the adapter in its library's own dense format, loadable without sparseadapter.
-
-    ``format="peft"``: ``model.save_pretrained`` (load with ``peft.PeftModel.from_pretrained``).
-    ``format="adapterhub"``: ``model.save_adapter`` with the head, as safetensors (load with
-    ``model.load_adapter(path, use_safetensors=True)``). Pruned weights are stored as zeros.
-    An existing export at ``path`` is replaced only with ``overwrite=True``.
-    """
-    if format not in EXPORT_FORMATS:
-        raise ConfigError(
-            f"dense export format must be one of {EXPORT_FORMATS}, got {shown(format)} "
-            "(use save_sparse for the sparse format)"
-        )
-    library = _library(model)
-    if library != format:
-        raise ConfigError(
-            f"{'a PEFT' if library == 'peft' else 'an AdapterHub'} model exports as "
-            f"format={shown(library)}, not {shown(format)}; the adapter "
-            "libraries cannot read each other's adapters"
-        )
-    name = _adapter_name(model, library)
-    state = masked_parameters(model)
-    if state is not None:
-        state.apply_()
-    if library == "peft":
-        return _replace_checkpoint(
-            path, "adapter_config.json", overwrite, lambda tmp: _save_peft_adapter(model, name, tmp)
-        )
-    return _replace_checkpoint(
-        path,
-        "adapter_config.json",
-        overwrite,
-        lambda tmp: model.save_adapter(str(tmp), name, use_safetensors=True),
-    )
-
-
-def _save_peft_adapter(model: nn.Module, name: str, folder: Path) -> None:
-    """``save_pretrained`` of adapter ``name``, its files in ``folder`` itself: PEFT puts an
-    adapter not named "default" in a subfolder, which ``PeftModel.from_pretrained(base, folder)``
-    would not find."""
-    model.save_pretrained(str(folder), selected_adapters=[name])
-    nested = folder / name
-    if name != "default" and nested.is_dir():
-        for item in nested.iterdir():
-            item.replace(folder / item.name)
-        nested.rmdir()
-
-
-def _is_lora(config: Any, library: str) -> bool:
-    if library == "peft":
-        return config.peft_type == peft.PeftType.LORA
-    from adapters import LoRAConfig
-
-    return isinstance(config, LoRAConfig) and not adapterhub_scales(config)
-
-
-def merge(model: nn.Module) -> nn.Module:
-    """Fold a LoRA adapter into the base weights; the merged update uses the masked weights.
-
-    PEFT: returns ``model.merge_and_unload()``, the plain base model. AdapterHub: merges in place
-    (``merge_adapter``) and returns ``model``; the adapter stays registered in merged state
-    (``reset_adapter`` unmerges it). The masks are detached from the model.
-    """
-    library = _library(model)
-    name = _adapter_name(model, library)
-    config = _adapter_config(model, library, name)
-    if not _is_lora(config, library):
-        raise ConfigError(
-            f"merge folds LoRA adapters into the base weights; {shown(name)} is a "
-            f"{type(config).__name__}: keep the adapter, or export it with export_dense"
-        )
-    state = masked_parameters(model)
-    if state is not None:
-        state.apply_()
-    remove_sparsity(model)
-    if library == "peft":
-        return model.merge_and_unload()
-    model.merge_adapter(name)
     return model

@@ -20,8 +20,9 @@ from typing import Any
 from torch import nn
 
 from sparseadapter.adapters import build_model, load_model, resolve_model
-from sparseadapter.checkpoint import export_dense, load_sparse, save_sparse
+from sparseadapter.checkpoint import load_sparse, save_sparse
 from sparseadapter.errors import ConfigError
+from sparseadapter.export import export_dense
 from sparseadapter.files import check_parent, move_into_place
 from sparseadapter.resume import CHECKPOINT_FILE, read_checkpoint, remove_checkpoint
 from sparseadapter.runconfig import RunConfig, changed_keys, load_yaml, save_yaml
