@@ -1,4 +1,4 @@
-"""Every adapter family through sparsify and a few training steps (issue 2).
+"""Every adapter family through sparsify and a few training steps.
 
 Tiny random-config BERT, RoBERTa and BART for every AdapterHub and PEFT adapter type, and the
 real MiniLM-L6 on RTE (slow). Checked each time: the exact kept count, pruned weights at 0.0,
