@@ -157,7 +157,7 @@ def train(
 
 def expected_kept(numel: int, sparsity: float) -> int:
     """round((1 - s) * N) with halves rounded up, in exact arithmetic on the decimal ``s`` is
-    written as: the kept count round((1 - s) N) with halves rounded up."""
+    written as: the kept count the method defines."""
     return math.floor((1 - Fraction(repr(sparsity))) * numel + Fraction(1, 2))
 
 
