@@ -123,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         "mode": "quick" if args.quick else "full",
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "settings": asdict(settings),
+        "model": args.model,
         "load_average": {"start": [round(x, 2) for x in os.getloadavg()]},
         "step_time": {},
         "pruning": {},

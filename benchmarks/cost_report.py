@@ -73,10 +73,14 @@ def table(header: list[str], rows: list[list[Any]]) -> list[str]:
     ]
 
 
+MODEL_NAMES = {"minilm": "MiniLM-L6", "smollm2": "SmolLM2-135M, 4-bit GGUF dequantized"}
+
+
 def header_lines(results: dict[str, Any]) -> list[str]:
     s, m, load = results["settings"], results["machine"], results["load_average"]
+    model = results.get("model", "minilm")  # results from before the key existed: MiniLM
     return [
-        "# Cost benchmark: sparse vs dense adapters (MiniLM-L6, CPU)",
+        f"# Cost benchmark: sparse vs dense adapters ({MODEL_NAMES.get(model, model)}, CPU)",
         "",
         f"Produced by `{results['command']}` ({results['mode']} mode) on {results['date']} "
         f"in {results.get('seconds', 0):.0f} s"
