@@ -139,3 +139,31 @@ def pytest_sessionfinish(session, exitstatus):
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None and _skips(reporter)[1] and exitstatus == 0:
         session.exitstatus = 1
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory, minilm_path) -> str:
+    """A random LLaMA causal LM (64 positions) saved as a model folder; its tokenizer has an
+    EOS and no pad token, as decoders' tokenizers."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
+    tokenizer.eos_token = "[SEP]"
+    tokenizer.pad_token = None
+    torch.manual_seed(0)
+    config = AutoConfig.for_model(
+        "llama",
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        pad_token_id=None,
+    )
+    AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    assert AutoTokenizer.from_pretrained(path).pad_token is None
+    return str(path)

@@ -175,33 +175,6 @@ def test_a_sweep_without_a_grid_is_refused(tmp_path, grid):
         load_sweep(spec)
 
 
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory, minilm_path) -> str:
-    """A random LLaMA classifier (64 positions) whose tokenizer has an EOS but no pad token."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    path = tmp_path_factory.mktemp("tiny-llama")
-    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
-    tokenizer.eos_token = "[SEP]"
-    tokenizer.pad_token = None
-    torch.manual_seed(0)
-    config = AutoConfig.for_model(
-        "llama",
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        pad_token_id=None,
-    )
-    AutoModelForCausalLM.from_config(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    assert AutoTokenizer.from_pretrained(path).pad_token is None
-    return str(path)
-
-
 def test_a_decoder_without_pad_token_and_a_too_long_max_length_train(
     tiny_llama, tiny_glue, tmp_path, caplog
 ):

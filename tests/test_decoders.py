@@ -9,34 +9,11 @@ from pathlib import Path
 import peft
 import pytest
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import sparseadapter as sa
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
-
-@pytest.fixture(scope="module")
-def tiny_decoder(tmp_path_factory, minilm_path) -> str:
-    """A random LLaMA causal LM folder; its tokenizer has an EOS and no pad token, as decoders'."""
-    path = tmp_path_factory.mktemp("tiny-decoder")
-    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
-    tokenizer.eos_token = "[SEP]"
-    tokenizer.pad_token = None
-    torch.manual_seed(0)
-    config = AutoConfig.for_model(
-        "llama",
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-    )
-    AutoModelForCausalLM.from_config(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
 
 
 def lm_batches(tokenizer, n: int = 4, size: int = 4) -> list[dict[str, torch.Tensor]]:
@@ -53,11 +30,11 @@ def lm_batches(tokenizer, n: int = 4, size: int = 4) -> list[dict[str, torch.Ten
 
 
 @pytest.mark.parametrize("method", ["snip", "grasp", "synflow", "magnitude"])
-def test_causal_lm_lora_prunes_and_trains_with_bf16_and_checkpointing(tiny_decoder, method):
-    tokenizer = AutoTokenizer.from_pretrained(tiny_decoder)
+def test_causal_lm_lora_prunes_and_trains_with_bf16_and_checkpointing(tiny_llama, method):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
     tokenizer.pad_token = tokenizer.eos_token
     model = peft.get_peft_model(
-        AutoModelForCausalLM.from_pretrained(tiny_decoder),
+        AutoModelForCausalLM.from_pretrained(tiny_llama),
         peft.LoraConfig(task_type="CAUSAL_LM", r=4),
     )
     batches = lm_batches(tokenizer)
@@ -93,9 +70,9 @@ def _run_example(name: str, argv: list[str]) -> dict:
 
 
 @pytest.mark.parametrize("example", ["hf_trainer", "trl_sft"])
-def test_the_trainer_examples_keep_pruned_weights_zero(example, tiny_decoder, tmp_path):
+def test_the_trainer_examples_keep_pruned_weights_zero(example, tiny_llama, tmp_path):
     result = _run_example(
-        example, ["--model", tiny_decoder, "--steps", "4", "--output", str(tmp_path / "out")]
+        example, ["--model", tiny_llama, "--steps", "4", "--output", str(tmp_path / "out")]
     )
     assert result["pruned"] > 0
     assert result["revived"] == 0
