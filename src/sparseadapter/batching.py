@@ -35,7 +35,7 @@ class LengthGroupedBatches(Sampler[list[int]]):
     group by length (longest first, ties in shuffled order), cut it into batches, and yield all
     batches in a random order. Every example is seen once per epoch; the order depends only on
     the state of ``generator`` when iteration starts (so a resumed run sees the same batches).
-    On GLUE it feeds 1.5–2.9x fewer tokens than random batches (``benchmarks/batching.py``).
+    On GLUE it feeds 1.5–2.8x fewer tokens than random batches (``benchmarks/batching.py``).
     """
 
     def __init__(

@@ -123,7 +123,7 @@ class DataConfig:
         default=False,
         metadata={
             "help": "Batch training examples of similar length together (random batch order): "
-            "1.5-2.9x fewer tokens fed on GLUE, so faster on CPU; batches differ from plain "
+            "1.5-2.8x fewer tokens fed on GLUE, so faster on CPU; batches differ from plain "
             "shuffling."
         },
     )
