@@ -18,8 +18,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from sparseadapter.batching import PadCollator  # noqa: E402
-from sparseadapter.data import encode  # noqa: E402
-from sparseadapter.tasks.glue import get_task, load_glue  # noqa: E402
+from sparseadapter.tasks.classification import encode_examples  # noqa: E402
+from sparseadapter.tasks.glue import glue_spec, load_glue  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
@@ -53,10 +53,10 @@ def task_features(
     tokenizer, task: str, data_dir: Path | str | None, limit: int | None, max_length: int = 128
 ) -> list[dict[str, Any]]:
     """The first ``limit`` training examples of a GLUE task, tokenized as training does
-    (``sparseadapter.data.encode``)."""
-    spec = get_task(task)
+    (``sparseadapter.tasks.classification.encode_examples``)."""
+    spec = glue_spec(task)
     examples = load_glue(spec.name, "train", data_dir, limit)
-    return encode(tokenizer, examples, max_length, spec.is_regression)
+    return encode_examples(tokenizer, examples, max_length, spec.is_regression)
 
 
 def fixed_batches(features: list[dict[str, Any]], tokenizer, size: int) -> list[dict]:

@@ -34,7 +34,7 @@ from cost_steps import measure_steps
 from cost_variants import load_batches, quiet_libraries
 
 from sparseadapter.adapters import resolve_model
-from sparseadapter.tasks.glue import get_task
+from sparseadapter.tasks.glue import glue_spec
 
 CHECKPOINT_JSON = RESULTS / "checkpoint_size.json"
 QUICK_OUTPUT = ROOT / "runs" / "cost-quick"
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     results["machine"] = machine_info(settings.threads)
     model_path = resolve_model(args.model)
-    num_labels = get_task(settings.task).num_labels
+    num_labels = glue_spec(settings.task).num_labels
     batches = load_batches(settings, model_path, args.data_dir)
     with probe_pool() as pool:
         for family in settings.families:

@@ -61,7 +61,7 @@ def test_pad_collator_pads_to_the_longest_example():
 
 
 def test_dev_batches_go_shortest_first_and_keep_every_example(minilm_path, glue_dir):
-    from sparseadapter.data import dev_loaders, load_run_data, load_tokenizer
+    from sparseadapter.data import eval_sets, load_run_data, load_tokenizer
     from sparseadapter.runconfig import RunConfig
 
     config = RunConfig.from_dict(
@@ -72,7 +72,8 @@ def test_dev_batches_go_shortest_first_and_keep_every_example(minilm_path, glue_
         }
     )
     data = load_run_data(config, with_train=False)
-    (loader,) = dev_loaders(config, data, load_tokenizer(minilm_path)).values()
+    (eval_set,) = eval_sets(config, data, load_tokenizer(minilm_path)).values()
+    loader = eval_set.loader
     batches = list(loader)
     widths = [b["input_ids"].shape[1] for b in batches]
     assert widths == sorted(widths) and widths[0] < widths[-1]

@@ -155,7 +155,7 @@ def bad_tsv(tmp_path: Path) -> Path:
 
 ERRORS = [
     # (arguments after `train --task rte`, fragment of the one-line message)
-    (["--task", "squad"], "unknown GLUE task 'squad'; use one of: cola"),
+    (["--task", "squadv2"], "unknown task 'squadv2'; use one of: cola"),
     (["--adapter", "bottleneck"], "unknown adapter 'bottleneck'; use one of: houlsby"),
     (["--pruner", "obd"], "unknown pruning method 'obd'; choose one of"),
     (["--data-dir", "{tmp}/nowhere"], "does not exist; pass the folder that holds RTE/"),

@@ -11,7 +11,7 @@ from sparseadapter.tasks.glue import (
     GLUE_TASKS,
     Example,
     compute_metrics,
-    get_task,
+    glue_spec,
     is_collapsed,
     load_glue,
 )
@@ -36,7 +36,7 @@ LOCAL_SPLITS = [
 @pytest.mark.parametrize(("task", "split", "size", "first"), LOCAL_SPLITS)
 def test_local_split_sizes_labels_and_first_example(glue_dir, task, split, size, first):
     examples = load_glue(task, split, glue_dir)
-    spec = get_task(task)
+    spec = glue_spec(task)
     assert len(examples) == size
     if first is not None:
         assert examples[0] == first
@@ -71,16 +71,16 @@ def test_max_samples_takes_the_first_examples(glue_dir):
         load_glue("rte", "train", glue_dir, max_samples=0)
 
 
-def test_get_task_aliases_and_unknown():
-    assert get_task("SST-2") is GLUE_TASKS["sst2"]
-    assert get_task("sts-b").is_regression
-    assert get_task("MNLI").dev_splits == ("validation_matched", "validation_mismatched")
+def test_glue_spec_aliases_and_unknown():
+    assert glue_spec("SST-2") is GLUE_TASKS["sst2"]
+    assert glue_spec("sts-b").is_regression
+    assert glue_spec("MNLI").dev_splits == ("validation_matched", "validation_mismatched")
     assert set(GLUE_TASKS) == {"cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli"}
     for spec in GLUE_TASKS.values():
         assert spec.main_metric in spec.metrics
         assert (spec.label_names is None) == spec.is_regression
     with pytest.raises(DataError, match="unknown GLUE task 'squad'.*cola, sst2"):
-        get_task("squad")
+        glue_spec("squad")
 
 
 def _write(path, text):

@@ -16,7 +16,7 @@ from sparseadapter.cli import main
 from sparseadapter.errors import ConfigError
 from sparseadapter.rundir import finished_run, load_run_model
 from sparseadapter.sparsify import get_masks
-from sparseadapter.tasks.glue import get_task
+from sparseadapter.tasks import get_task
 
 
 @pytest.fixture

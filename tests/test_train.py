@@ -30,7 +30,7 @@ from sparseadapter.runconfig import (
 )
 from sparseadapter.rundir import load_run_model
 from sparseadapter.sparsify import get_masks
-from sparseadapter.tasks.glue import get_task
+from sparseadapter.tasks import get_task
 from sparseadapter.train import train
 
 
@@ -129,7 +129,7 @@ def test_resolved_config_round_trips(tmp_path):
         ({}, ["train.epochs=three"], "train.epochs must be int"),
         ({"model.adapter": "bottleneck"}, [], "unknown adapter 'bottleneck'"),
         ({"prune.method": "obd"}, [], "unknown pruning method 'obd'"),
-        ({"data.task": "squad"}, [], "unknown GLUE task 'squad'"),
+        ({"data.task": "squad2"}, [], "unknown task 'squad2'; use one of: cola, sst2"),
         ({"prune.sparsity": 0.5}, [], "add --pruner snip"),
         ({"model.large_sparse": 4}, [], "Large-Sparse needs a pruner"),
         ({"model.large_sparse": 4, "prune.method": "snip", "prune.sparsity": 0.5}, [], "drop --sparsity"),

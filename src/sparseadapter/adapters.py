@@ -20,8 +20,10 @@ turned into a reduction factor when the model is built (:func:`adapter_config` t
 
 ``library="auto"`` picks AdapterHub for the adapters PEFT lacks (houlsby, pfeiffer, parallel,
 mam) and for prefix tuning, and PEFT for lora and ia3; prefix tuning falls back to PEFT when the
-``adapters`` package is not installed. PEFT configs are built for sequence classification
-(``task_type="SEQ_CLS"``), so the task head is trainable and saved with the adapter.
+``adapters`` package is not installed. PEFT configs carry the task's head type (``SEQ_CLS``,
+``QUESTION_ANS`` or ``CAUSAL_LM``), so a classification or span head is trainable and saved with
+the adapter; a causal LM's output layer (often tied to the input embeddings) stays frozen in
+both libraries.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from sparseadapter.errors import ConfigError, shown
 from sparseadapter.models import MODEL_ALIASES, resolve_model
 from sparseadapter.optional import has_adapterhub
 from sparseadapter.targets import head_modules
+from sparseadapter.tasks.base import CAUSAL_LM, QUESTION_ANSWERING, SEQUENCE_CLASSIFICATION
 
 ADAPTERS = ("houlsby", "pfeiffer", "parallel", "mam", "prefix", "lora", "ia3")
 LIBRARIES = ("auto", "adapterhub", "peft")
@@ -46,7 +49,12 @@ PEFT_ADAPTERS = ("prefix", "lora", "ia3")
 LORA_RANK = 8
 LORA_ALPHA = 32
 PREFIX_LENGTH = 30
-PEFT_HEADS = ("classifier", "score")  # what PEFT trains and saves for SEQ_CLS by itself
+PEFT_HEADS = ("classifier", "score", "qa_outputs")  # what PEFT trains and saves by itself
+PEFT_TASK_TYPES = {
+    SEQUENCE_CLASSIFICATION: "SEQ_CLS",
+    QUESTION_ANSWERING: "QUESTION_ANS",
+    CAUSAL_LM: "CAUSAL_LM",
+}
 # Target modules for architectures PEFT has no defaults for: the counterparts of its BERT
 # defaults (LoRA on query and value; (IA)3 on key, value and the FFN output).
 PEFT_TARGETS: dict[str, dict[str, dict[str, list[str]]]] = {
@@ -129,10 +137,10 @@ def _adapterhub_config(adapter: str, width: int | None, hidden_size: int | None)
     return adapters.IA3Config()
 
 
-def _peft_config(adapter: str, width: int | None) -> Any:
+def _peft_config(adapter: str, width: int | None, head: str) -> Any:
     import peft
 
-    task = peft.TaskType.SEQ_CLS
+    task = peft.TaskType[PEFT_TASK_TYPES[head]]
     if adapter == "prefix":
         return peft.PrefixTuningConfig(task_type=task, num_virtual_tokens=width or PREFIX_LENGTH)
     if adapter == "lora":
@@ -141,7 +149,11 @@ def _peft_config(adapter: str, width: int | None) -> Any:
 
 
 def adapter_config(
-    adapter: str, library: str = "auto", width: int | None = None, hidden_size: int | None = None
+    adapter: str,
+    library: str = "auto",
+    width: int | None = None,
+    hidden_size: int | None = None,
+    head: str = SEQUENCE_CLASSIFICATION,
 ) -> Any:
     """The PEFT or AdapterHub config of ``adapter`` (one of :data:`ADAPTERS`).
 
@@ -152,7 +164,7 @@ def adapter_config(
     _check_width(width, adapter)
     if library == "adapterhub":
         return _adapterhub_config(adapter, width, hidden_size)
-    return _peft_config(adapter, width)
+    return _peft_config(adapter, width, head)
 
 
 def _check_peft_prefix_head(model: nn.Module) -> None:
@@ -190,8 +202,9 @@ def attach_adapter(
     width: int | None = None,
     large_sparse: float = 1.0,
     adapter_name: str = "task",
+    head: str = SEQUENCE_CLASSIFICATION,
 ) -> tuple[nn.Module, float | None]:
-    """Add a trainable ``adapter`` to a loaded sequence-classification ``model``.
+    """Add a trainable ``adapter`` to a loaded ``model`` with a ``head`` (a task's head type).
 
     Only the adapter and the task head stay trainable. ``adapter=None`` means full fine-tuning
     (every parameter trainable). ``large_sparse > 1`` widens the adapter by that factor and
@@ -205,7 +218,7 @@ def attach_adapter(
         return model, None
     hidden_size = model.config.hidden_size
     library = require_library(adapter, library)
-    config = adapter_config(adapter, library, width, hidden_size)
+    config = adapter_config(adapter, library, width, hidden_size, head)
     sparsity = None
     if large_sparse != 1:
         config, sparsity = widen_for_large_sparse(config, large_sparse, hidden_size)
@@ -243,6 +256,8 @@ def attach_adapter(
             f"({str(exc).splitlines()[0][:160]}); see docs/models.md for what works where"
         ) from exc
     train_adapterhub_adapter(model, adapter_name)
+    if head == CAUSAL_LM:  # AdapterHub freezes the backbone only; the LM head is not the task's
+        model.get_output_embeddings().requires_grad_(False)
     return model, sparsity
 
 
@@ -268,17 +283,33 @@ class _DropMessage(logging.Filter):
         return self.text not in record.getMessage()
 
 
-def load_model(model: str, num_labels: int, problem_type: str | None = None) -> nn.Module:
-    """A sequence-classification model from an alias, a local directory or a hub id. A head
-    trained for another number of labels is initialized anew (transformers logs which)."""
-    from transformers import AutoModelForSequenceClassification
+def load_model(
+    model: str,
+    num_labels: int = 2,
+    problem_type: str | None = None,
+    head: str = SEQUENCE_CLASSIFICATION,
+) -> nn.Module:
+    """A model with a ``head`` (sequence classification, question answering or causal LM) from
+    an alias, a local directory or a hub id. A classification head trained for another number
+    of labels is initialized anew (transformers logs which)."""
+    import transformers
 
     path = resolve_model(model)
-    extra = {"problem_type": problem_type} if problem_type else {}
-    try:
-        return AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=num_labels, ignore_mismatched_sizes=True, **extra
+    if head == SEQUENCE_CLASSIFICATION:
+        auto = transformers.AutoModelForSequenceClassification
+        extra: dict[str, Any] = {"num_labels": num_labels, "ignore_mismatched_sizes": True}
+        if problem_type:
+            extra["problem_type"] = problem_type
+    elif head == QUESTION_ANSWERING:
+        auto, extra = transformers.AutoModelForQuestionAnswering, {}
+    elif head == CAUSAL_LM:
+        auto, extra = transformers.AutoModelForCausalLM, {}
+    else:
+        raise ConfigError(
+            f"unknown model head {shown(head)}; one of {SEQUENCE_CLASSIFICATION}, {QUESTION_ANSWERING}, {CAUSAL_LM}"
         )
+    try:
+        return auto.from_pretrained(path, **extra)
     except (OSError, ValueError) as exc:
         reason = (str(exc).strip() or type(exc).__name__).splitlines()[0].split(". ")[0][:200]
         raise ConfigError(
@@ -296,13 +327,14 @@ def build_model(
     large_sparse: float = 1.0,
     adapter_name: str = "task",
     problem_type: str | None = None,
+    head: str = SEQUENCE_CLASSIFICATION,
 ) -> tuple[nn.Module, float | None]:
-    """Load ``model`` for sequence classification and attach ``adapter`` (see attach_adapter)."""
+    """Load ``model`` with a ``head`` and attach ``adapter`` (see attach_adapter)."""
     if adapter is not None:
         require_library(adapter, library)  # fail on bad options before loading any weights
         _check_width(width, adapter)
-    loaded = load_model(model, num_labels, problem_type)
-    return attach_adapter(loaded, adapter, library, width, large_sparse, adapter_name)
+    loaded = load_model(model, num_labels, problem_type, head)
+    return attach_adapter(loaded, adapter, library, width, large_sparse, adapter_name, head)
 
 
 def describe(model: nn.Module) -> str:

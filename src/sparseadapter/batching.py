@@ -11,20 +11,29 @@ from torch.utils.data import Sampler
 
 
 class PadCollator:
-    """Pads each batch to its longest example (dynamic padding)."""
+    """Pads each batch to its longest example (dynamic padding).
 
-    def __init__(self, pad_token_id: int):
+    Sequence fields are padded with the pad token (``input_ids``), -100 (``labels``: ignored by
+    the loss) or 0 (masks and the rest), on the right, or on the left for generation
+    (``side="left"``); scalar fields (class labels, answer positions) become 1-D tensors."""
+
+    def __init__(self, pad_token_id: int, side: str = "right"):
         self.pad_token_id = pad_token_id
+        self.side = side
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         length = max(len(f["input_ids"]) for f in features)
         batch = {}
         for key in features[0]:
-            if key == "labels":
+            if not isinstance(features[0][key], list):
                 batch[key] = torch.tensor([f[key] for f in features])
                 continue
-            pad = self.pad_token_id if key == "input_ids" else 0
-            batch[key] = torch.tensor([f[key] + [pad] * (length - len(f[key])) for f in features])
+            pad = {"input_ids": self.pad_token_id, "labels": -100}.get(key, 0)
+            rows = []
+            for f in features:
+                padding = [pad] * (length - len(f[key]))
+                rows.append(padding + f[key] if self.side == "left" else f[key] + padding)
+            batch[key] = torch.tensor(rows)
         return batch
 
 

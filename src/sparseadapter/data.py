@@ -1,7 +1,11 @@
-"""A run's data: GLUE examples, tokenized features, and the training and dev loaders."""
+"""A run's data: its task's examples, the tokenizer, and the training and evaluation batches.
+
+What examples look like and how they become features is the task's business
+(:mod:`sparseadapter.tasks`); this module only wires them to a run's config."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from dataclasses import dataclass
@@ -15,7 +19,7 @@ from transformers import AutoTokenizer
 from sparseadapter.batching import LengthGroupedBatches, PadCollator
 from sparseadapter.errors import ConfigError
 from sparseadapter.runconfig import RunConfig
-from sparseadapter.tasks.glue import Example, TaskSpec, get_task, load_glue
+from sparseadapter.tasks import EvalSet, Task, get_task
 
 log = logging.getLogger(__name__)
 
@@ -24,9 +28,9 @@ log = logging.getLogger(__name__)
 class RunData:
     """A run's task, its training examples and its dev split(s) by name."""
 
-    task: TaskSpec
-    train: list[Example]
-    dev: dict[str, list[Example]]
+    task: Task
+    train: list
+    dev: dict[str, list]
 
 
 def load_run_data(
@@ -35,12 +39,9 @@ def load_run_data(
     """The run's training examples (unless ``with_train=False``) and its dev split(s)."""
     task = get_task(config.data.task)
     data_dir = data_dir or config.data.data_dir
-    train = (
-        load_glue(task.name, "train", data_dir, config.data.max_train_samples) if with_train else []
-    )
+    train = task.load("train", data_dir, config.data.max_train_samples) if with_train else []
     dev = {
-        split: load_glue(task.name, split, data_dir, config.data.max_eval_samples)
-        for split in task.dev_splits
+        split: task.load(split, data_dir, config.data.max_eval_samples) for split in task.dev_splits
     }
     return RunData(task, train, dev)
 
@@ -83,26 +84,21 @@ def _note_capped(requested: int, limit: int) -> None:
     )
 
 
-def encode(
-    tokenizer, examples: list[Example], max_length: int, is_regression: bool
-) -> list[dict[str, Any]]:
-    """Tokenized examples (unpadded) with their labels, at most ``max_length`` tokens (or the
-    tokenizer's own limit, if lower)."""
-    if max_length > tokenizer.model_max_length:
-        _note_capped(max_length, tokenizer.model_max_length)
-        max_length = tokenizer.model_max_length
-    pairs = bool(examples) and examples[0].text_b is not None
-    encoded = tokenizer(
-        [e.text_a for e in examples],
-        [e.text_b for e in examples] if pairs else None,
-        truncation=True,
-        max_length=max_length,
+def capped(config: RunConfig, tokenizer) -> RunConfig:
+    """``config`` with ``data.max_length`` at most the tokenizer's own limit (noted once)."""
+    if config.data.max_length <= tokenizer.model_max_length:
+        return config
+    _note_capped(config.data.max_length, tokenizer.model_max_length)
+    return dataclasses.replace(
+        config, data=dataclasses.replace(config.data, max_length=tokenizer.model_max_length)
     )
-    cast = float if is_regression else int
-    return [
-        {**{key: values[i] for key, values in encoded.items()}, "labels": cast(e.label)}
-        for i, e in enumerate(examples)
-    ]
+
+
+def train_features(
+    config: RunConfig, task: Task, tokenizer, examples: list
+) -> list[dict[str, Any]]:
+    """The training examples as tokenized features (unpadded), with what the loss needs."""
+    return task.train_features(tokenizer, examples, capped(config, tokenizer).data)
 
 
 def train_loader(
@@ -130,17 +126,10 @@ def data_generator(config: RunConfig) -> torch.Generator:
     return torch.Generator().manual_seed(config.train.seed)
 
 
-def dev_loaders(config: RunConfig, data: RunData, tokenizer) -> dict[str, DataLoader]:
-    """One loader per dev split, shortest examples first: batches then carry little padding
-    (long-tailed tasks such as RTE evaluate faster); the metrics do not depend on the order."""
+def eval_sets(config: RunConfig, data: RunData, tokenizer) -> dict[str, EvalSet]:
+    """One evaluation set per dev split."""
+    config = capped(config, tokenizer)
     return {
-        split: DataLoader(
-            sorted(
-                encode(tokenizer, examples, config.data.max_length, data.task.is_regression),
-                key=lambda feature: len(feature["input_ids"]),
-            ),
-            batch_size=config.train.eval_batch_size,
-            collate_fn=PadCollator(tokenizer.pad_token_id or 0),
-        )
+        split: data.task.eval_set(tokenizer, examples, config.data, config.train.eval_batch_size)
         for split, examples in data.dev.items()
     }

@@ -3,46 +3,47 @@ summary of a run's results."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
-import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch import nn
-from torch.utils.data import DataLoader
 
 from sparseadapter.adapters import resolve_library
-from sparseadapter.data import dev_loaders, load_run_data, load_tokenizer
+from sparseadapter.data import eval_sets, load_run_data, load_tokenizer
 from sparseadapter.distributed import make_accelerator
-from sparseadapter.runconfig import RunConfig
+from sparseadapter.runconfig import DataConfig, RunConfig
 from sparseadapter.rundir import finished_run, load_run_model, read_final
-from sparseadapter.tasks.glue import TaskSpec, compute_metrics, is_collapsed
+from sparseadapter.tasks import EvalSet, Task
 
 
-@torch.no_grad()
 def evaluate(
-    model: nn.Module, loaders: dict[str, DataLoader], task: TaskSpec, accelerator: Accelerator
+    model: nn.Module,
+    sets: dict[str, EvalSet],
+    task: Task,
+    accelerator: Accelerator,
+    tokenizer,
+    data: DataConfig,
 ) -> dict[str, dict[str, float]]:
-    """Metrics per dev split (gathered over processes), plus a ``collapsed`` flag per split."""
+    """The task's metrics per dev split (gathered over processes), plus a ``collapsed`` flag."""
     model.eval()
-    results = {}
-    for split, loader in loaders.items():
-        predictions, references = [], []
-        for batch in loader:
-            logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
-            preds = logits.squeeze(-1) if task.is_regression else logits.argmax(-1)
-            preds, refs = accelerator.gather_for_metrics((preds, batch["labels"]))
-            predictions.append(preds.float().cpu() if task.is_regression else preds.cpu())
-            references.append(refs.cpu())
-        preds, refs = torch.cat(predictions).tolist(), torch.cat(references).tolist()
-        metrics = compute_metrics(task.name, preds, refs)
-        metrics["collapsed"] = is_collapsed(task.name, preds, refs)
-        results[split] = metrics
-    return results
+    return {
+        split: task.evaluate(model, eval_set, accelerator, tokenizer, data)
+        for split, eval_set in sets.items()
+    }
 
 
-def main_score(dev: dict[str, dict[str, float]], task: TaskSpec) -> float:
+def prepared_eval_sets(accelerator: Accelerator, sets: dict[str, EvalSet]) -> dict[str, EvalSet]:
+    """The sets with their loaders prepared by ``accelerator`` (split over processes)."""
+    return {
+        split: dataclasses.replace(eval_set, loader=accelerator.prepare(eval_set.loader))
+        for split, eval_set in sets.items()
+    }
+
+
+def main_score(dev: dict[str, dict[str, float]], task: Task) -> float:
     return dev[task.dev_splits[0]][task.main_metric]
 
 
@@ -61,11 +62,8 @@ def evaluate_run(run_dir: str | Path, data_dir: str | None = None) -> dict[str, 
     model, tokenizer_path = load_run_model(run_dir, config, data.task)
     tokenizer = load_tokenizer(tokenizer_path, model)
     model = accelerator.prepare(model)
-    loaders = {
-        split: accelerator.prepare(loader)
-        for split, loader in dev_loaders(config, data, tokenizer).items()
-    }
-    dev = evaluate(model, loaders, data.task, accelerator)
+    sets = prepared_eval_sets(accelerator, eval_sets(config, data, tokenizer))
+    dev = evaluate(model, sets, data.task, accelerator, tokenizer, config.data)
     return {
         "main_metric": data.task.main_metric,
         "score": main_score(dev, data.task),

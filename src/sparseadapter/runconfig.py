@@ -37,10 +37,11 @@ DEFAULT_ADAPTER = "houlsby" if has_adapterhub() else "lora"
 
 @dataclass
 class ModelConfig:
-    name: str = field(
-        default="minilm",
+    name: str | None = field(
+        default=None,
         metadata={
-            "help": "Backbone: 'minilm' (offline MiniLM-L6), an HF model id or a local path."
+            "help": "Backbone: an alias (minilm, mpnet-base, smollm2, gemma3-270m), an HF model id "
+            "or a local path; null = the task's default (minilm; smollm2 for xsum)."
         },
     )
     adapter: str = field(
@@ -103,22 +104,49 @@ class ModelConfig:
 class DataConfig:
     task: str = field(
         default="rte",
-        metadata={"help": "GLUE task: cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli."},
+        metadata={
+            "help": "GLUE (cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli), squad (SQuAD v1.1 "
+            "extractive QA) or xsum (summarization with a decoder LM)."
+        },
     )
     data_dir: str | None = field(
         default=None,
         metadata={
-            "help": "Folder of GLUE-layout TSV folders (e.g. ../shared/data/glue); "
-            "null = the datasets hub (nyu-mll/glue)."
+            "help": "Local data: the folder of GLUE-layout TSV folders (e.g. ../shared/data/glue), "
+            "of the SQuAD JSON files or of the XSum JSON lines; null = the datasets hub."
         },
     )
     max_train_samples: int | None = field(
-        default=None, metadata={"help": "Use only the first N training examples."}
+        default=None,
+        metadata={
+            "help": "Use only N training examples: the first N (GLUE), or N drawn with a fixed "
+            "seed (squad questions, xsum pairs)."
+        },
     )
     max_eval_samples: int | None = field(
-        default=None, metadata={"help": "Use only the first N examples of each dev split."}
+        default=None,
+        metadata={"help": "Use only N examples of each dev split (chosen as for training)."},
     )
-    max_length: int = field(default=128, metadata={"help": "Truncate inputs to this many tokens."})
+    max_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "Truncate inputs to this many tokens; null = the task's default (128 GLUE, "
+            "384 squad, 512 xsum)."
+        },
+    )
+    doc_stride: int = field(
+        default=128,
+        metadata={"help": "squad: tokens shared by consecutive windows of a long context."},
+    )
+    max_answer_length: int = field(
+        default=30, metadata={"help": "squad: the longest answer span predicted, in tokens."}
+    )
+    max_new_tokens: int = field(
+        default=64, metadata={"help": "xsum: the most tokens generated (and trained) per summary."}
+    )
+    num_beams: int = field(
+        default=1, metadata={"help": "xsum: beams of the beam search; 1 = greedy decoding."}
+    )
     group_by_length: bool = field(
         default=False,
         metadata={
@@ -129,13 +157,25 @@ class DataConfig:
     )
 
     def __post_init__(self) -> None:
-        from sparseadapter.tasks.glue import get_task
+        from sparseadapter.tasks import get_task
 
-        self.task = get_task(self.task).name
-        for name in ("max_train_samples", "max_eval_samples", "max_length"):
+        task = get_task(self.task)
+        self.task = task.name
+        if self.max_length is None:
+            self.max_length = task.default_max_length
+        for name in (
+            "max_train_samples",
+            "max_eval_samples",
+            "max_length",
+            "doc_stride",
+            "max_answer_length",
+            "max_new_tokens",
+            "num_beams",
+        ):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"data.{name} must be a positive integer, got {value}")
+        task.check(self)
 
 
 @dataclass
@@ -266,6 +306,10 @@ class RunConfig:
             raise ConfigError(
                 f"output {shown(self.output)} names no run folder: give one, e.g. runs/my-run"
             )
+        if self.model.name is None:
+            from sparseadapter.tasks import get_task
+
+            self.model.name = get_task(self.data.task).default_model
         if self.train.lr is None:
             self.train.lr = DEFAULT_LR_FULL if self.model.is_full_finetune else DEFAULT_LR_ADAPTER
         if self.model.is_full_finetune and self.prune is not None:

@@ -26,7 +26,7 @@ from sparseadapter.export import export_dense
 from sparseadapter.files import check_parent, move_into_place
 from sparseadapter.resume import CHECKPOINT_FILE, read_checkpoint, remove_checkpoint
 from sparseadapter.runconfig import RunConfig, changed_keys, load_yaml, save_yaml
-from sparseadapter.tasks.glue import TaskSpec, get_task
+from sparseadapter.tasks import Task, get_task
 
 CONFIG_FILE = "config.yaml"
 EPOCHS_FILE = "metrics.jsonl"
@@ -238,7 +238,7 @@ def save_run_model(model: nn.Module, tokenizer, folder: Path, config: RunConfig)
         save_sparse(model, folder / ADAPTER_DIR)
 
 
-def build_run_model(config: RunConfig, task: TaskSpec) -> tuple[nn.Module, str]:
+def build_run_model(config: RunConfig, task: Task) -> tuple[nn.Module, str]:
     """The backbone with the run's adapter (or fully trainable), and the resolved model path."""
     model_path = resolve_model(config.model.name)
     model, _ = build_model(
@@ -249,11 +249,12 @@ def build_run_model(config: RunConfig, task: TaskSpec) -> tuple[nn.Module, str]:
         width=config.model.width,
         large_sparse=config.model.large_sparse,
         problem_type=task.problem_type,
+        head=task.head,
     )
     return model, model_path
 
 
-def load_run_model(run_dir: Path, config: RunConfig, task: TaskSpec) -> tuple[nn.Module, str]:
+def load_run_model(run_dir: Path, config: RunConfig, task: Task) -> tuple[nn.Module, str]:
     """The trained model of a finished run, and the path of its tokenizer.
 
     The adapter is built from the run's config, as for training, and the checkpoint loaded
@@ -261,7 +262,7 @@ def load_run_model(run_dir: Path, config: RunConfig, task: TaskSpec) -> tuple[nn
     """
     if config.model.is_full_finetune:
         path = str(run_dir / MODEL_DIR)
-        return load_model(path, task.num_labels, task.problem_type), path
+        return load_model(path, task.num_labels, task.problem_type, task.head), path
     model, path = build_run_model(config, task)
     return load_sparse(model, run_dir / ADAPTER_DIR), path
 

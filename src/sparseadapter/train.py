@@ -41,15 +41,15 @@ from sparseadapter.config import SparsityConfig
 from sparseadapter.data import (
     RunData,
     data_generator,
-    dev_loaders,
-    encode,
+    eval_sets,
     load_run_data,
     load_tokenizer,
+    train_features,
     train_loader,
 )
 from sparseadapter.distributed import broadcast_masks, make_accelerator
 from sparseadapter.errors import CheckpointError, ConfigError, SparseAdapterError
-from sparseadapter.evaluate import evaluate, main_score
+from sparseadapter.evaluate import evaluate, main_score, prepared_eval_sets
 from sparseadapter.files import exclusive, write_error
 from sparseadapter.resume import (
     CHECKPOINT_FILE,
@@ -74,7 +74,7 @@ from sparseadapter.rundir import (
     write_history,
 )
 from sparseadapter.sparsify import apply_masks, get_masks, sparsify
-from sparseadapter.tasks.glue import TaskSpec
+from sparseadapter.tasks import EvalSet, Task
 
 # when set to a folder, every process writes rank<N>.pt there: its masks and final trainable weights
 DEBUG_DUMP_ENV = "SPARSEADAPTER_DEBUG_DUMP"
@@ -82,7 +82,7 @@ DEBUG_DUMP_ENV = "SPARSEADAPTER_DEBUG_DUMP"
 log = logging.getLogger("sparseadapter.train")
 
 
-def _describe(record: dict[str, Any], task: TaskSpec) -> str:
+def _describe(record: dict[str, Any]) -> str:
     """One line for an epoch record: train loss and the dev metrics."""
     parts = [f"train loss {record['train_loss']:.4f}"]
     for split, metrics in record.get("dev", {}).items():
@@ -226,7 +226,7 @@ def _train(
 ) -> dict[str, Any]:
     task, cfg = data.task, config.train
     log.debug("run %s: %s", config.output_dir(), json.dumps(config.to_dict()))
-    features = encode(tokenizer, data.train, config.data.max_length, task.is_regression)
+    features = train_features(config, task, tokenizer, data.train)
     generator = data_generator(config)
     batches = train_loader(config, features, tokenizer, generator)
     # taken before training: full fine-tuning changes the embeddings the identity hashes
@@ -245,10 +245,7 @@ def _train(
         progress, sparsity = Progress(**checkpoint["progress"]), checkpoint["sparsity"]
     optimizer, scheduler = _optimizer(model, cfg, len(batches))
     model, optimizer, batches, scheduler = accelerator.prepare(model, optimizer, batches, scheduler)
-    dev_sets = {
-        split: accelerator.prepare(loader)
-        for split, loader in dev_loaders(config, data, tokenizer).items()
-    }
+    dev_sets = prepared_eval_sets(accelerator, eval_sets(config, data, tokenizer))
     if checkpoint is not None:
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
@@ -288,7 +285,7 @@ def _train(
                 optimizer.zero_grad()
             progress.loss_sum += loss.item()
             progress.batches_done += 1
-            progress.seen += len(batch["labels"]) * accelerator.num_processes
+            progress.seen += len(batch["input_ids"]) * accelerator.num_processes
             bar.update()
             bar.set_postfix(
                 epoch=f"{epoch}/{cfg.epochs}",
@@ -310,8 +307,8 @@ def _train(
                     save()
                     start = time.perf_counter()
         progress.train_seconds += time.perf_counter() - start
-        record = _end_epoch(epoch, progress, model, dev_sets, task, cfg, accelerator)
-        log.info("epoch %d/%d: %s", epoch, cfg.epochs, _describe(record, task))
+        record = _end_epoch(epoch, progress, model, dev_sets, task, config, accelerator, tokenizer)
+        log.info("epoch %d/%d: %s", epoch, cfg.epochs, _describe(record))
         tracking.log_epoch(accelerator, record, progress.steps)
         if accelerator.is_main_process:
             with (folder / EPOCHS_FILE).open("a", encoding="utf-8") as f:
@@ -359,19 +356,21 @@ def _end_epoch(
     epoch: int,
     progress: Progress,
     model: nn.Module,
-    dev_sets: dict[str, DataLoader],
-    task: TaskSpec,
-    cfg: TrainConfig,
+    dev_sets: dict[str, EvalSet],
+    task: Task,
+    config: RunConfig,
     accelerator: Accelerator,
+    tokenizer,
 ) -> dict[str, Any]:
     """The epoch's record (evaluated if due), added to the history; tracks the best epoch."""
+    cfg = config.train
     record: dict[str, Any] = {
         "epoch": epoch,
         "train_loss": progress.loss_sum / max(progress.batches_done, 1),
     }
     if cfg.eval_each_epoch or epoch == cfg.epochs:
         start = time.perf_counter()
-        record["dev"] = evaluate(model, dev_sets, task, accelerator)
+        record["dev"] = evaluate(model, dev_sets, task, accelerator, tokenizer, config.data)
         progress.eval_seconds += time.perf_counter() - start
         record["score"] = main_score(record["dev"], task)
         best = progress.best

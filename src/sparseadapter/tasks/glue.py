@@ -110,7 +110,7 @@ _TSV_FILES = {
 }
 
 
-def get_task(name: str) -> TaskSpec:
+def glue_spec(name: str) -> TaskSpec:
     """The spec of a GLUE task, by name in any case, with or without a dash ("SST-2", "sts-b")."""
     spec = GLUE_TASKS.get(name.lower().replace("-", ""))
     if spec is None:
@@ -129,7 +129,7 @@ def load_glue(
     ``split`` is ``"train"`` or one of the task's ``dev_splits``; ``max_samples`` keeps the first
     N examples in file order.
     """
-    spec = get_task(task)
+    spec = glue_spec(task)
     valid_splits = ("train", *spec.dev_splits)
     if split not in valid_splits:
         raise DataError(
@@ -308,7 +308,7 @@ def compute_metrics(task: str, predictions: Sequence, references: Sequence) -> d
     undefined when predictions or references are constant (a collapsed regression head); it is
     reported as 0.0, the same value Matthews correlation takes for constant predictions.
     """
-    spec = get_task(task)
+    spec = glue_spec(task)
     preds, refs = _arrays(spec, predictions, references)
     return {name: _METRICS[name](preds, refs) for name in spec.metrics}
 
@@ -317,7 +317,7 @@ def is_collapsed(task: str, predictions: Sequence, references: Sequence) -> bool
     """Whether the model predicts (nearly) one value: a single class, or regression scores that
     spread less than ``COLLAPSE_SPREAD`` times the labels' standard deviation (or are not all
     finite)."""
-    spec = get_task(task)
+    spec = glue_spec(task)
     preds, refs = _arrays(spec, predictions, references)
     if spec.is_regression:
         return bool(not np.isfinite(preds).all() or preds.std() < COLLAPSE_SPREAD * refs.std())
