@@ -235,7 +235,9 @@ def attach_adapter(
 
         # PEFT adds the heads named classifier/score to modules_to_save itself; other heads
         # (BART's classification_head, DistilBERT's pre_classifier) would stay frozen.
-        extra_heads = [h for h in head_modules(model) if h not in PEFT_HEADS]
+        # A causal LM's output layer is not a task head: it stays frozen.
+        heads = [] if head == CAUSAL_LM else head_modules(model)
+        extra_heads = [h for h in heads if h not in PEFT_HEADS]
         if extra_heads:
             config.modules_to_save = [*(config.modules_to_save or []), *extra_heads]
         try:

@@ -1,9 +1,10 @@
 """The configuration of one training run: nested dataclasses, YAML files and ``--set`` overrides.
 
 A run is resolved from, in order (later wins): the defaults, a YAML file (``--config``), the
-command-line flags, and ``--set section.key=value`` overrides. Three values are derived when left
-unset (``null``): ``train.lr`` (1e-3 for adapters, 5e-5 for full fine-tuning), ``prune.sparsity``
-(0.4, or ``1 - 1/K`` with Large-Sparse K) and ``prune.seed`` (``train.seed``). The resolved
+command-line flags, and ``--set section.key=value`` overrides. Values left unset (``null``) are
+derived: ``train.lr`` (1e-3 for adapters, 5e-5 for full fine-tuning), ``prune.sparsity`` (0.4, or
+``1 - 1/K`` with Large-Sparse K), ``prune.seed`` (``train.seed``), and from the task
+(:mod:`sparseadapter.tasks`): ``model.name``, ``data.max_length`` and the batch sizes. The resolved
 config written to a run folder holds every value explicitly, so a run can be rebuilt from it.
 """
 
@@ -181,14 +182,19 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     epochs: int = field(default=3, metadata={"help": "Training epochs."})
-    batch_size: int = field(
-        default=32,
+    batch_size: int | None = field(
+        default=None,
         metadata={
             "help": "Examples per forward pass on each process; an optimizer step sees "
-            "batch_size x grad_accum x processes."
+            "batch_size x grad_accum x processes; null = the task's default (32; 8 for xsum)."
         },
     )
-    eval_batch_size: int = field(default=64, metadata={"help": "Examples per evaluation batch."})
+    eval_batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Examples per evaluation batch; null = the task's default (64; 16 for xsum)."
+        },
+    )
     lr: float | None = field(
         default=None,
         metadata={
@@ -244,7 +250,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size", "grad_accum"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(
                     f"train.{name} must be a positive integer, got {getattr(self, name)}"
                 )
@@ -306,10 +312,15 @@ class RunConfig:
             raise ConfigError(
                 f"output {shown(self.output)} names no run folder: give one, e.g. runs/my-run"
             )
-        if self.model.name is None:
-            from sparseadapter.tasks import get_task
+        from sparseadapter.tasks import get_task
 
-            self.model.name = get_task(self.data.task).default_model
+        task = get_task(self.data.task)
+        if self.model.name is None:
+            self.model.name = task.default_model
+        if self.train.batch_size is None:
+            self.train.batch_size = task.default_batch_size
+        if self.train.eval_batch_size is None:
+            self.train.eval_batch_size = task.default_eval_batch_size
         if self.train.lr is None:
             self.train.lr = DEFAULT_LR_FULL if self.model.is_full_finetune else DEFAULT_LR_ADAPTER
         if self.model.is_full_finetune and self.prune is not None:

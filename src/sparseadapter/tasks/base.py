@@ -54,6 +54,8 @@ class Task(ABC):
     dev_splits: tuple[str, ...] = ("validation",)
     default_max_length: ClassVar[int] = 128
     default_model: ClassVar[str] = "minilm"
+    default_batch_size: ClassVar[int] = 32
+    default_eval_batch_size: ClassVar[int] = 64
     num_labels: int = 0  # classification heads only
     problem_type: str | None = None
 

@@ -59,6 +59,9 @@ class XsumTask(Task):
     dev_splits = ("test",)
     default_max_length = 512
     default_model = "smollm2"
+    # a decoder's logits over its vocabulary (49k for SmolLM2) for every position dominate memory
+    default_batch_size = 8
+    default_eval_batch_size = 16
 
     def load(self, split: str, data_dir: str | None, max_samples: int | None) -> list:
         if split not in ("train", "test"):
