@@ -212,19 +212,19 @@ def train_run(config: RunConfig, quiet: bool = True) -> dict[str, Any]:
     """Train (or resume) one run where this is called, a Ray worker or this process: its
     ``final.json`` content plus ``seconds`` (wall time here), ``resumed``, and the ``device``
     ("cpu" or the GPU's name) and ``torch`` version it trained with."""
-    import torch
-
     start = time.monotonic()
     resumed = interrupted(config)
     final = train(config, quiet=quiet, resume=resumed)
+    seconds = round(time.monotonic() - start, 1)
+    return {"final": final, "seconds": seconds, "resumed": resumed, **where_trained()}
+
+
+def where_trained() -> dict[str, str]:
+    """The device ("cpu" or the GPU's name) and torch version that runs train with here."""
+    import torch
+
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    return {
-        "final": final,
-        "seconds": round(time.monotonic() - start, 1),
-        "resumed": resumed,
-        "device": device,
-        "torch": torch.__version__.split("+")[0],
-    }
+    return {"device": device, "torch": torch.__version__.split("+")[0]}
 
 
 def _run_sweep(
