@@ -154,3 +154,12 @@ def test_workers_below_one_are_refused(workers, tmp_path, capsys):
     assert main(["sweep", str(path), "--workers", workers]) == 2
     assert f"--workers must be a whole number >= 1, got {workers}" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_ray_address_in_the_environment_joins_that_cluster(monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", "head:6379")  # as Ray's own tools read it
+    executor = make_executor(2)
+    assert isinstance(executor, RayExecutor) and executor.address == "head:6379"
+    assert executor.description == "on the Ray cluster at head:6379, 2 at once"
+    monkeypatch.delenv("RAY_ADDRESS")
+    assert make_executor(2).description == "on local Ray, 2 at once"

@@ -119,6 +119,8 @@ class RayExecutor:
         import ray  # ImportError here: see make_executor
 
         self._ray = ray
+        # RAY_ADDRESS in the environment names a cluster to join, as ``address`` does
+        address = address or os.environ.get("RAY_ADDRESS") or None
         self.workers, self.address, self.threads = workers, address, threads
         self._options: dict[str, Any] | None = None
         self._started_here = False
@@ -128,13 +130,9 @@ class RayExecutor:
     def _start(self) -> dict[str, Any]:
         ray = self._ray
         if not ray.is_initialized():
-            local = {} if self.address else {"num_cpus": max(self.workers, os.cpu_count() or 1)}
-            ray.init(
-                address=self.address,
-                include_dashboard=False,
-                logging_level="WARNING",
-                **local,
-            )
+            cpus = max(self.workers, os.cpu_count() or 1)
+            local = {} if self.address else {"num_cpus": cpus, "include_dashboard": False}
+            ray.init(address=self.address, logging_level="WARNING", **local)
             self._started_here = True
         nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
         largest = max((n.get("CPU", 0) for n in nodes), default=1)
