@@ -83,7 +83,13 @@ class SequentialExecutor:
 
     description = "one at a time"
 
-    def map(self, fn, items, started=None, stop=None):
+    def map(
+        self,
+        fn: Callable[[T], Any],
+        items: Iterable[T],
+        started: Callable[[T], None] | None = None,
+        stop: Callable[[], bool] | None = None,
+    ) -> Iterator[Outcome[T]]:
         for item in items:
             if stop is not None and stop():
                 return
@@ -91,13 +97,18 @@ class SequentialExecutor:
                 started(item)
             attempts = 1
             kind, value = _call(fn, item, None, None)
-            while kind == "error" and attempts <= RETRIES:
+            while _retry(kind, attempts):
                 attempts += 1
                 kind, value = _call(fn, item, None, None)
             yield _outcome(item, kind, value, attempts)
 
     def close(self) -> None:
         pass
+
+
+def _retry(kind: str, attempts: int) -> bool:
+    """Whether an item whose attempt number ``attempts`` ended as ``kind`` is tried again."""
+    return kind == "error" and attempts <= RETRIES
 
 
 def _outcome(item: T, kind: str, value: Any, attempts: int) -> Outcome[T]:
@@ -142,7 +153,13 @@ class RayExecutor:
         self.description += f", {threads} CPU thread(s)" + (" and 1 GPU" if gpus else "") + " each"
         return {"num_cpus": threads, "num_gpus": gpus, "max_retries": 0}
 
-    def map(self, fn, items, started=None, stop=None):
+    def map(
+        self,
+        fn: Callable[[T], Any],
+        items: Iterable[T],
+        started: Callable[[T], None] | None = None,
+        stop: Callable[[], bool] | None = None,
+    ) -> Iterator[Outcome[T]]:
         if self._options is None:
             self._options = self._start()
         ray = self._ray
@@ -168,7 +185,7 @@ class RayExecutor:
                 kind, value = ray.get(done)
             except ray.exceptions.RayError as err:  # the worker died, or Ray lost the task
                 kind, value = "error", f"{type(err).__name__}: {str(err).splitlines()[0]}"
-            if kind == "error" and attempt <= RETRIES:
+            if _retry(kind, attempt):
                 submit(item, attempt + 1)
                 continue
             yield _outcome(item, kind, value, attempt)
