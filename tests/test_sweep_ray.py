@@ -163,3 +163,30 @@ def test_ray_address_in_the_environment_joins_that_cluster(monkeypatch):
     assert executor.description == "on the Ray cluster at head:6379, 2 at once"
     monkeypatch.delenv("RAY_ADDRESS")
     assert make_executor(2).description == "on local Ray, 2 at once"
+
+
+def test_a_run_that_crashes_twice_is_counted_and_fails_the_sweep(
+    tmp_path, tiny_bert, tiny_glue, monkeypatch, capsys
+):
+    import sparseadapter.sweep as sweep
+
+    real_train, calls = sweep.train, []
+
+    def crashing_train(config, **kwargs):  # a fault in the seed-1 run, as a bug would be
+        calls.append(config.train.seed)
+        if config.train.seed == 1:
+            raise RuntimeError("out of memory")
+        return real_train(config, **kwargs)
+
+    monkeypatch.setattr(sweep, "train", crashing_train)
+    path = write_sweep(tmp_path, "sweep", tiny_base(tiny_bert, tiny_glue), {"seed": [0, 1]})
+    assert main(["sweep", str(path), "--quiet"]) == 1
+    assert calls == [0, 1, 1]  # tried once more, then reported
+    captured = capsys.readouterr()
+    assert "done: 1 trained, 0 skipped, 1 failed" in captured.out
+    (failed,) = [line for line in captured.err.splitlines() if line.startswith("failed: ")]
+    assert failed.startswith("failed: stsb-lora-dense-s1: RuntimeError: out of memory")
+    assert failed.endswith("(after 2 attempts)")
+    assert [p.parent.name for p in (tmp_path / "sweep").glob("*/final.json")] == [
+        "stsb-lora-dense-s0"
+    ]
