@@ -30,17 +30,17 @@ run found there is never trained again: the grid can be completed a part at a ti
 sessions and machines (each record names its device and torch version; ``DEVICE_CHECK`` holds
 runs trained again on another device, to measure what the device changes). Run folders
 (checkpoints) go to ``--runs-dir`` and are not committed.
-``--workers N`` trains N runs at once, each on its share of the CPU threads; workers take runs
-through lock files next to the run folders, so they never train the same run. Runs are taken
-claim by claim in ``--claims`` order, each on every task of ``--tasks`` in that order: a grid
-stopped part-way has tested its first claims on as many tasks as it could.
+``--workers N`` trains N runs at once on Ray, each on its share of the CPU threads (or one GPU
+each), the way ``sparseadapter sweep --workers N`` does (``--address``: a running Ray cluster);
+without Ray installed, one at a time. A failed run is tried once more (bad input: not), then
+reported, and the script exits 1. Runs are taken claim by claim in ``--claims`` order, each on
+every task of ``--tasks`` in that order: a grid stopped part-way has tested its first claims
+on as many tasks as it could.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -53,6 +53,7 @@ from quality_report import report
 from quality_stats import cells_of
 from quality_worker import run_all
 
+from sparseadapter.parallel import make_executor
 from sparseadapter.sweep import markdown_table
 
 
@@ -89,8 +90,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--max-minutes", type=float, default=None, help="stop starting new runs after this"
     )
-    p.add_argument("--workers", type=int, default=1, help="train this many runs at once")
-    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one of --workers
+    p.add_argument(
+        "--workers", type=int, default=1, help="train this many runs at once, on Ray (as sweep)"
+    )
+    p.add_argument("--address", default=None, help="a running Ray cluster (as sweep --address)")
     p.add_argument("--report-only", action="store_true")
     p.add_argument(
         "--plan",
@@ -113,37 +116,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def run_workers(args: argparse.Namespace, argv: list[str]) -> None:
-    """``args.workers`` copies of this script, each with its share of the CPU threads."""
-    threads = max(1, (os.cpu_count() or 1) // args.workers)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    command = [sys.executable, str(Path(__file__).resolve()), *argv, "--worker"]
-    workers = [subprocess.Popen(command, env=env) for _ in range(args.workers)]
-    failed = [w.args for w in workers if w.wait() != 0]
-    if failed:
-        raise SystemExit(f"{len(failed)} of {args.workers} workers failed")
-
-
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    if args.worker:
-        run_all(args)
-        return 0
     if args.plan:
         print(plan(args))
         return 0
+    failed: dict[str, str] = {}
     if not args.report_only:
-        if args.workers > 1:
-            run_workers(args, argv)
-        else:
-            run_all(args)
+        executor = make_executor(args.workers, args.address)
+        print(f"runs train {executor.description}", flush=True)
+        try:
+            failed = run_all(args, executor)
+        finally:
+            executor.close()
     if args.quick:
         records = list(load_records(args.records, epochs=task_epochs(args)).values())
         print(markdown_table(cells_of(records), ["train.lr"]))
-        return 0
-    print(f"wrote {report(args)}")
-    return 0
+    else:
+        print(f"wrote {report(args)}")
+    for key, error in failed.items():
+        print(f"failed: {key}: {error}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

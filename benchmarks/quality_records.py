@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
 from quality_grid import PROTOCOL, best_lr, no_working_lr, tuning
 
 CPU = {"device": "cpu", "torch": "2.13.0"}  # where records without these fields trained
@@ -33,12 +32,6 @@ def load_records(
             if epochs is None or record["epochs"] == epochs.get(record["task"]):
                 records[record["run"]] = record
     return records
-
-
-def where_trained() -> dict[str, str]:
-    """The device ("cpu" or the GPU's name) and torch version that runs train with here."""
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    return {"device": device, "torch": torch.__version__.split("+")[0]}
 
 
 def trained_on(record: dict[str, Any]) -> str:

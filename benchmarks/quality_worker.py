@@ -1,25 +1,27 @@
-"""The quality benchmark's worker: takes the planned runs not yet recorded, one at a time
-(lock files keep workers apart), trains them and records them."""
+"""The quality benchmark's runs: trains the planned runs not yet recorded, on the sweep's executor
+(one at a time, or several at once on Ray), and records each as it finishes."""
 
 from __future__ import annotations
 
 import argparse
-import os
+import functools
+import itertools
 import time
-from pathlib import Path
+from collections.abc import Callable
+from typing import Any
 
 from quality_grid import PROTOCOL, planned_runs, record_key, task_epochs
-from quality_records import append_record, load_records, where_trained
+from quality_records import append_record, load_records
 
+from sparseadapter.parallel import Executor
 from sparseadapter.runconfig import RunConfig
 from sparseadapter.rundir import (
     CONFIG_FILE,
     finished_result,
-    interrupted,
     partial_dir,
     saved_config_changes,
 )
-from sparseadapter.train import train
+from sparseadapter.sweep import train_run, where_trained
 
 
 def set_aside_stale(run: RunConfig) -> None:
@@ -45,92 +47,93 @@ def set_aside_stale(run: RunConfig) -> None:
             )
 
 
-def _lock(run: RunConfig) -> Path:
-    return Path(f"{run.output}.lock")
+def record_of(run: RunConfig, trained: dict[str, Any]) -> dict[str, Any]:
+    """The record of a finished run, from what :func:`sparseadapter.sweep.train_run` returned."""
+    final = trained["final"]
+    dev = final["dev"][next(iter(final["dev"]))]
+    return {
+        "run": record_key(run),
+        "protocol": PROTOCOL,
+        "task": run.data.task,
+        "adapter": run.model.adapter,
+        "pruner": run.pruner,
+        "sparsity": run.prune.sparsity if run.prune else 0.0,
+        "large_sparse": run.model.large_sparse,
+        "lr": run.train.lr,
+        "seed": run.train.seed,
+        "epochs": run.train.epochs,
+        "max_train_samples": run.data.max_train_samples,
+        "metric": final["main_metric"],
+        "score": final["score"],
+        "dev": {k: v for k, v in dev.items() if k != "collapsed"},
+        "collapsed": bool(dev.get("collapsed", False)),
+        "nonzero_trainable": final["parameters"]["nonzero_trainable"],
+        "trainable": final["parameters"]["trainable"],
+        "seconds": trained["seconds"],
+        "resumed": trained["resumed"],
+        "device": trained["device"],
+        "torch": trained["torch"],
+    }
 
 
-def take(run: RunConfig) -> bool:
-    """Claim ``run`` for this process; False while another live process trains it."""
-    lock = _lock(run)
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        owner = lock.read_text(encoding="utf-8").strip()
-        if not owner.isdigit() or _alive(int(owner)):
-            return False
-        lock.unlink(missing_ok=True)  # its worker died: the run resumes from its checkpoint
-        return take(run)
-    os.write(fd, str(os.getpid()).encode())
-    os.close(fd)
-    return True
+def todo_runs(args: argparse.Namespace, records: dict, failed: dict[str, str]) -> list[RunConfig]:
+    """The planned runs not yet recorded (nor failed), claim by claim, each on every task."""
+    todo = []
+    for claim in args.claims:
+        for task in args.tasks:
+            todo += [
+                r for r in planned_runs(task, claim, records, args) if record_key(r) not in records
+            ]
+    return [r for r in {record_key(r): r for r in todo}.values() if record_key(r) not in failed]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _announcer(first: int, total: int) -> Callable[[RunConfig], None]:
+    numbers = itertools.count(first)
+
+    def started(run: RunConfig) -> None:
+        print(f"[{next(numbers)}] {record_key(run)} ({total} in this round)", flush=True)
+
+    return started
 
 
-def run_all(args: argparse.Namespace) -> None:
+def run_all(args: argparse.Namespace, executor: Executor) -> dict[str, str]:
+    """Train and record the planned runs, round by round: a round is every run planned now;
+    the runs waiting for a tuned learning rate are planned once their tuning runs are recorded.
+    Returns the runs that failed (run name -> error): they are not tried again in this call."""
     deadline = time.monotonic() + args.max_minutes * 60 if args.max_minutes else None
+
+    def out_of_time() -> bool:
+        return deadline is not None and time.monotonic() > deadline
+
+    failed: dict[str, str] = {}
     while True:
-        records = load_records(args.records, epochs=task_epochs(args))  # workers append to it
-        todo = []
-        for claim in args.claims:  # claim by claim, each on every task
-            for task in args.tasks:
-                todo += [
-                    r
-                    for r in planned_runs(task, claim, records, args)
-                    if record_key(r) not in records
-                ]
-        todo = list({record_key(r): r for r in todo}.values())
+        records = load_records(args.records, epochs=task_epochs(args))
+        todo = todo_runs(args, records, failed)
         if not todo:
-            return
-        if deadline and time.monotonic() > deadline:
+            return failed
+        if out_of_time():
             print(f"time budget spent; {len(todo)} runs left", flush=True)
-            return
-        run = next((r for r in todo if take(r)), None)
-        if run is None:  # every run left is being trained by another worker, or waits for its lr
-            time.sleep(20)
-            continue
-        if record_key(run) in load_records(args.records, epochs=task_epochs(args)):  # since listed
-            _lock(run).unlink(missing_ok=True)
-            continue
-        print(f"[{len(records) + 1}] {record_key(run)} ({len(todo)} left)", flush=True)
-        start = time.monotonic()
-        set_aside_stale(run)
-        final = finished_result(run)  # killed after publishing, before recording
-        resumed = final is not None or interrupted(run)  # then ``seconds`` is only the rest
-        if final is None:
-            final = train(run, quiet=True, resume=resumed)
-        dev = final["dev"][next(iter(final["dev"]))]
-        record = {
-            "run": record_key(run),
-            "protocol": PROTOCOL,
-            "task": run.data.task,
-            "adapter": run.model.adapter,
-            "pruner": run.pruner,
-            "sparsity": run.prune.sparsity if run.prune else 0.0,
-            "large_sparse": run.model.large_sparse,
-            "lr": run.train.lr,
-            "seed": run.train.seed,
-            "epochs": run.train.epochs,
-            "max_train_samples": run.data.max_train_samples,
-            "metric": final["main_metric"],
-            "score": final["score"],
-            "dev": {k: v for k, v in dev.items() if k != "collapsed"},
-            "collapsed": bool(dev.get("collapsed", False)),
-            "nonzero_trainable": final["parameters"]["nonzero_trainable"],
-            "trainable": final["parameters"]["trainable"],
-            "seconds": round(time.monotonic() - start, 1),
-            "resumed": resumed,
-            **where_trained(),
-        }
-        append_record(args.records, record)
-        _lock(run).unlink(missing_ok=True)
-        print(f"    {record['metric']} = {record['score']:.4f} in {record['seconds']}s", flush=True)
+            return failed
+        ready = []
+        for run in todo:
+            set_aside_stale(run)
+            final = finished_result(run)  # killed after publishing, before recording
+            if final is None:
+                ready.append(run)
+                continue
+            trained = {"final": final, "seconds": 0.0, "resumed": True, **where_trained()}
+            append_record(args.records, record_of(run, trained))
+        started = _announcer(len(records) + len(todo) - len(ready) + 1, len(ready))
+        train = functools.partial(train_run, quiet=True)
+        for outcome in executor.map(train, ready, started=started, stop=out_of_time):
+            key = record_key(outcome.item)
+            if not outcome.ok:
+                failed[key] = outcome.error
+                print(f"    {key} failed: {outcome.error}", flush=True)
+                continue
+            record = record_of(outcome.item, outcome.value)
+            append_record(args.records, record)
+            print(
+                f"    {key}: {record['metric']} = {record['score']:.4f} in {record['seconds']}s",
+                flush=True,
+            )

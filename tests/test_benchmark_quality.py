@@ -3,11 +3,12 @@ follow the stated rules. Tests that read the GLUE files (the report sizes its ta
 take the glue_dir fixture, which makes them slow."""
 
 import json
+import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+import torch
 from helpers import BENCHMARKS, benchmark_module
 
 from sparseadapter.rundir import finished_result, interrupted
@@ -200,16 +201,32 @@ def test_tuning_goes_lower_while_every_rate_collapsed(tmp_path, glue_dir):
     assert {r.train.lr for r in runs} == {3e-4} and len(runs) == 6  # sparse runs follow, too
 
 
-def test_workers_never_take_the_same_run(tmp_path):
-    args = quality.parse_args(["--quick", "--runs-dir", str(tmp_path)])
-    (run, *_) = q_grid.planned_runs("rte", "1", {}, args)
-    assert q_worker.take(run)
-    assert not q_worker.take(run)  # held by this live process
-    dead = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True
-    )
-    Path(f"{run.output}.lock").write_text(dead.stdout.decode().strip())
-    assert q_worker.take(run)  # its worker died: the run is free again
+def _without_timing(records: list[dict]) -> list[dict]:
+    return sorted(({k: v for k, v in r.items() if k != "seconds"} for r in records), key=str)
+
+
+def test_two_ray_workers_record_what_one_worker_records(tmp_path, tiny_bert, glue_dir, capsys):
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // 2))  # a Ray run's threads, 2 workers
+    records = {}
+    for workers in ("1", "2"):
+        runs_dir = tmp_path / f"workers{workers}"
+        argv = ["--quick", "--model", tiny_bert, "--runs-dir", str(runs_dir), "--workers", workers]
+        assert quality.main(argv) == 0
+        lines = (runs_dir / "quality_runs.jsonl").read_text().splitlines()
+        records[workers] = [json.loads(line) for line in lines]
+    out = capsys.readouterr().out
+    assert "runs train one at a time" in out and "runs train on local Ray, 2 at once" in out
+    assert len(records["1"]) == 2  # dense (the lr tuning), then SNIP 40% in the next round
+    assert _without_timing(records["2"]) == _without_timing(records["1"])
+
+
+def test_a_failed_run_is_reported_and_not_tried_again(tmp_path, glue_dir, capsys):
+    argv = ["--quick", "--model", str(tmp_path / "no-model"), "--runs-dir", str(tmp_path)]
+    assert quality.main(argv) == 1  # the dense tuning run fails: nothing else can be planned
+    err = capsys.readouterr().err
+    (line,) = [x for x in err.splitlines() if x.startswith("failed: ")]
+    assert "rte-lora-dense" in line and "no-model" in line
+    assert not (tmp_path / "quality_runs.jsonl").exists()
 
 
 def test_plan_counts_runs_left_and_their_hours(tmp_path, glue_dir):

@@ -152,6 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument("spec", help="Sweep YAML: output, base (run config) and grid.")
     sweep.add_argument("--quiet", action="store_true", help="No progress bars or epoch lines.")
+    sweep.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="Train N runs at once on Ray (local, or the cluster at --address); default 1.",
+    )
+    sweep.add_argument("--address", help="A running Ray cluster, e.g. ray://head:10001 or auto.")
     export = commands.add_parser("export", help="Export a run's adapter in another format.")
     export.add_argument("run", help="A run folder written by `sparseadapter train`.")
     export.add_argument(
@@ -223,7 +230,7 @@ def _eval(args: argparse.Namespace) -> int:
 def _sweep(args: argparse.Namespace) -> int:
     from sparseadapter.sweep import run_sweep
 
-    result = run_sweep(args.spec, quiet=args.quiet)
+    result = run_sweep(args.spec, quiet=args.quiet, workers=args.workers, address=args.address)
     print(result.table_markdown)
     print(f"results: {', '.join(str(p) for p in result.files)}")
     if result.failed:

@@ -18,7 +18,11 @@ without a pruner is skipped. Runs whose folder holds ``final.json`` are skipped 
 killed midway resumes from its last checkpoint, so an interrupted sweep continues where it
 stopped. A run that fails with a :class:`SparseAdapterError` is recorded and the sweep goes on;
 so is a run whose folder holds a finished run of another config (say the sweep file's epochs
-changed since): its old results are never reported as the new run's.
+changed since): its old results are never reported as the new run's. A run that fails for any
+other reason is tried once more, then recorded as failed.
+
+``workers`` > 1 or an ``address`` train the runs on Ray (:mod:`sparseadapter.parallel`), several
+at once; each run is the same function call as in a sequential sweep, so its results are too.
 
 Outputs in the sweep folder: ``runs.csv`` (one row per run), ``results.csv`` and ``results.md``
 (mean ± std over seeds per cell) and ``sparsity.png`` (score vs sparsity, a line per pruner, a
@@ -29,10 +33,12 @@ from __future__ import annotations
 
 import copy
 import csv
+import functools
 import io
 import itertools
 import re
 import statistics
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +46,7 @@ from typing import Any
 
 from sparseadapter.errors import ConfigError, SparseAdapterError
 from sparseadapter.files import exclusive, write_bytes, write_error
+from sparseadapter.parallel import Executor, SequentialExecutor, make_executor
 from sparseadapter.runconfig import (
     FULL_FINETUNE,
     NO_PRUNING,
@@ -184,33 +191,85 @@ def run_sweep(
     spec: SweepSpec | str | Path,
     quiet: bool = False,
     echo: Callable[[str], None] = print,
+    workers: int = 1,
+    address: str | None = None,
 ) -> SweepResult:
-    """Train every unfinished run of the sweep, then write its tables and plot."""
+    """Train every unfinished run of the sweep, then write its tables and plot.
+
+    ``workers``: runs trained at once, on Ray (local unless ``address`` names a running
+    cluster); without Ray installed, one at a time."""
     spec = spec if isinstance(spec, SweepSpec) else load_sweep(spec)
     configs = spec.runs()
-    with exclusive(spec.output, "sweep"):
-        return _run_sweep(spec, configs, quiet, echo)
+    executor = make_executor(workers, address, echo)
+    try:
+        with exclusive(spec.output, "sweep"):
+            return _run_sweep(spec, configs, quiet, echo, executor)
+    finally:
+        executor.close()
+
+
+def train_run(config: RunConfig, quiet: bool = True) -> dict[str, Any]:
+    """Train (or resume) one run where this is called, a Ray worker or this process: its
+    ``final.json`` content plus ``seconds`` (wall time here), ``resumed``, and the ``device``
+    ("cpu" or the GPU's name) and ``torch`` version it trained with."""
+    start = time.monotonic()
+    resumed = interrupted(config)
+    final = train(config, quiet=quiet, resume=resumed)
+    seconds = round(time.monotonic() - start, 1)
+    return {"final": final, "seconds": seconds, "resumed": resumed, **where_trained()}
+
+
+def where_trained() -> dict[str, str]:
+    """The device ("cpu" or the GPU's name) and torch version that runs train with here."""
+    import torch
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    return {"device": device, "torch": torch.__version__.split("+")[0]}
 
 
 def _run_sweep(
-    spec: SweepSpec, configs: list[RunConfig], quiet: bool, echo: Callable[[str], None]
+    spec: SweepSpec,
+    configs: list[RunConfig],
+    quiet: bool,
+    echo: Callable[[str], None],
+    executor: Executor,
 ) -> SweepResult:
     ran, skipped, failed = [], [], {}
-    for i, config in enumerate(configs, 1):
-        name = Path(config.output).name
+    number = {config.output: i for i, config in enumerate(configs, 1)}
+
+    def tag(config: RunConfig) -> str:
+        return f"[{number[config.output]}/{len(configs)}] {Path(config.output).name}"
+
+    todo = []
+    for config in configs:
         try:
             if finished_result(config) is not None:
-                skipped.append(name)
-                echo(f"[{i}/{len(configs)}] {name}: finished before, skipped")
+                skipped.append(Path(config.output).name)
+                echo(f"{tag(config)}: finished before, skipped")
                 continue
-            echo(f"[{i}/{len(configs)}] {name}")
-            final = train(config, quiet=quiet, resume=interrupted(config))
         except SparseAdapterError as err:
-            failed[name] = str(err)
-            echo(f"[{i}/{len(configs)}] {name} failed: {err}")
+            failed[Path(config.output).name] = str(err)
+            echo(f"{tag(config)} failed: {err}")
+            continue
+        todo.append(config)
+    if todo and not isinstance(executor, SequentialExecutor):
+        echo(f"training {len(todo)} runs {executor.description}")
+    for outcome in executor.map(
+        functools.partial(train_run, quiet=quiet), todo, started=lambda c: echo(tag(c))
+    ):
+        config, name = outcome.item, Path(outcome.item.output).name
+        if not outcome.ok:
+            tries = f" (after {outcome.attempts} attempts)" if outcome.attempts > 1 else ""
+            failed[name] = outcome.error + tries
+            echo(f"{tag(config)} failed{tries}: {outcome.error}")
             continue
         ran.append(name)
-        echo(f"[{i}/{len(configs)}] {name}: dev {final['main_metric']} = {final['score']:.4f}")
+        final = outcome.value["final"]
+        echo(f"{tag(config)}: dev {final['main_metric']} = {final['score']:.4f}")
+    if todo:
+        echo(f"done: {len(ran)} trained, {len(skipped)} skipped, {len(failed)} failed")
+    order = {Path(c.output).name: i for i, c in enumerate(configs)}
+    ran.sort(key=order.get)
     rows = collect_rows(configs, spec.extra_keys())
     cells = aggregate(rows, spec.extra_keys())
     try:
