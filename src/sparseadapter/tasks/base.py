@@ -63,7 +63,7 @@ class Task(ABC):
     def is_regression(self) -> bool:
         return self.num_labels == 1
 
-    def check(self, data: DataConfig) -> None:
+    def check(self, data: DataConfig) -> None:  # noqa: B027 (most tasks take any options)
         """ConfigError for data options this task cannot run with."""
 
     @abstractmethod
