@@ -37,7 +37,7 @@ def load_run_data(
     config: RunConfig, data_dir: str | None = None, with_train: bool = True
 ) -> RunData:
     """The run's training examples (unless ``with_train=False``) and its dev split(s)."""
-    task = get_task(config.data.task)
+    task = get_task(config.data.task, config.data)
     data_dir = data_dir or config.data.data_dir
     train = task.load("train", data_dir, config.data.max_train_samples) if with_train else []
     dev = {

@@ -135,6 +135,31 @@ class DataConfig:
             "384 squad, 512 xsum)."
         },
     )
+    train_file: str | None = field(
+        default=None,
+        metadata={"help": "text-classification: the training examples (.csv, .tsv or .jsonl)."},
+    )
+    validation_file: str | None = field(
+        default=None,
+        metadata={"help": "text-classification: the examples scored after each epoch."},
+    )
+    text_column: str = field(
+        default="text", metadata={"help": "text-classification: the column of the text."}
+    )
+    text_pair_column: str | None = field(
+        default=None,
+        metadata={"help": "text-classification: the column of a second text (sentence pairs)."},
+    )
+    label_column: str = field(
+        default="label", metadata={"help": "text-classification: the column of the label."}
+    )
+    label_names: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "text-classification: the class names in id order ([] = regression); null = "
+            "the sorted labels of the training file (written to the run's config)."
+        },
+    )
     doc_stride: int = field(
         default=128,
         metadata={"help": "squad: tokens shared by consecutive windows of a long context."},
@@ -158,10 +183,10 @@ class DataConfig:
     )
 
     def __post_init__(self) -> None:
-        from sparseadapter.tasks import get_task
+        from sparseadapter.tasks import task_class, task_name
 
-        task = get_task(self.task)
-        self.task = task.name
+        task = task_class(self.task)
+        self.task = task_name(self.task)
         if self.max_length is None:
             self.max_length = task.default_max_length
         for name in (
@@ -312,9 +337,9 @@ class RunConfig:
             raise ConfigError(
                 f"output {shown(self.output)} names no run folder: give one, e.g. runs/my-run"
             )
-        from sparseadapter.tasks import get_task
+        from sparseadapter.tasks import task_class
 
-        task = get_task(self.data.task)
+        task = task_class(self.data.task)
         if self.model.name is None:
             self.model.name = task.default_model
         if self.train.batch_size is None:
@@ -340,7 +365,9 @@ class RunConfig:
 
     def run_name(self) -> str:
         """A folder name from the run's defining options, e.g. ``rte-houlsby-snip40-s1``."""
-        parts = [self.data.task, self.model.adapter]
+        from sparseadapter.tasks import task_class
+
+        parts = [task_class(self.data.task).run_label(self.data), self.model.adapter]
         if self.model.large_sparse != 1:
             parts.append(f"ls{self.model.large_sparse:g}")
         if self.prune is not None:
@@ -456,7 +483,10 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
         if type(None) in allowed:
             return None
         raise ConfigError(f"{name} must not be null")
-    if isinstance(value, bool):
+    if isinstance(value, list) and any(typing.get_origin(t) is list for t in allowed):
+        if all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in value):
+            return [str(v) for v in value]
+    elif isinstance(value, bool):
         if bool in allowed:
             return value
         if str in allowed:  # YAML 1.1 reads an unquoted no / off (yes / on) as a boolean
@@ -474,7 +504,11 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
                     return number(value)
                 except ValueError:
                     pass
-    expected = " or ".join(t.__name__ for t in allowed if t is not type(None))
+    expected = " or ".join(
+        "a list of names" if typing.get_origin(t) is list else t.__name__
+        for t in allowed
+        if t is not type(None)
+    )
     raise ConfigError(f"{name} must be {expected}, got {shown(value)}")
 
 

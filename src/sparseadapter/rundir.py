@@ -280,7 +280,7 @@ def export_run(
             f"a full fine-tuning run has no adapter to export: {run_dir / MODEL_DIR} already is "
             "a plain Hugging Face model folder"
         )
-    model, _ = load_run_model(run_dir, config, get_task(config.data.task))
+    model, _ = load_run_model(run_dir, config, get_task(config.data.task, config.data))
     target = Path(output) if output else run_dir / f"{EXPORT_PREFIX}{format}"
     if format == "sparse":
         return save_sparse(model, target, overwrite=overwrite)

@@ -63,8 +63,14 @@ class Task(ABC):
     def is_regression(self) -> bool:
         return self.num_labels == 1
 
-    def check(self, data: DataConfig) -> None:  # noqa: B027 (most tasks take any options)
+    @classmethod  # noqa: B027 (most tasks take any options)
+    def check(cls, data: DataConfig) -> None:
         """ConfigError for data options this task cannot run with."""
+
+    @classmethod
+    def run_label(cls, data: DataConfig) -> str:
+        """The task's part of a run's name."""
+        return data.task
 
     @abstractmethod
     def load(self, split: str, data_dir: str | None, max_samples: int | None) -> list:

@@ -276,6 +276,7 @@ def _correlation(fn: Callable, predictions: np.ndarray, references: np.ndarray) 
 _METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "accuracy": lambda p, r: float(np.mean(p == r)),
     "f1": lambda p, r: float(f1_score(r, p, zero_division=0.0)),
+    "f1_macro": lambda p, r: float(f1_score(r, p, average="macro", zero_division=0.0)),
     "matthews_correlation": lambda p, r: float(matthews_corrcoef(r, p)),
     "pearson": lambda p, r: _correlation(pearsonr, p, r),
     "spearmanr": lambda p, r: _correlation(spearmanr, p, r),
@@ -287,11 +288,12 @@ _METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
 COLLAPSE_SPREAD = 0.2
 
 
-def _arrays(spec: TaskSpec, predictions: Sequence, references: Sequence):
-    dtype = np.float64 if spec.is_regression else None
+def arrays(predictions: Sequence, references: Sequence, is_regression: bool):
+    """Predictions and references as two 1-D arrays (DataError if they cannot be)."""
+    dtype = np.float64 if is_regression else None
     preds = np.asarray(predictions, dtype=dtype)
     refs = np.asarray(references, dtype=dtype)
-    if spec.is_regression:
+    if is_regression:
         preds, refs = preds.reshape(-1), refs.reshape(-1)
     if preds.ndim != 1 or preds.shape != refs.shape or refs.size == 0:
         raise DataError(
@@ -299,6 +301,24 @@ def _arrays(spec: TaskSpec, predictions: Sequence, references: Sequence):
             "sequences of the same length; pass one class id (or score) per example"
         )
     return preds, refs
+
+
+def metric_values(
+    names: Sequence[str], predictions: Sequence, references: Sequence, is_regression: bool
+) -> dict[str, float]:
+    """The named metrics (accuracy, f1, f1_macro, matthews_correlation, pearson, spearmanr)."""
+    preds, refs = arrays(predictions, references, is_regression)
+    return {name: _METRICS[name](preds, refs) for name in names}
+
+
+def collapsed(predictions: Sequence, references: Sequence, is_regression: bool) -> bool:
+    """Whether the model predicts (nearly) one value: a single class, or regression scores that
+    spread less than ``COLLAPSE_SPREAD`` times the labels' standard deviation (or are not all
+    finite)."""
+    preds, refs = arrays(predictions, references, is_regression)
+    if is_regression:
+        return bool(not np.isfinite(preds).all() or preds.std() < COLLAPSE_SPREAD * refs.std())
+    return bool(np.unique(preds).size == 1)
 
 
 def compute_metrics(task: str, predictions: Sequence, references: Sequence) -> dict[str, float]:
@@ -309,16 +329,9 @@ def compute_metrics(task: str, predictions: Sequence, references: Sequence) -> d
     reported as 0.0, the same value Matthews correlation takes for constant predictions.
     """
     spec = glue_spec(task)
-    preds, refs = _arrays(spec, predictions, references)
-    return {name: _METRICS[name](preds, refs) for name in spec.metrics}
+    return metric_values(spec.metrics, predictions, references, spec.is_regression)
 
 
 def is_collapsed(task: str, predictions: Sequence, references: Sequence) -> bool:
-    """Whether the model predicts (nearly) one value: a single class, or regression scores that
-    spread less than ``COLLAPSE_SPREAD`` times the labels' standard deviation (or are not all
-    finite)."""
-    spec = glue_spec(task)
-    preds, refs = _arrays(spec, predictions, references)
-    if spec.is_regression:
-        return bool(not np.isfinite(preds).all() or preds.std() < COLLAPSE_SPREAD * refs.std())
-    return bool(np.unique(preds).size == 1)
+    """:func:`collapsed` for a GLUE task."""
+    return collapsed(predictions, references, glue_spec(task).is_regression)

@@ -61,7 +61,8 @@ class SquadTask(Task):
     main_metric = "f1"
     default_max_length = 384
 
-    def check(self, data: DataConfig) -> None:
+    @classmethod
+    def check(cls, data: DataConfig) -> None:
         if data.doc_stride >= data.max_length:
             raise ConfigError(
                 f"data.doc_stride ({data.doc_stride}) must be shorter than data.max_length "
