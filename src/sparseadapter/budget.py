@@ -19,7 +19,7 @@ from typing import Any
 
 from torch import nn
 
-from sparseadapter.config import SparsityConfig
+from sparseadapter.config import SparsityConfig, large_sparse_sparsity
 from sparseadapter.errors import ConfigError, NoPrunableWeightsError, shown
 from sparseadapter.targets import adapterhub_scales, prunable_parameters
 
@@ -155,4 +155,4 @@ def large_sparse(config: Any, factor: float, hidden_size: int | None = None) -> 
         raise ConfigError(
             f"Large-Sparse factor must be a finite number >= 1, got {shown(factor)}; e.g. 4"
         )
-    return widen(config, factor, hidden_size), 1.0 - 1.0 / factor
+    return widen(config, factor, hidden_size), large_sparse_sparsity(factor)

@@ -34,6 +34,12 @@ def _patterns(name: str, value: Any) -> list[str]:
 SEED_RANGE = "[0, 2**32 - 1]"  # what NumPy and torch generators all accept
 
 
+def large_sparse_sparsity(factor: float) -> float:
+    """The sparsity that brings an adapter widened ``factor`` times back to the dense adapter's
+    number of non-zero weights (Large-Sparse)."""
+    return 1.0 - 1.0 / factor
+
+
 def check_seed(seed: object, name: str) -> None:
     """ConfigError unless ``seed`` is an integer every generator takes: the one seed rule."""
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:

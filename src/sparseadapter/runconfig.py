@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from sparseadapter.config import SparsityConfig, check_seed
+from sparseadapter.config import SparsityConfig, check_seed, large_sparse_sparsity
 from sparseadapter.errors import ConfigError, not_utf8_message, shown
 from sparseadapter.optional import has_adapterhub
 
@@ -440,7 +440,7 @@ def _build_prune(
             )
         return None
     if model.large_sparse != 1:
-        implied = 1.0 - 1.0 / model.large_sparse
+        implied = large_sparse_sparsity(model.large_sparse)
         if sparsity is not None and abs(sparsity - implied) > 1e-9:
             raise ConfigError(
                 f"Large-Sparse {model.large_sparse:g} fixes the sparsity at {implied:g}, "
