@@ -17,7 +17,7 @@ timeout "$limit" python3 benchmarks/tasks.py --task squad --adapters houlsby lor
     > "$OUT/squad.log" 2>&1 &
 timeout "$limit" python3 benchmarks/tasks.py --task xsum --adapters lora \
     --model /tmp/stage/smollm2 --data-dir /tmp/stage/data/xsum --parallel 9 --runs-dir /tmp/runs \
-    --extra "--eval-batch-size 64 --set train.eval_each_epoch=false" > "$OUT/xsum.log" 2>&1 &
+    --extra "--eval-batch-size 64 --select last --set train.eval_each_epoch=false" > "$OUT/xsum.log" 2>&1 &
 wait
 cp benchmarks/results/tasks_runs.jsonl "$OUT/" 2>/dev/null
 tail -5 "$OUT/squad.log" "$OUT/xsum.log"
