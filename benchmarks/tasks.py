@@ -71,9 +71,10 @@ def run_one(job: tuple, args, env: dict[str, str]) -> dict:
     final = output / "final.json"
     record = {"task": task, "adapter": adapter, "arm": arm, "seed": seed, **env}
     if not final.exists():
-        done = subprocess.run(
-            command(task, adapter, arm, seed, args, output), capture_output=True, text=True
-        )
+        cmd = command(task, adapter, arm, seed, args, output)
+        if (output.parent / f"{output.name}.partial" / "checkpoint.pt").exists():
+            cmd.append("--resume")  # an interrupted run continues from its checkpoint
+        done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
             return {**record, "failed": (done.stderr.strip().splitlines() or ["?"])[-1]}
     result = json.loads(final.read_text())
