@@ -73,7 +73,8 @@ def run_one(job: tuple, args, env: dict[str, str]) -> dict:
     if not final.exists():
         cmd = command(task, adapter, arm, seed, args, output)
         if (output.parent / f"{output.name}.partial" / "checkpoint.pt").exists():
-            cmd.append("--resume")  # an interrupted run continues from its checkpoint
+            # an interrupted run continues from its checkpoint, with its own config
+            cmd[cmd.index("--output")] = "--resume"
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
             return {**record, "failed": (done.stderr.strip().splitlines() or ["?"])[-1]}
