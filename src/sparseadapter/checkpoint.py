@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +28,7 @@ from torch import nn
 from sparseadapter.config import SparsityConfig
 from sparseadapter.errors import CheckpointError, shown
 from sparseadapter.files import check_parent, replace_directory, write_new
+from sparseadapter.formatv1 import decoded_v1
 from sparseadapter.libraries import (
     adapter_config_dict,
     adapter_config_of,
@@ -110,25 +110,6 @@ def _check_base(model: nn.Module, meta: dict[str, Any]) -> None:
             f"{'; '.join(diffs)}. Load it onto the base model it was trained on, with the same "
             "num_labels"
         )
-
-
-def _decode_v1(
-    name: str, entry: dict[str, Any] | None, tensors: dict[str, torch.Tensor]
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The parameter value and its keep-mask (None for dense tensors) from the stored tensors."""
-    if entry is None:
-        return tensors[name], None
-    shape, dtype = tuple(entry["shape"]), getattr(torch, entry["dtype"])
-    numel = math.prod(shape)
-    if entry["encoding"] == "bitmask":
-        bits = np.unpackbits(tensors[f"{name}:bitmask"].numpy(), count=numel)
-        keep = torch.from_numpy(bits.astype(bool))
-    else:
-        keep = torch.zeros(numel, dtype=torch.bool)
-        keep[tensors[f"{name}:indices"].long()] = True
-    value = torch.zeros(numel, dtype=dtype)
-    value[keep] = tensors[name].to(dtype)
-    return value.view(shape), keep.view(shape)
 
 
 def _canonical(meta: dict[str, Any]) -> bytes:
@@ -315,34 +296,6 @@ def read_sparse(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torc
     return meta, safetensors.torch.load(payload)
 
 
-def _decoded_v1(
-    named: dict[str, nn.Parameter], meta: dict[str, Any], tensors: dict[str, torch.Tensor]
-) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
-    layout = meta["pruned_tensors"]
-    saved = [n for n in tensors if ":" not in n]
-    unknown = [n for n in saved if n not in named]
-    if unknown:
-        raise CheckpointError(
-            f"{len(unknown)} checkpoint tensors are not in the model (e.g. {unknown[0]}): the model "
-            "carries another adapter or adapter configuration; pass a fresh base model"
-        )
-    missing = [n for n, p in named.items() if p.requires_grad and n not in saved]
-    if missing:
-        raise CheckpointError(
-            f"{len(missing)} trainable model tensors are not in the checkpoint (e.g. {missing[0]}): "
-            "the model carries another adapter configuration; pass a fresh base model"
-        )
-    decoded = {n: _decode_v1(n, layout.get(n), tensors) for n in saved}
-    for n, (value, _) in decoded.items():
-        if value.shape != named[n].shape:
-            raise CheckpointError(
-                f"{n} has shape {tuple(value.shape)} in the checkpoint but {tuple(named[n].shape)} in "
-                "the model: the adapter was built with another configuration (rank, bottleneck "
-                "size, ...); pass a fresh base model"
-            )
-    return decoded
-
-
 def _masks_v2(
     meta: dict[str, Any], tensors: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]]
 ) -> dict[str, torch.Tensor]:
@@ -391,7 +344,7 @@ def _decoded_v2(
 
 def _load_tensors(model: nn.Module, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
     named = dict(model.named_parameters())
-    decode = _decoded_v1 if meta["format_version"] == 1 else _decoded_v2
+    decode = decoded_v1 if meta["format_version"] == 1 else _decoded_v2
     decoded = decode(named, meta, tensors)
     with torch.no_grad():
         for n, (value, _) in decoded.items():
