@@ -123,10 +123,10 @@ INT_LEVELS = {"int8": 127, "int4": 7}
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16", "int8", "int4"])
-@pytest.mark.parametrize("family", ["peft-lora", "houlsby"])
+@pytest.mark.parametrize(
+    "family", ["peft-lora", pytest.param("houlsby", marks=pytest.mark.adapterhub)]
+)
 def test_lossy_precisions_keep_every_tensor_within_its_error_bound(precision, family, tmp_path):
-    if family == "houlsby":
-        pytest.importorskip("adapters")
     model, config = sparse_model(family, method="magnitude", sparsity=0.8)
     path = save_sparse(model, tmp_path / "ckpt", precision=precision)
     loaded = trained(load_sparse(base_model(config), path))
