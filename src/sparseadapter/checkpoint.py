@@ -66,9 +66,10 @@ def size_bound(sparsity: float, pruned_bytes: int, unpruned_bytes: int, num_tens
 
     ``pruned_bytes``/``unpruned_bytes``: dense bytes of the saved tensors that are/are not
     pruned; ``num_tensors``: how many tensors are saved. Kept values cost (1 - s) of the pruned
-    bytes, a bitmask 1/32 of them, unpruned tensors are stored as they are, and the headers
-    (metadata, and each tensor's name, shape and offsets, names up to ~150 characters) fit in
-    ``HEADER_BASE_BYTES + HEADER_BYTES_PER_TENSOR * num_tensors``.
+    bytes, the coded masks at most about a bitmask, 1/32 of them (the smaller of two codings;
+    LZMA grows a bitmask that does not compress by well under 1 %), unpruned tensors are stored
+    as they are, and the headers fit in ``HEADER_BASE_BYTES + HEADER_BYTES_PER_TENSOR *
+    num_tensors`` (version 1 stored every tensor's name; version 2 needs about 2.5 KiB in all).
     """
     header = HEADER_BASE_BYTES + HEADER_BYTES_PER_TENSOR * num_tensors
     return (1 - sparsity) * pruned_bytes + pruned_bytes / 32 + unpruned_bytes + header
