@@ -420,7 +420,8 @@ def goals(sizes: list[dict], quality: list[dict]) -> list[str]:
     """The issue's goals, each with the measured value and met / missed."""
     out = ["## Goals", "", "| goal | measured | verdict |", "|---|---|---|"]
     summary = summarize(quality) if quality else {}
-    for (adapter, sparsity), goal in ((a, s) for a in ("houlsby", "lora") for s in GOALS.items()):
+    targets = [(a, s, g) for a in ("houlsby", "lora") for s, g in GOALS.items()]
+    for adapter, sparsity, goal in targets:
         fits = [
             (v["ratio"], p)
             for (a, s, p), v in summary.items()
