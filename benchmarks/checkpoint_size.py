@@ -266,6 +266,7 @@ def measure_quality(run: Path, workdir: Path, peft_line: tuple[float, float]) ->
                 "metric": result["main_metric"],
                 "score": result["score"],
                 "saved_score": final["score"],
+                "collapsed": any(m.get("collapsed", False) for m in final["dev"].values()),
                 "sparse_bytes": folder_bytes(path),
                 "dense_fp32_bytes": dense,
                 "dense_fp16_bytes": fp16_bytes(dense_dir),
@@ -390,7 +391,8 @@ def markdown(
         ]
         for r in quality:
             lines.append(
-                f"| {r['run']} | {r['precision']} | {r['sparse_bytes']:,} | {fmt(r['ratio'])} "
+                f"| {r['run']}{' (collapsed)' if r['collapsed'] else ''} | {r['precision']} "
+                f"| {r['sparse_bytes']:,} | {fmt(r['ratio'])} "
                 f"(1/{1 / r['ratio']:.0f}) | {r['score']:.4f} | {r['drop_points']:+.2f} |"
             )
         lines += [
