@@ -168,6 +168,13 @@ def test_low_precision_dense_export_holds_the_dequantized_weights(tmp_path):
     assert not all(torch.equal(exported[n], p) for n, p in original.items())
 
 
+@pytest.mark.parametrize("dtype", ["float16", torch.float16])
+def test_a_dtype_in_the_third_argument_still_means_that_dtype(dtype, tmp_path):
+    model, _ = sparse_model("peft-lora")
+    meta, tensors = stored(save_sparse(model, tmp_path / "ckpt", dtype))
+    assert meta["precision"] == "fp16" and tensors["values"].dtype == torch.float16
+
+
 def test_unknown_precision_is_a_one_line_error_listing_the_choices(tmp_path):
     model, _ = sparse_model("peft-lora")
     with pytest.raises(

@@ -197,7 +197,7 @@ def _mask_record(masks: dict[str, torch.Tensor], config: SparsityConfig | None) 
 def save_sparse(
     model: nn.Module,
     path: str | os.PathLike,
-    precision: str | None = None,
+    precision: str | torch.dtype | None = None,
     overwrite: bool = False,
     *,
     dtype: str | torch.dtype | None = None,

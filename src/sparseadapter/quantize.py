@@ -24,11 +24,16 @@ SCALE_DTYPE = torch.bfloat16
 _SCALE_ROUND_UP = 1 + 2**-7  # bf16 keeps 8 significant bits: this makes the stored scale >= s
 
 
-def precision_name(precision: str | None = None, dtype: str | torch.dtype | None = None) -> str:
+def precision_name(
+    precision: str | torch.dtype | None = None, dtype: str | torch.dtype | None = None
+) -> str:
     """The precision name from ``precision`` or the older ``dtype`` alias ("float16",
-    torch.float16, ...); fp32 when neither is given."""
+    torch.float16, ..., also accepted as ``precision``, which took its place as the third
+    argument of ``save_sparse``); fp32 when neither is given."""
     if precision is not None and dtype is not None:
         raise ConfigError("pass either precision= or its older alias dtype=, not both")
+    if isinstance(precision, torch.dtype) or precision in DTYPE_ALIASES:  # a dtype, positionally
+        precision, dtype = None, precision
     if dtype is not None:
         key = str(dtype).removeprefix("torch.") if isinstance(dtype, torch.dtype) else dtype
         if key not in DTYPE_ALIASES:
