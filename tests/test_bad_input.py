@@ -23,7 +23,7 @@ import pytest
 import torch
 import yaml
 
-from sparseadapter import SparseAdapterError, resume
+from sparseadapter import SparseAdapterError, checkpoint, resume
 from sparseadapter import cli as cli_module
 from sparseadapter.cli import main
 from sparseadapter.resume import CHECKPOINT_FILE
@@ -145,7 +145,7 @@ CASES = [
          setup="finished_other_base"),
     Case("eval-truncated-checkpoint", "truncated checkpoint", "`eval RUN` with `adapter.safetensors` cut in half",
          "CheckpointError", "fails its SHA-256 check", ("eval", "{run}"), setup="finished_truncated"),
-    Case("eval-newer-format", "checkpoint of a newer format version", "`eval RUN`, `format_version` 2",
+    Case("eval-newer-format", "checkpoint of a newer format version", "`eval RUN`, `format_version` 3",
          "CheckpointError", "upgrade sparseadapter", ("eval", "{run}"), setup="finished_newer"),
     Case("other-base-model-api", "checkpoint from another base model", "`load_sparse(other_model, path)`",
          "CheckpointError", "saved on another base model",
@@ -308,7 +308,8 @@ def finished_truncated(runs: dict, tmp: Path) -> dict:
 def finished_newer(runs: dict, tmp: Path) -> dict:
     run = _copy_run(runs["finished"], tmp)
     path = run / "adapter" / "sparse_config.json"
-    path.write_text(json.dumps({**json.loads(path.read_text()), "format_version": 2}))
+    newer = checkpoint.FORMAT_VERSION + 1
+    path.write_text(json.dumps({**json.loads(path.read_text()), "format_version": newer}))
     return {"run": run}
 
 

@@ -1,9 +1,11 @@
 """Compact sparse checkpoints: save_sparse / load_sparse and the base model's fingerprint (dense
-export and LoRA merging: export.py; the adapter libraries' glue: libraries.py).
+export and LoRA merging: export.py; the adapter libraries' glue: libraries.py; mask coding:
+maskcode.py; value precision: quantize.py).
 
 A sparse checkpoint is a directory with two files (format: docs/checkpoint-format.md):
-``adapter.safetensors`` holds every trainable tensor, pruned ones as their kept values plus a
-packed bitmask or int indices (whichever is smaller for that tensor), the others dense;
+``adapter.safetensors`` holds the values of every trainable tensor end to end (pruned ones: only
+the kept values), at the chosen precision, and the entropy-coded masks (version 2; version 1
+stored one tensor per parameter with a bitmask or indices, and still loads);
 ``sparse_config.json`` holds everything needed to rebuild the adapter on a fresh base model and a
 SHA-256 checksum over both. Writes are atomic: a temporary directory next to the target is filled
 and then renamed into place, so an existing checkpoint survives any failure.
@@ -13,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -25,8 +26,9 @@ import torch
 from torch import nn
 
 from sparseadapter.config import SparsityConfig
-from sparseadapter.errors import CheckpointError, ConfigError, shown
+from sparseadapter.errors import CheckpointError, shown
 from sparseadapter.files import check_parent, replace_directory, write_new
+from sparseadapter.formatv1 import decoded_v1
 from sparseadapter.libraries import (
     adapter_config_dict,
     adapter_config_of,
@@ -37,14 +39,15 @@ from sparseadapter.libraries import (
     library_versions,
     model_library,
 )
+from sparseadapter.maskcode import coding_name, decode_masks, encode_masks, random_masks
+from sparseadapter.quantize import GROUP_SIZE, INT_LEVELS, dequantize, precision_name, quantize
 from sparseadapter.sparsify import apply_masks, get_masks, masked_parameters, remove_sparsity
 from sparseadapter.targets import adapter_library
 
 FORMAT_NAME = "sparseadapter-sparse-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 WEIGHTS_FILE = "adapter.safetensors"
 META_FILE = "sparse_config.json"  # the metadata: what rebuilds the adapter, and the checksum
-STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 FINGERPRINT_KEYS = (
     "model_type",
     "hidden_size",
@@ -63,9 +66,10 @@ def size_bound(sparsity: float, pruned_bytes: int, unpruned_bytes: int, num_tens
 
     ``pruned_bytes``/``unpruned_bytes``: dense bytes of the saved tensors that are/are not
     pruned; ``num_tensors``: how many tensors are saved. Kept values cost (1 - s) of the pruned
-    bytes, a bitmask 1/32 of them, unpruned tensors are stored as they are, and the headers
-    (metadata, and each tensor's name, shape and offsets, names up to ~150 characters) fit in
-    ``HEADER_BASE_BYTES + HEADER_BYTES_PER_TENSOR * num_tensors``.
+    bytes, the coded masks at most about a bitmask, 1/32 of them (the smaller of two codings;
+    LZMA grows a bitmask that does not compress by well under 1 %), unpruned tensors are stored
+    as they are, and the headers fit in ``HEADER_BASE_BYTES + HEADER_BYTES_PER_TENSOR *
+    num_tensors`` (version 1 stored every tensor's name; version 2 needs about 2.5 KiB in all).
     """
     header = HEADER_BASE_BYTES + HEADER_BYTES_PER_TENSOR * num_tensors
     return (1 - sparsity) * pruned_bytes + pruned_bytes / 32 + unpruned_bytes + header
@@ -109,56 +113,6 @@ def _check_base(model: nn.Module, meta: dict[str, Any]) -> None:
         )
 
 
-def _storage_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
-    if dtype is None or isinstance(dtype, torch.dtype) and dtype in STORAGE_DTYPES.values():
-        return dtype
-    if dtype in STORAGE_DTYPES:
-        return STORAGE_DTYPES[dtype]
-    raise ConfigError(
-        f"storage dtype must be None (keep each tensor's dtype) or one of {list(STORAGE_DTYPES)}, "
-        f"got {shown(dtype)}"
-    )
-
-
-def _encode(
-    name: str, value: torch.Tensor, mask: torch.Tensor | None, storage: torch.dtype | None
-) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
-    """The stored tensors for one parameter, and its layout entry if it is pruned."""
-    stored = value.to(storage or value.dtype)
-    if mask is None:
-        return {name: stored.contiguous()}, None
-    keep = mask.detach().cpu().flatten()
-    kept = keep.nonzero().squeeze(1)
-    index_dtype = torch.int32 if keep.numel() <= torch.iinfo(torch.int32).max else torch.int64
-    entry = {"shape": list(value.shape), "dtype": str(value.dtype).removeprefix("torch.")}
-    if kept.numel() * index_dtype.itemsize < math.ceil(keep.numel() / 8):
-        entry["encoding"] = "indices"
-        positions = {f"{name}:indices": kept.to(index_dtype)}
-    else:
-        entry["encoding"] = "bitmask"
-        positions = {f"{name}:bitmask": torch.from_numpy(np.packbits(keep.numpy()))}
-    return {name: stored.flatten()[keep].contiguous(), **positions}, entry
-
-
-def _decode(
-    name: str, entry: dict[str, Any] | None, tensors: dict[str, torch.Tensor]
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The parameter value and its keep-mask (None for dense tensors) from the stored tensors."""
-    if entry is None:
-        return tensors[name], None
-    shape, dtype = tuple(entry["shape"]), getattr(torch, entry["dtype"])
-    numel = math.prod(shape)
-    if entry["encoding"] == "bitmask":
-        bits = np.unpackbits(tensors[f"{name}:bitmask"].numpy(), count=numel)
-        keep = torch.from_numpy(bits.astype(bool))
-    else:
-        keep = torch.zeros(numel, dtype=torch.bool)
-        keep[tensors[f"{name}:indices"].long()] = True
-    value = torch.zeros(numel, dtype=dtype)
-    value[keep] = tensors[name].to(dtype)
-    return value.view(shape), keep.view(shape)
-
-
 def _canonical(meta: dict[str, Any]) -> bytes:
     return json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
 
@@ -194,51 +148,104 @@ def replace_checkpoint(
     return replace_directory(path, write)
 
 
-def save_sparse(
-    model: nn.Module,
-    path: str | os.PathLike,
-    dtype: str | torch.dtype | None = None,
-    overwrite: bool = False,
-) -> Path:
-    """Save the model's adapter (and head) as a compact sparse checkpoint directory.
-
-    Stores every trainable tensor: pruned ones (those with a sparsify mask) as kept values plus
-    a bitmask or indices, the rest dense. ``dtype`` ("float16", "bfloat16" or "float32") stores
-    the floating values in that dtype; None keeps each tensor's own dtype (bit-exact round trip).
-    An existing checkpoint at ``path`` is replaced only with ``overwrite=True``; any other
-    non-empty folder never is. Returns the checkpoint directory.
-    """
-    library = model_library(model)
-    name = adapter_name(model, library)
-    storage = _storage_dtype(dtype)
+def common_metadata(model: nn.Module, library: str, name: str) -> dict[str, Any]:
+    """The metadata fields every format version shares (all but the tensor layout)."""
     state = masked_parameters(model)
-    if state is not None:
-        state.apply_()
-    masks = get_masks(model)
-    tensors: dict[str, torch.Tensor] = {}
-    layout: dict[str, dict[str, Any]] = {}
-    for pname, param in model.named_parameters():
-        if param.requires_grad:
-            stored, entry = _encode(pname, param.detach().cpu(), masks.get(pname), storage)
-            tensors.update(stored)
-            if entry is not None:
-                layout[pname] = entry
-    payload = safetensors.torch.save(tensors)
-    meta: dict[str, Any] = {
+    return {
         "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
         "library": library,
         "adapter_name": name,
         "adapter_config": adapter_config_dict(adapter_config_of(model, library, name)),
         "heads": head_configs(model, library),
         "base_model": base_identity(model),
         "sparsity_config": state.config.to_dict() if state and state.config else None,
-        "storage_dtype": str(storage).removeprefix("torch.") if storage else None,
-        "pruned_tensors": layout,
         "versions": library_versions(library),
     }
+
+
+def finish_metadata(meta: dict[str, Any], payload: bytes) -> dict[str, Any]:
+    """``meta`` as it is written (JSON types only) with its checksum over ``payload``."""
     meta = json.loads(_canonical(meta))
     meta["sha256"] = _checksum(payload, meta)
+    return meta
+
+
+def layout_digest(named: list[tuple[str, tuple[int, ...]]]) -> str:
+    """SHA-256 of the trainable tensors' names and shapes, in ``named_parameters`` order: a
+    version 2 file stores no names, the rebuilt model supplies them and this checks them."""
+    text = "\n".join(f"{n}:{','.join(map(str, shape))}" for n, shape in named)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def mask_digest(masks: list[torch.Tensor]) -> str:
+    bits = np.concatenate([np.packbits(m.detach().cpu().flatten().numpy()) for m in masks])
+    return hashlib.sha256(bits.tobytes()).hexdigest()
+
+
+def _mask_record(masks: dict[str, torch.Tensor], config: SparsityConfig | None) -> dict[str, Any]:
+    """How the masks are stored: regenerated from the random pruner's seed when that gives them
+    back exactly, else entropy-coded (maskcode.py)."""
+    shapes = {n: tuple(m.shape) for n, m in masks.items()}
+    digest = mask_digest(list(masks.values()))
+    if config is not None and config.method == "random":
+        again = random_masks(shapes, config)
+        if mask_digest(list(again.values())) == digest:
+            return {"coding": "random", "sha256": digest}
+    return {"coding": "coded"}
+
+
+def save_sparse(
+    model: nn.Module,
+    path: str | os.PathLike,
+    precision: str | torch.dtype | None = None,
+    overwrite: bool = False,
+    *,
+    dtype: str | torch.dtype | None = None,
+) -> Path:
+    """Save the model's adapter (and head) as a compact sparse checkpoint directory.
+
+    Stores every trainable tensor: pruned ones (those with a sparsify mask) as kept values plus
+    an entropy-coded mask (a random pruner's mask as its seed), the rest dense. ``precision``:
+    "fp32" (the default: a bit-exact round trip of float32 parameters), "bf16", "fp16", "int8"
+    or "int4" (one scale per group of 64 values), for pruned and unpruned tensors alike; the
+    older ``dtype="float16"`` / ``"bfloat16"`` / ``"float32"`` is an alias. An existing
+    checkpoint at ``path`` is replaced only with ``overwrite=True``; any other non-empty folder
+    never is. Returns the checkpoint directory.
+    """
+    precision = precision_name(precision, dtype)
+    library = model_library(model)
+    name = adapter_name(model, library)
+    state = masked_parameters(model)
+    if state is not None:
+        state.apply_()
+    masks = get_masks(model)
+    trainable = [(n, p.detach().cpu()) for n, p in model.named_parameters() if p.requires_grad]
+    parts = [
+        p.flatten()[masks[n].detach().cpu().flatten()] if n in masks else p.flatten()
+        for n, p in trainable
+    ]
+    sizes = [part.numel() for part in parts]
+    tensors = quantize(torch.cat([part.float() for part in parts]), sizes, precision)
+    pruned = {n: masks[n] for n, _ in trainable if n in masks}
+    record = _mask_record(pruned, state.config if state else None) if pruned else None
+    if record is not None and record["coding"] == "coded":
+        code = encode_masks(list(pruned.values()))
+        record["coding"] = coding_name(code)
+        tensors["masks"] = torch.frombuffer(bytearray(code), dtype=torch.uint8)
+    payload = safetensors.torch.save(tensors)
+    meta = {
+        **common_metadata(model, library, name),
+        "format_version": FORMAT_VERSION,
+        "precision": precision,
+        "group_size": GROUP_SIZE if precision in INT_LEVELS else None,
+        "tensors": {
+            "count": len(trainable),
+            "sha256": layout_digest([(n, tuple(p.shape)) for n, p in trainable]),
+            "pruned": [i for i, (n, _) in enumerate(trainable) if n in masks],
+        },
+        "masks": record,
+    }
+    meta = finish_metadata(meta, payload)
 
     def write(tmp: Path) -> None:
         write_new(tmp / WEIGHTS_FILE, payload)
@@ -290,30 +297,56 @@ def read_sparse(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torc
     return meta, safetensors.torch.load(payload)
 
 
-def _load_tensors(model: nn.Module, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
-    named = dict(model.named_parameters())
-    layout = meta["pruned_tensors"]
-    saved = [n for n in tensors if ":" not in n]
-    unknown = [n for n in saved if n not in named]
-    if unknown:
-        raise CheckpointError(
-            f"{len(unknown)} checkpoint tensors are not in the model (e.g. {unknown[0]}): the model "
-            "carries another adapter or adapter configuration; pass a fresh base model"
+def _masks_v2(
+    meta: dict[str, Any], tensors: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]]
+) -> dict[str, torch.Tensor]:
+    record = meta["masks"]
+    if record is None:
+        return {}
+    if record["coding"] != "random":
+        return dict(
+            zip(shapes, decode_masks(tensors["masks"].numpy().tobytes(), list(shapes.values())))
         )
-    missing = [n for n, p in named.items() if p.requires_grad and n not in saved]
-    if missing:
+    masks = random_masks(shapes, SparsityConfig.from_dict(meta["sparsity_config"]))
+    if mask_digest(list(masks.values())) != record["sha256"]:
         raise CheckpointError(
-            f"{len(missing)} trainable model tensors are not in the checkpoint (e.g. {missing[0]}): "
+            "the random pruner's seed gives another mask here than when the checkpoint was saved "
+            f"(torch {torch.__version__} here, {meta['versions'].get('torch')} then): load it with "
+            "the torch version that saved it, or re-save it there with a coded mask"
+        )
+    return masks
+
+
+def _decoded_v2(
+    named: dict[str, nn.Parameter], meta: dict[str, Any], tensors: dict[str, torch.Tensor]
+) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+    trainable = [(n, p) for n, p in named.items() if p.requires_grad]
+    layout = meta["tensors"]
+    if layout_digest([(n, tuple(p.shape)) for n, p in trainable]) != layout["sha256"]:
+        counts = (
+            f"{layout['count']} tensors in the checkpoint, {len(trainable)} trainable in the model"
+        )
+        raise CheckpointError(
+            f"the checkpoint's tensors are not the model's ({counts}; names or shapes differ): "
             "the model carries another adapter configuration; pass a fresh base model"
         )
-    decoded = {n: _decode(n, layout.get(n), tensors) for n in saved}
-    for n, (value, _) in decoded.items():
-        if value.shape != named[n].shape:
-            raise CheckpointError(
-                f"{n} has shape {tuple(value.shape)} in the checkpoint but {tuple(named[n].shape)} in "
-                "the model: the adapter was built with another configuration (rank, bottleneck "
-                "size, ...); pass a fresh base model"
-            )
+    pruned = [trainable[i][0] for i in layout["pruned"]]
+    masks = _masks_v2(meta, tensors, {n: tuple(named[n].shape) for n in pruned})
+    sizes = [int(masks[n].sum()) if n in masks else p.numel() for n, p in trainable]
+    values = dequantize(tensors, sizes, meta["precision"], meta["group_size"])
+    decoded = {}
+    for (n, p), part in zip(trainable, values.split(sizes)):
+        keep = masks.get(n)
+        value = torch.zeros(p.numel(), dtype=torch.float32)
+        value[keep.flatten() if keep is not None else slice(None)] = part
+        decoded[n] = (value.view(p.shape).to(p.dtype), keep)
+    return decoded
+
+
+def _load_tensors(model: nn.Module, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    named = dict(model.named_parameters())
+    decode = decoded_v1 if meta["format_version"] == 1 else _decoded_v2
+    decoded = decode(named, meta, tensors)
     with torch.no_grad():
         for n, (value, _) in decoded.items():
             named[n].copy_(value)

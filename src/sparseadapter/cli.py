@@ -152,6 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="Reload a finished run and re-score its dev set.")
     evaluate.add_argument("run", help="A run folder written by `sparseadapter train`.")
     evaluate.add_argument("--data-dir", help="GLUE TSV folder, if not the run's own.")
+    evaluate.add_argument(
+        "--checkpoint",
+        help="Score the weights of this sparse checkpoint (e.g. `export --precision int4`) "
+        "instead of the run's adapter/.",
+    )
     sweep = commands.add_parser(
         "sweep", help="Run a grid of runs (resumable) and write results tables and a plot."
     )
@@ -173,6 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="peft / adapterhub: the library's own dense format; sparse: the compact format.",
     )
     export.add_argument("--output", help="Target folder (default: RUN/export-FORMAT).")
+    export.add_argument(
+        "--precision",
+        help="sparse format only: value precision fp32 (default, lossless), bf16, fp16, int8 or "
+        "int4 (int: one scale per 64 values).",
+    )
     export.add_argument(
         "--overwrite",
         action="store_true",
@@ -220,7 +230,7 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from sparseadapter.evaluate import evaluate_run
 
-    result = evaluate_run(args.run, data_dir=args.data_dir)
+    result = evaluate_run(args.run, data_dir=args.data_dir, checkpoint=args.checkpoint)
     for split, metrics in result["dev"].items():
         values = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "collapsed")
         print(f"{split}: {values}")
@@ -248,7 +258,9 @@ def _sweep(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from sparseadapter.rundir import export_run
 
-    path = export_run(args.run, args.format, args.output, overwrite=args.overwrite)
+    path = export_run(
+        args.run, args.format, args.output, overwrite=args.overwrite, precision=args.precision
+    )
     print(f"exported {args.format} adapter to {path}")
     return 0
 

@@ -47,11 +47,14 @@ def main_score(dev: dict[str, dict[str, float]], task: Task) -> float:
     return dev[task.dev_splits[0]][task.main_metric]
 
 
-def evaluate_run(run_dir: str | Path, data_dir: str | None = None) -> dict[str, Any]:
+def evaluate_run(
+    run_dir: str | Path, data_dir: str | None = None, checkpoint: str | Path | None = None
+) -> dict[str, Any]:
     """Reload a finished run from its folder and re-score its dev split(s).
 
     Returns ``{"main_metric", "score", "dev", "saved_score"}``; ``data_dir`` overrides the run's
-    data folder (e.g. for a run made on another machine).
+    data folder (e.g. for a run made on another machine); ``checkpoint`` scores the weights of
+    another sparse checkpoint of the run's adapter (e.g. a low-precision export).
     """
     run_dir = Path(run_dir)
     config = finished_run(run_dir)
@@ -59,7 +62,7 @@ def evaluate_run(run_dir: str | Path, data_dir: str | None = None) -> dict[str, 
     data = load_run_data(config, data_dir, with_train=False)
     accelerator = make_accelerator(config)
     set_seed(config.train.seed)
-    model, tokenizer_path = load_run_model(run_dir, config, data.task)
+    model, tokenizer_path = load_run_model(run_dir, config, data.task, checkpoint)
     tokenizer = load_tokenizer(tokenizer_path, model)
     model = accelerator.prepare(model)
     sets = prepared_eval_sets(accelerator, eval_sets(config, data, tokenizer))

@@ -254,25 +254,43 @@ def build_run_model(config: RunConfig, task: Task) -> tuple[nn.Module, str]:
     return model, model_path
 
 
-def load_run_model(run_dir: Path, config: RunConfig, task: Task) -> tuple[nn.Module, str]:
+def load_run_model(
+    run_dir: Path, config: RunConfig, task: Task, checkpoint: str | Path | None = None
+) -> tuple[nn.Module, str]:
     """The trained model of a finished run, and the path of its tokenizer.
 
     The adapter is built from the run's config, as for training, and the checkpoint loaded
-    into it: a checkpoint of another adapter (a folder swapped in from another run) is refused.
+    into it (``checkpoint``: another sparse checkpoint of the same adapter, e.g. a low-precision
+    export, instead of ``adapter/``): a checkpoint of another adapter is refused.
     """
+    if checkpoint is not None and config.model.is_full_finetune:
+        raise ConfigError(
+            f"{run_dir} is a full fine-tuning run: it has no adapter that --checkpoint could "
+            "replace; drop --checkpoint"
+        )
     if config.model.is_full_finetune:
         path = str(run_dir / MODEL_DIR)
         return load_model(path, task.num_labels, task.problem_type, task.head), path
     model, path = build_run_model(config, task)
-    return load_sparse(model, run_dir / ADAPTER_DIR), path
+    return load_sparse(model, Path(checkpoint) if checkpoint else run_dir / ADAPTER_DIR), path
 
 
 def export_run(
-    run_dir: str | Path, format: str, output: str | Path | None = None, overwrite: bool = False
+    run_dir: str | Path,
+    format: str,
+    output: str | Path | None = None,
+    overwrite: bool = False,
+    precision: str | None = None,
 ) -> Path:
     """Write a finished run's adapter as ``format`` (peft, adapterhub or sparse); its folder.
 
-    An existing export (or checkpoint) at the target is replaced only with ``overwrite``."""
+    ``precision``: the sparse format's value precision (``save_sparse``; fp32 when None). An
+    existing export (or checkpoint) at the target is replaced only with ``overwrite``."""
+    if precision is not None and format != "sparse":
+        raise ConfigError(
+            f"--precision sets the sparse format's value precision; the {format} format stores "
+            "the adapter as it is: drop --precision or use --format sparse"
+        )
     run_dir = Path(run_dir)
     config = finished_run(run_dir)
     if config.model.is_full_finetune:
@@ -283,5 +301,5 @@ def export_run(
     model, _ = load_run_model(run_dir, config, get_task(config.data.task, config.data))
     target = Path(output) if output else run_dir / f"{EXPORT_PREFIX}{format}"
     if format == "sparse":
-        return save_sparse(model, target, overwrite=overwrite)
+        return save_sparse(model, target, precision=precision, overwrite=overwrite)
     return export_dense(model, target, format, overwrite=overwrite)
