@@ -17,7 +17,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from sparseadapter import ConfigError, SparseAdapterError
 from sparseadapter.cli import main
-from sparseadapter.evaluate import evaluate_run, summary
+from sparseadapter.evaluate import evaluate_run
 from sparseadapter.runconfig import (
     DEFAULT_ADAPTER,
     DEFAULT_LR_ADAPTER,
@@ -30,6 +30,7 @@ from sparseadapter.runconfig import (
 )
 from sparseadapter.rundir import load_run_model
 from sparseadapter.sparsify import get_masks
+from sparseadapter.summary import summary
 from sparseadapter.tasks import get_task
 from sparseadapter.train import train
 

@@ -208,8 +208,8 @@ def _run_config(args: argparse.Namespace, base: dict[str, Any] | None = None) ->
 def _train(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
-    from sparseadapter.evaluate import summary
     from sparseadapter.rundir import interrupted_config
+    from sparseadapter.summary import summary
     from sparseadapter.train import train
 
     if args.resume is None:

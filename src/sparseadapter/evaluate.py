@@ -1,5 +1,4 @@
-"""Dev-set evaluation: during training, of a finished run from its folder, and the one-screen
-summary of a run's results."""
+"""Dev-set evaluation: during training, and of a finished run from its folder."""
 
 from __future__ import annotations
 
@@ -11,10 +10,9 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch import nn
 
-from sparseadapter.adapters import resolve_library
 from sparseadapter.data import eval_sets, load_run_data, load_tokenizer
 from sparseadapter.distributed import make_accelerator
-from sparseadapter.runconfig import DataConfig, RunConfig
+from sparseadapter.runconfig import DataConfig
 from sparseadapter.rundir import finished_run, load_run_model, read_final
 from sparseadapter.tasks import EvalSet, Task
 
@@ -73,46 +71,3 @@ def evaluate_run(
         "dev": dev,
         "saved_score": saved["score"],
     }
-
-
-def summary(final: dict[str, Any], config: RunConfig) -> str:
-    """A one-screen summary of a finished run."""
-    params, timing = final["parameters"], final["timing"]
-    sparse = final["sparsity"]
-    model = f"{config.model.name} + {config.model.adapter}"
-    if not config.model.is_full_finetune:
-        model += f" ({resolve_library(config.model.adapter, config.model.library)})"
-    if config.model.large_sparse != 1:
-        model += f", Large-Sparse x{config.model.large_sparse:g}"
-    pruning = "none (dense)"
-    if sparse:
-        pruning = (
-            f"{sparse['method']} {sparse['scope']}: kept {sparse['kept']:,} of "
-            f"{sparse['prunable']:,} ({sparse['achieved_sparsity']:.1%} sparse) "
-            f"in {sparse['seconds']:.1f}s"
-        )
-    lines = [
-        f"run        {final['output']}",
-        f"task       {final['task']}: {final['examples']['train']:,} train examples, dev "
-        + ", ".join(f"{s} {n:,}" for s, n in final["examples"].items() if s != "train"),
-        f"model      {model}",
-        f"pruning    {pruning}",
-        f"params     total {params['total']:,} | trainable {params['trainable']:,} | "
-        f"non-zero trainable {params['nonzero_trainable']:,}",
-        f"training   epochs {len(final['history'])}, {timing['train_seconds']:.1f}s "
-        f"({timing['train_examples_per_second']:.1f} examples/s), "
-        f"eval {timing['eval_seconds']:.1f}s",
-        "epoch  train loss  dev " + final["main_metric"],
-    ]
-    for record in final["history"]:
-        score = f"{record['score']:.4f}" if "score" in record else "-"
-        mark = "  <- selected" if record["epoch"] == final["selected_epoch"] else ""
-        lines.append(f"{record['epoch']:>5}  {record['train_loss']:>10.4f}  {score}{mark}")
-    collapsed = [s for s, m in final["dev"].items() if m.get("collapsed")]
-    if collapsed:
-        lines.append(
-            f"warning    predictions collapsed on {', '.join(collapsed)}: one class for every "
-            "example, or (regression) scores spread under a fifth of the labels' std"
-        )
-    lines.append(f"dev {final['main_metric']} = {final['score']:.4f}")
-    return "\n".join(lines)
