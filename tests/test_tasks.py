@@ -227,5 +227,6 @@ def test_xsum_run_and_eval_reproduce(xsum_dir, tiny_llama, tmp_path):
     final = train(config, quiet=True)
     assert set(final["dev"]["test"]) == {"rouge1", "rouge2", "rougeL", "collapsed"}
     assert final["examples"]["test"] == 6
+    assert final["timing"]["eval_examples_per_second"] > 0  # generation speed is reported
     again = evaluate_run(tmp_path / "run")
     assert again["dev"]["test"] == final["dev"]["test"]

@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from torch import nn
 
@@ -202,7 +202,24 @@ def finished_result(config: RunConfig) -> dict[str, Any] | None:
     return read_final(output)
 
 
-def read_final(run_dir: Path) -> dict[str, Any]:
+class RunResult(TypedDict, total=False):
+    """What a finished run reports (``final.json``, and what ``train`` returns)."""
+
+    task: str  # the task's name, e.g. "rte", "squad"
+    main_metric: str  # the metric that selects the best epoch, e.g. "accuracy", "f1", "rougeL"
+    score: float  # main_metric on the first dev split, at the selected epoch (0-1 scale)
+    dev: dict[str, dict[str, float]]  # split -> metric -> value, plus a "collapsed" flag
+    selected_epoch: int
+    select: str  # "best" or "last"
+    examples: dict[str, int]  # split -> number of examples
+    parameters: dict[str, int]  # budget.parameter_report: total, trainable, non-zero, ...
+    sparsity: dict[str, Any] | None  # sparsify's report; None for a dense run
+    timing: dict[str, float]  # prune/train/eval seconds, training examples per second
+    output: str  # the run folder (returned by train, not stored)
+    history: list[dict[str, Any]]  # one record per epoch (returned by train, not stored)
+
+
+def read_final(run_dir: Path) -> RunResult:
     """The results a finished run saved (``final.json``); ConfigError if they are damaged."""
     path = run_dir / FINAL_FILE
     damaged = ConfigError(

@@ -38,7 +38,12 @@ def summary(final: dict[str, Any], config: RunConfig) -> str:
         f"non-zero trainable {params['nonzero_trainable']:,}",
         f"training   epochs {len(final['history'])}, {timing['train_seconds']:.1f}s "
         f"({timing['train_examples_per_second']:.1f} examples/s), "
-        f"eval {timing['eval_seconds']:.1f}s",
+        f"eval {timing['eval_seconds']:.1f}s"
+        + (
+            f" ({timing['eval_examples_per_second']:.1f} examples/s)"
+            if "eval_examples_per_second" in timing
+            else ""
+        ),
         "epoch  train loss  dev " + final["main_metric"],
     ]
     for record in final["history"]:

@@ -64,6 +64,7 @@ from sparseadapter.rundir import (
     FINAL_FILE,
     LOG_FILE,
     LOGS_DIR,
+    RunResult,
     build_run_model,
     discard_partial,
     new_run_dirs,
@@ -123,7 +124,7 @@ class _TqdmHandler(logging.Handler):
 
 def train(
     config: RunConfig, overwrite: bool = False, quiet: bool = False, resume: bool = False
-) -> dict[str, Any]:
+) -> RunResult:
     """Run one training run and write its folder; returns the content of ``final.json``.
 
     ``resume=True`` continues the interrupted run in ``config.output_dir()`` from its
@@ -141,7 +142,7 @@ def train(
             raise write_error(err.filename, err) from None
 
 
-def _run(config: RunConfig, overwrite: bool, quiet: bool, resume: bool) -> dict[str, Any]:
+def _run(config: RunConfig, overwrite: bool, quiet: bool, resume: bool) -> RunResult:
     checkpoint = None
     if resume:
         output, partial, checkpoint = resume_dirs(config)
@@ -223,7 +224,7 @@ def _train(
     folder: Path,
     quiet: bool,
     checkpoint: dict[str, Any] | None,
-) -> dict[str, Any]:
+) -> RunResult:
     task, cfg = data.task, config.train
     log.debug("run %s: %s", config.output_dir(), json.dumps(config.to_dict()))
     features = train_features(config, task, tokenizer, data.train)
@@ -325,7 +326,9 @@ def _train(
     _debug_dump(model, accelerator)
     best = progress.best
     assert best is not None  # the last epoch is always evaluated
-    final = {
+    evaluations = sum(1 for record in progress.history if "dev" in record)
+    scored = evaluations * sum(len(examples) for examples in data.dev.values())
+    final: RunResult = {
         "task": task.name,
         "main_metric": task.main_metric,
         "score": best["score"],
@@ -341,6 +344,10 @@ def _train(
             "eval_seconds": progress.eval_seconds,
             "train_examples_per_second": progress.seen / progress.train_seconds
             if progress.train_seconds
+            else 0.0,
+            # examples scored per second (generation included: the slow part of xsum)
+            "eval_examples_per_second": scored / progress.eval_seconds
+            if progress.eval_seconds
             else 0.0,
         },
     }
