@@ -50,7 +50,7 @@ from sparseadapter.export import export_dense
 from sparseadapter.maskcode import rice_code
 from sparseadapter.quantize import PRECISIONS, dequantize, quantize
 from sparseadapter.rundir import ADAPTER_DIR, build_run_model, export_run, finished_run, read_final
-from sparseadapter.tasks.glue import get_task
+from sparseadapter.tasks import get_task
 
 SPARSITIES = (0.4, 0.8, 0.9, 0.95)
 FAMILIES = ("houlsby", "parallel", "lora")
@@ -227,7 +227,7 @@ def group_errors(values_by_tensor: list[tuple[torch.Tensor, torch.Tensor]]) -> l
 def run_masks(run: Path) -> tuple[dict[str, torch.Tensor], list[tuple[torch.Tensor, torch.Tensor]]]:
     """The masks and (weight, mask) pairs of a trained run's adapter."""
     config = finished_run(run)
-    model, _ = build_run_model(config, get_task(config.data.task))
+    model, _ = build_run_model(config, get_task(config.data.task, config.data))
     model = load_sparse(model, run / ADAPTER_DIR)
     masks = sa.get_masks(model)
     named = dict(model.named_parameters())

@@ -11,7 +11,7 @@ from test_cli import tiny_train
 from sparseadapter.checkpoint import META_FILE, load_sparse, save_sparse
 from sparseadapter.cli import main
 from sparseadapter.rundir import ADAPTER_DIR, build_run_model, finished_run
-from sparseadapter.tasks.glue import get_task
+from sparseadapter.tasks import get_task
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def test_export_with_a_precision_and_eval_with_its_checkpoint(run, tmp_path, cap
 
 def test_eval_scores_the_weights_of_the_given_checkpoint(run, tmp_path, capsys):
     config = finished_run(run)
-    model, _ = build_run_model(config, get_task(config.data.task))
+    model, _ = build_run_model(config, get_task(config.data.task, config.data))
     model = load_sparse(model, run / ADAPTER_DIR)
     with torch.no_grad():
         for p in model.parameters():

@@ -211,7 +211,7 @@ def test_flags_that_fix_the_sparsity_override_the_config_file(tmp_path, monkeypa
     """--pruner none / --large-sparse K replace a config file's sparsity instead of clashing."""
     seen = []
     monkeypatch.setattr("sparseadapter.train.train", lambda config, **kw: seen.append(config))
-    monkeypatch.setattr("sparseadapter.evaluate.summary", lambda final, config: "")
+    monkeypatch.setattr("sparseadapter.summary.summary", lambda final, config: "")
     config = str(Path(__file__).parents[1] / "configs" / "rte_houlsby.yaml")  # snip at 0.4
     assert main(["train", "--config", config, "--pruner", "none"]) == 0
     assert main(["train", "--config", config, "--large-sparse", "4"]) == 0
@@ -241,7 +241,7 @@ def test_set_and_full_finetune_fix_the_sparsity_like_the_flags(argv, expected, m
     pruner: only a pruner or sparsity given on the command line too clashes with them."""
     seen = []
     monkeypatch.setattr("sparseadapter.train.train", lambda config, **kw: seen.append(config))
-    monkeypatch.setattr("sparseadapter.evaluate.summary", lambda final, config: "")
+    monkeypatch.setattr("sparseadapter.summary.summary", lambda final, config: "")
     config = str(Path(__file__).parents[1] / "configs" / "rte_houlsby.yaml")  # snip at 0.4
     assert main(["train", "--config", config, *argv]) == 0
     (run,) = seen
