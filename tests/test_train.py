@@ -319,3 +319,17 @@ def test_a_key_given_twice_is_refused(tmp_path):
 def test_a_config_path_that_is_a_folder_is_named_as_such(tmp_path):
     with pytest.raises(ConfigError, match="is a folder; pass a YAML file"):
         load_yaml(tmp_path)
+
+
+def test_one_rule_drops_what_a_later_choice_makes_meaningless(tmp_path):
+    from sparseadapter.errors import ConfigError
+
+    path = tmp_path / "run.yaml"
+    path.write_text("model: {adapter: houlsby, width: 16}\nprune: {method: snip, sparsity: 0.5}\n")
+    full = resolve(path, flags={"model.adapter": "full"})
+    assert full.prune is None and full.model.width is None
+    assert resolve(path, flags={"model.large_sparse": 4.0}).prune.sparsity == 0.75
+    with pytest.raises(ConfigError, match="fixes the sparsity at 0.75"):
+        resolve(path, flags={"model.large_sparse": 4.0, "prune.sparsity": 0.5})
+    with pytest.raises(ConfigError, match="full fine-tuning is not pruned"):
+        resolve(path, flags={"model.adapter": "full", "prune.method": "snip"})

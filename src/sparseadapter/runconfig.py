@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import types
 import typing
+from collections.abc import Container, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -636,9 +637,10 @@ def resolve(
     """A run config from ``base`` (e.g. a saved run's config), then a YAML file, then
     ``section.key`` flags, then ``--set`` overrides.
 
-    Flags and overrides that fix what a file would otherwise clash with replace the file's value:
-    full fine-tuning drops its pruner, and no pruner or Large-Sparse K drops its sparsity, unless
-    the command line sets those too."""
+    Flags and overrides that fix what a file would otherwise clash with replace the file's value
+    (:func:`drop_implied`, the rule sweeps use too): full fine-tuning drops its pruner, width and
+    Large-Sparse factor, and no pruner or Large-Sparse K drops its sparsity, unless the command
+    line sets those too."""
     data = {name: dict(v) if isinstance(v, dict) else v for name, v in (base or {}).items()}
     for name, values in (load_yaml(config_file) if config_file else {}).items():
         if isinstance(values, dict) and isinstance(data.get(name), dict):
@@ -647,13 +649,41 @@ def resolve(
             data[name] = values
     given = dict(flags or {})
     given.update(parse_assignment(assignment) for assignment in overrides or [])
-    if given.get("model.adapter") == FULL_FINETUNE:
-        given.setdefault("prune.method", NO_PRUNING)
-    if given.get("prune.method") == NO_PRUNING or given.get("model.large_sparse", 1) != 1:
-        given.setdefault("prune.sparsity", None)
     for path, value in given.items():
         set_key(data, path, value)
+    drop_implied(data, chosen=given, keep=given)
     return RunConfig.from_dict(data)
+
+
+def drop_implied(
+    data: dict[str, Any], chosen: Mapping[str, Any] | None = None, keep: Container[str] = ()
+) -> None:
+    """Drop, in place, the values that a run's choices make meaningless: full fine-tuning has
+    no pruner, width or Large-Sparse factor; no pruner, or Large-Sparse K (whose sparsity is
+    1 - 1/K), has no sparsity of its own.
+
+    Only choices named in ``chosen`` (``section.key`` -> value; None: every value in ``data``)
+    drop anything, and keys in ``keep`` are never dropped: a value given on the same command
+    line as a choice that contradicts it is a clash, reported when the config is built."""
+    model, prune = config_section(data, "model"), config_section(data, "prune")
+    current = {
+        "model.adapter": model.get("adapter"),
+        "prune.method": prune.get("method", NO_PRUNING),
+        "model.large_sparse": model.get("large_sparse", 1),
+    }
+    chose = current if chosen is None else {k: v for k, v in chosen.items() if k in current}
+
+    def drop(section: dict[str, Any], path: str, key: str) -> None:
+        if path not in keep:
+            section.pop(key, None)
+
+    if chose.get("model.adapter") == FULL_FINETUNE:
+        for key in list(prune):
+            drop(prune, f"prune.{key}", key)
+        drop(model, "model.width", "width")
+        drop(model, "model.large_sparse", "large_sparse")
+    if chose.get("prune.method") == NO_PRUNING or chose.get("model.large_sparse", 1) != 1:
+        drop(prune, "prune.sparsity", "sparsity")
 
 
 def save_yaml(config: RunConfig, path: str | Path) -> None:

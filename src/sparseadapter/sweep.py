@@ -53,6 +53,7 @@ from sparseadapter.runconfig import (
     RunConfig,
     changed_keys,
     config_section,
+    drop_implied,
     load_yaml,
     set_key,
     set_value,
@@ -128,18 +129,11 @@ def _config_value(config: RunConfig, key: str) -> Any:
 
 
 def _normalized(data: dict[str, Any]) -> RunConfig | None:
-    """The run a grid point means, or None for Large-Sparse without a pruner (no run)."""
+    """The run a grid point means, or None for Large-Sparse without a pruner (no such run)."""
+    drop_implied(data)
     model, prune = config_section(data, "model"), config_section(data, "prune")
-    if model.get("adapter") == FULL_FINETUNE:
-        prune.clear()
-        model.pop("large_sparse", None)
-        model.pop("width", None)
-    if prune.get("method", NO_PRUNING) == NO_PRUNING:
-        if model.get("large_sparse", 1) != 1:
-            return None
-        prune.pop("sparsity", None)
-    elif model.get("large_sparse", 1) != 1:
-        prune.pop("sparsity", None)
+    if prune.get("method", NO_PRUNING) == NO_PRUNING and model.get("large_sparse", 1) != 1:
+        return None
     return RunConfig.from_dict(data)
 
 
