@@ -426,7 +426,7 @@ def verdict(size_met: bool, tasks: int) -> str:
 
 
 def goals(sizes: list[dict], quality: list[dict]) -> list[str]:
-    """The issue's goals, each with the measured value and met / missed."""
+    """The size and quality goals, each with the measured value and met / missed."""
     out = ["## Goals", "", "| goal | measured | verdict |", "|---|---|---|"]
     summary = summarize(quality) if quality else {}
     targets = [(a, s, g) for a in ("houlsby", "lora") for s, g in GOALS.items()]

@@ -342,7 +342,7 @@ def test_size_bound(sized_models, family, sparsity, tmp_path):
     pruned = sum(p.numel() * 4 for n, p in params if n in masks)
     unpruned = sum(p.numel() * 4 for n, p in params if n not in masks)
     assert size <= size_bound(sparsity, pruned, unpruned, len(params))
-    # the formula, plus the unpruned tensors (biases, head) that are stored as they are
+    # the dense-fraction formula, plus the unpruned tensors (biases, head) that are stored as they are
     assert size <= (1 - sparsity) * dense + dense / 32 + sparsity * unpruned + 16 * 1024
 
 
