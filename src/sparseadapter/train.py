@@ -273,41 +273,9 @@ def _train(
         loader = batches
         if progress.batches_done:  # resumed mid-epoch: the same order, without the batches done
             loader = skip_first_batches(batches, progress.batches_done)
-        model.train()
-        start = time.perf_counter()
-        for batch in loader:
-            with accelerator.accumulate(model):
-                loss = model(**batch).loss
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-            progress.loss_sum += loss.item()
-            progress.batches_done += 1
-            progress.seen += len(batch["input_ids"]) * accelerator.num_processes
-            bar.update()
-            bar.set_postfix(
-                epoch=f"{epoch}/{cfg.epochs}",
-                loss=f"{progress.loss_sum / progress.batches_done:.4f}",
-                ex_s=f"{progress.seen / (progress.train_seconds + time.perf_counter() - start):.1f}",
-            )
-            if accelerator.sync_gradients:
-                progress.steps += 1
-                tracking.log_step(
-                    accelerator, loss.item(), scheduler.get_last_lr()[0], progress.steps
-                )
-                mid_epoch = not accelerator.gradient_state.end_of_dataloader
-                if (
-                    mid_epoch
-                    and cfg.checkpoint_every
-                    and progress.steps % cfg.checkpoint_every == 0
-                ):
-                    progress.train_seconds += time.perf_counter() - start
-                    save()
-                    start = time.perf_counter()
-        progress.train_seconds += time.perf_counter() - start
+        _train_epoch(
+            epoch, loader, model, optimizer, scheduler, progress, accelerator, cfg, bar, save
+        )
         record = _end_epoch(epoch, progress, model, dev_sets, task, config, accelerator, tokenizer)
         log.info("epoch %d/%d: %s", epoch, cfg.epochs, _describe(record))
         tracking.log_epoch(accelerator, record, progress.steps)
@@ -326,6 +294,70 @@ def _train(
     _debug_dump(model, accelerator)
     best = progress.best
     assert best is not None  # the last epoch is always evaluated
+    final = _result(config, data, model, progress, best, sparsity)
+    if accelerator.is_main_process:
+        save_run_model(model, tokenizer, folder, config)
+        (folder / FINAL_FILE).write_text(json.dumps(final, indent=2), encoding="utf-8")
+        log.debug("final: %s", json.dumps(final))
+    final["history"] = progress.history
+    return final
+
+
+def _train_epoch(
+    epoch: int,
+    loader,
+    model: nn.Module,
+    optimizer,
+    scheduler,
+    progress: Progress,
+    accelerator: Accelerator,
+    cfg: TrainConfig,
+    bar: tqdm,
+    save,
+) -> None:
+    """One pass over ``loader``: optimizer steps, progress, and a checkpoint every
+    ``cfg.checkpoint_every`` steps (``save``)."""
+    model.train()
+    start = time.perf_counter()
+    for batch in loader:
+        with accelerator.accumulate(model):
+            loss = model(**batch).loss
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and cfg.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+        progress.loss_sum += loss.item()
+        progress.batches_done += 1
+        progress.seen += len(batch["input_ids"]) * accelerator.num_processes
+        bar.update()
+        bar.set_postfix(
+            epoch=f"{epoch}/{cfg.epochs}",
+            loss=f"{progress.loss_sum / progress.batches_done:.4f}",
+            ex_s=f"{progress.seen / (progress.train_seconds + time.perf_counter() - start):.1f}",
+        )
+        if accelerator.sync_gradients:
+            progress.steps += 1
+            tracking.log_step(accelerator, loss.item(), scheduler.get_last_lr()[0], progress.steps)
+            mid_epoch = not accelerator.gradient_state.end_of_dataloader
+            if mid_epoch and cfg.checkpoint_every and progress.steps % cfg.checkpoint_every == 0:
+                progress.train_seconds += time.perf_counter() - start
+                save()
+                start = time.perf_counter()
+    progress.train_seconds += time.perf_counter() - start
+
+
+def _result(
+    config: RunConfig,
+    data: RunData,
+    model: nn.Module,
+    progress: Progress,
+    best: dict[str, Any],
+    sparsity: dict[str, Any] | None,
+) -> RunResult:
+    """What the run reports in ``final.json``."""
+    task, cfg = data.task, config.train
     evaluations = sum(1 for record in progress.history if "dev" in record)
     scored = evaluations * sum(len(examples) for examples in data.dev.values())
     final: RunResult = {
@@ -351,11 +383,6 @@ def _train(
             else 0.0,
         },
     }
-    if accelerator.is_main_process:
-        save_run_model(model, tokenizer, folder, config)
-        (folder / FINAL_FILE).write_text(json.dumps(final, indent=2), encoding="utf-8")
-        log.debug("final: %s", json.dumps(final))
-    final["history"] = progress.history
     return final
 
 
