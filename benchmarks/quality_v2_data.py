@@ -69,8 +69,9 @@ def carved_dir(root: Path, limit: int | None) -> Path:
     )
 
 
-def trivial_dev_score(task: str, data_dir: Path) -> float:
-    """Points the trivial predictor scores on the task's real dev set (``trivial_score``)."""
+def trivial_dev_score(task: str, data_dir: Path, limit: int | None = None) -> float:
+    """Points the trivial predictor scores on the task's real dev set (its first ``limit``
+    examples: those the runs score), as ``trivial_score`` defines it."""
     spec = get_task(task)
-    labels = [e.label for e in load_glue(spec.name, spec.dev_splits[0], data_dir)]
+    labels = [e.label for e in load_glue(spec.name, spec.dev_splits[0], data_dir, limit)]
     return trivial_score(spec.main_metric, labels)

@@ -189,20 +189,20 @@ def plan_seeds(sd_a: float, sd_b: float, max_seeds: int, target_se: float = TARG
     return SeedPlan(n, se, need <= max_seeds, detectable_difference(sd_a, sd_b, n))
 
 
+CELL_KEYS = ("task", "adapter", "pruner", "sparsity", "large_sparse", "lr")
+
+
 def seed_sds(records: Sequence[Mapping], keys: Sequence[str]) -> dict[tuple, float]:
-    """Seed standard deviation (points) per group of ``keys``: the root of the mean of the
-    sample variances of the group's cells (a cell = one setting at one lr, >= 2 seeds)."""
+    """Seed standard deviation (points) per group of ``keys`` (record fields): the root of the
+    mean of the sample variances of the group's cells (a cell = one setting at one lr, its
+    seeds; cells of one seed have no variance and are skipped)."""
     cells: dict[tuple, list[float]] = {}
     for r in records:
-        cell = tuple(r[k] for k in ("task", "adapter", "pruner", "sparsity", "large_sparse", "lr"))
-        cells.setdefault(cell, []).append(100 * r["score"])
+        group = tuple(r[k] for k in keys)
+        cells.setdefault((group, *(r[k] for k in CELL_KEYS)), []).append(100 * r["score"])
     variances: dict[tuple, list[float]] = {}
-    for cell, scores in cells.items():
+    for (group, *_), scores in cells.items():
         if len(scores) >= 2:
-            record = dict(
-                zip(("task", "adapter", "pruner", "sparsity", "large_sparse", "lr"), cell)
-            )
-            group = tuple(record[k] for k in keys)
             variances.setdefault(group, []).append(float(np.var(scores, ddof=1)))
     return {g: math.sqrt(sum(v) / len(v)) for g, v in variances.items()}
 
