@@ -23,6 +23,9 @@ PROTOCOL = "v2-validation-split"
 LRS = [3e-4, 1e-3, 3e-3]  # every arm is tuned over these on the validation split
 MAX_SEEDS = 10
 DEFAULT_SEEDS = 5  # where no earlier variance is known
+# at least: a seed sd estimated from v1's 3 seeds is rough, and 2 seeds a side leave a t test
+# about 2 degrees of freedom
+MIN_SEEDS = 3
 
 
 @dataclass(frozen=True)
@@ -90,7 +93,8 @@ def run_name(task: str, adapter: str, arm: Arm, lr: float, seed: int) -> str:
 
 def seeds_for(task: str, adapter: str, v1_records: list[dict], max_seeds: int = MAX_SEEDS) -> int:
     """Seeds per arm from the v1 seed variances of the task and adapter (dense and sparse arms
-    pooled apart) for a standard error of a difference <= 0.5 points, at most ``max_seeds``."""
+    pooled apart) for a standard error of a difference <= 0.5 points, at least ``MIN_SEEDS``
+    and at most ``max_seeds``."""
     sds = seed_sds(
         [{**r, "dense": r["pruner"] == "none"} for r in v1_records if r["adapter"] == adapter],
         ["task", "adapter", "dense"],
@@ -98,7 +102,7 @@ def seeds_for(task: str, adapter: str, v1_records: list[dict], max_seeds: int = 
     dense, sparse = sds.get((task, adapter, True)), sds.get((task, adapter, False))
     if dense is None or sparse is None:
         return DEFAULT_SEEDS
-    return plan_seeds(sparse, dense, max_seeds).seeds
+    return max(MIN_SEEDS, plan_seeds(sparse, dense, max_seeds).seeds)
 
 
 def run_config(

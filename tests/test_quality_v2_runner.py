@@ -145,3 +145,21 @@ def test_quick_run_resumes_and_matches_the_cli_eval(tmp_path, glue_dir):
     assert scored.returncode == 0, scored.stderr[-2000:]
     assert f"dev {run['metric']} = {run['score']:.4f}" in scored.stdout
     assert f"final.json: {run['validation']:.4f}" in scored.stdout
+
+
+def test_seed_plan_has_a_floor():
+    def v1(pruner, seed, score):
+        return {
+            "task": "mrpc",
+            "adapter": "houlsby",
+            "pruner": pruner,
+            "sparsity": 0.4 if pruner == "snip" else 0.0,
+            "large_sparse": 1.0,
+            "lr": 3e-3,
+            "seed": seed,
+            "score": score,
+        }
+
+    # sd 0.1 point: the power calculation asks for 2 seeds, the floor for 3
+    records = [v1(p, s, 0.870 + 0.001 * s) for p in ("none", "snip") for s in (1, 2, 3)]
+    assert grid.seeds_for("mrpc", "houlsby", records) == grid.MIN_SEEDS == 3
