@@ -86,6 +86,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="smoke test: RTE, LoRA, dense and SNIP 40%%, 2 seeds, 2 lrs, 64 examples, 1 epoch",
     )
     args = p.parse_args(argv)
+    if args.seeds is not None and args.seeds < 2:
+        p.error(f"--seeds {args.seeds}: a test needs at least 2 seeds per arm; use 2 or more")
+    if any(lr <= 0 for lr in args.lrs):
+        p.error("--lrs must be positive learning rates, e.g. 3e-4 1e-3 3e-3")
     args.records = record_path(args)
     if args.quick:
         args.tasks, args.adapters, args.arms = ["rte"], ["lora"], ["dense", "snip40"]

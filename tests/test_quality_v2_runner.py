@@ -163,3 +163,14 @@ def test_seed_plan_has_a_floor():
     # sd 0.1 point: the power calculation asks for 2 seeds, the floor for 3
     records = [v1(p, s, 0.870 + 0.001 * s) for p in ("none", "snip") for s in (1, 2, 3)]
     assert grid.seeds_for("mrpc", "houlsby", records) == grid.MIN_SEEDS == 3
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [(["--seeds", "1"], "at least 2 seeds"), (["--lrs", "0"], "positive learning rates")],
+)
+def test_bad_options_get_one_line(argv, message, capsys):
+    runner = benchmark_module("quality_v2")
+    with pytest.raises(SystemExit):
+        runner.parse_args(argv)
+    assert message in capsys.readouterr().err
