@@ -126,13 +126,15 @@ def _claim_table(name: str, rows: list[dict], failures) -> list[str]:
 def _failure_counter(chosen: dict, data_dir: Path, limit: int | None):
     trivial: dict[str, float] = {}
 
-    def count(group: Group, arm: dict) -> int:
+    def count(group: Group, arm: dict, every_lr: bool = False) -> int:
+        """Failed runs of the arm at its chosen rate (``every_lr``: at every rate tried)."""
         task = group[1]
         if task not in trivial:
             trivial[task] = trivial_dev_score(task, data_dir, limit)
         dense = chosen.get((*group, "dense"))
         reference = statistics.median(dev_points(dense)) if dense else trivial[task]
-        return sum(failed(x, trivial[task], reference) for x in dev_points(arm))
+        runs = [r for v in arm["all"].values() for r in v] if every_lr else arm["runs"]
+        return sum(failed(100 * r["score"], trivial[task], reference) for r in runs)
 
     return count, trivial
 
@@ -140,8 +142,8 @@ def _failure_counter(chosen: dict, data_dir: Path, limit: int | None):
 def arms_table(chosen: dict, failures, trivial: dict[str, float]) -> list[str]:
     lines = [
         "| device | task | adapter | arm | lr (validation) | dev mean ± sd | seeds | failures "
-        "(chosen lr) | runs per lr | non-zero trainable |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "(chosen lr) | failures (every lr) | runs per lr | non-zero trainable |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key in sorted(chosen):
         arm = chosen[key]
@@ -152,6 +154,7 @@ def arms_table(chosen: dict, failures, trivial: dict[str, float]) -> list[str]:
         lines.append(
             f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | {arm['lr']:g} | "
             f"{statistics.mean(x):.2f} ± {sd:.2f} | {len(x)} | {failures(key[:3], arm)} | "
+            f"{failures(key[:3], arm, every_lr=True)} | "
             f"{per_lr} | {nonzero:,} |"
         )
     thresholds = [f"{task} {score:.1f}" for task, score in sorted(trivial.items())]

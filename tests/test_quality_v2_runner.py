@@ -75,6 +75,10 @@ def test_failures_are_counted_not_dropped(tiny_glue):
     group = ("cpu", "rte", "houlsby")
     assert count(group, chosen[(*group, "snip40")]) == 1
     assert count(group, chosen[(*group, "dense")]) == 0
+    # a run at a rate not chosen counts among the failures at every rate only
+    chosen = report.choose_lrs([*records, *_group("snip40", [40.0, 45.0, 75.0], lr=3e-3)])
+    assert count(group, chosen[(*group, "snip40")]) == 1
+    assert count(group, chosen[(*group, "snip40")], every_lr=True) == 3
     assert trivial == {"rte": 50.0}
     # the failed run stays in the test: the mean difference is (50 + 69 + 71)/3 − 70
     (row, _) = report.claim_rows(chosen)["1"]
