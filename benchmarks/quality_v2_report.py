@@ -18,6 +18,7 @@ from quality_v2_stats import (
     ALPHA,
     benjamini_hochberg,
     bootstrap_rank_intervals,
+    detectable_difference,
     failed,
     holm,
     non_inferiority,
@@ -148,12 +149,12 @@ def arms_table(chosen: dict, failures, trivial: dict[str, float]) -> list[str]:
     for key in sorted(chosen):
         arm = chosen[key]
         x = dev_points(arm)
-        sd = statistics.stdev(x) if len(x) > 1 else float("nan")
+        spread = f" ± {statistics.stdev(x):.2f}" if len(x) > 1 else ""
         per_lr = ", ".join(f"{lr:g}: {len(v)}" for lr, v in sorted(arm["all"].items()))
         nonzero = arm["runs"][0]["nonzero_trainable"]
         lines.append(
             f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | {arm['lr']:g} | "
-            f"{statistics.mean(x):.2f} ± {sd:.2f} | {len(x)} | {failures(key[:3], arm)} | "
+            f"{statistics.mean(x):.2f}{spread} | {len(x)} | {failures(key[:3], arm)} | "
             f"{failures(key[:3], arm, every_lr=True)} | "
             f"{per_lr} | {nonzero:,} |"
         )
@@ -176,9 +177,12 @@ def seed_plan_lines(chosen: dict, v1: list[dict]) -> list[str]:
             lines.append(f"| {task} | {adapter} | – | {seeds_for(task, adapter, v1)} | – | – | – |")
             continue
         plan = plan_seeds(sparse, dense, MAX_SEEDS)
+        n = seeds_for(task, adapter, v1)  # the plan's, at least MIN_SEEDS
+        se = ((sparse**2 + dense**2) / n) ** 0.5
         lines.append(
-            f"| {task} | {adapter} | {dense:.2f} / {sparse:.2f} | {plan.seeds} | {plan.se:.2f} | "
-            f"{'yes' if plan.affordable else 'no'} | {plan.detectable:.2f} |"
+            f"| {task} | {adapter} | {dense:.2f} / {sparse:.2f} | {n} | {se:.2f} | "
+            f"{'yes' if plan.affordable else 'no'} | "
+            f"{detectable_difference(sparse, dense, n):.2f} |"
         )
     return [*lines, ""]
 
