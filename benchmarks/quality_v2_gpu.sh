@@ -21,11 +21,11 @@ defaults=(--tasks mrpc --adapters houlsby
           --arms dense snip40 snip-random40 snip-rowshuffle40 narrow40)
 if [ $# -eq 0 ]; then set -- "${defaults[@]}"; fi
 common=(--workers "$WORKERS" --runs-dir /tmp/quality_v2_runs --records "$OUT/quality_v2_runs.jsonl")
-# --max-minutes: a worker starts no run that its longest run so far says would end past 8
-# minutes; timeout stops each worker at 9 (finished runs are recorded line by line as they end)
+# --max-minutes: a worker starts no run that its longest run so far says would end past 7.5
+# minutes; timeout stops each worker at 8.5 (finished runs are recorded line by line as they end)
 for i in $(seq 0 $((WORKERS - 1))); do
-    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 timeout 540 "$PYTHON" benchmarks/quality_v2.py "$@" \
-        "${common[@]}" --worker-index "$i" --max-minutes 8 > "$OUT/worker$i.log" 2>&1 &
+    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 timeout 510 "$PYTHON" benchmarks/quality_v2.py "$@" \
+        "${common[@]}" --worker-index "$i" --max-minutes 7.5 > "$OUT/worker$i.log" 2>&1 &
 done
 wait || true
 "$PYTHON" benchmarks/quality_v2.py "$@" "${common[@]}" --report-only
