@@ -64,3 +64,18 @@ def fixed_batches(features: list[dict[str, Any]], tokenizer, size: int) -> list[
     example by training's own collator."""
     collate = PadCollator(tokenizer.pad_token_id or 0)
     return [collate(features[i : i + size]) for i in range(0, len(features), size)]
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries a training run depends on (absent ones left out)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import sparseadapter
+
+    found = {"sparseadapter": sparseadapter.__version__}  # the imported one, installed or not
+    for name in ("torch", "transformers", "peft", "adapters", "accelerate"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return found

@@ -1,0 +1,177 @@
+"""The quality benchmark v2's grid: its arms (dense, sparse and same-budget baselines), the
+claims as tests between arms, the learning rates every arm is tuned over, the seed counts, and
+the run configs they plan.
+
+Run names carry everything that tells runs apart: ``<task>-<adapter>-<arm>-lr<lr>-s<seed>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from quality_grid import EPOCHS, TASKS
+from quality_v2_baselines import SHUFFLED_IN_ROW, SHUFFLED_IN_TENSOR, matched_width
+from quality_v2_data import carve, carved_dir
+from quality_v2_stats import plan_seeds, seed_sds
+
+from sparseadapter.runconfig import RunConfig
+
+PROTOCOL = "v2-validation-split"
+LRS = [3e-4, 1e-3, 3e-3]  # every arm is tuned over these on the validation split
+MAX_SEEDS = 10
+DEFAULT_SEEDS = 5  # where no earlier variance is known
+# at least: a seed sd estimated from v1's 3 seeds is rough, and 2 seeds a side leave a t test
+# about 2 degrees of freedom
+MIN_SEEDS = 3
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One way to train the adapter: its pruner and sparsity, Large-Sparse factor, or a narrow
+    dense adapter at the width that matches ``narrow_to``'s non-zero budget."""
+
+    name: str
+    pruner: str = "none"
+    sparsity: float = 0.0
+    large_sparse: float = 1.0
+    narrow_to: float | None = None
+
+
+def _arms() -> dict[str, Arm]:
+    arms = [Arm("dense"), Arm("ls4-snip75", "snip", 0.75, 4.0)]
+    for s in (0.4, 0.6, 0.8):
+        pct = round(100 * s)
+        arms += [
+            Arm(f"snip{pct}", "snip", s),
+            Arm(f"random{pct}", "random", s),
+            Arm(f"{SHUFFLED_IN_TENSOR}{pct}", SHUFFLED_IN_TENSOR, s),
+            Arm(f"{SHUFFLED_IN_ROW}{pct}", SHUFFLED_IN_ROW, s),
+            Arm(f"narrow{pct}", narrow_to=s),
+        ]
+    return {a.name: a for a in arms}
+
+
+ARMS = _arms()
+SAME_BUDGET = (SHUFFLED_IN_TENSOR, SHUFFLED_IN_ROW, "narrow")
+
+# Each claim: the tests between arms (a, b) it makes, per task and adapter. "noninferior": a is
+# no worse than b by more than the margin (each margin a test of its own); "superior": a > b.
+CLAIMS: dict[str, dict[str, Any]] = {
+    "1": {
+        "title": "SNIP at 40% sparsity is no worse than the dense adapter",
+        "test": "noninferior",
+        "margins": [0.0, 1.0],
+        "pairs": [("snip40", "dense")],
+    },
+    "2": {
+        "title": "Up to 80% sparsity (SNIP and random) stays within 1 point of dense",
+        "test": "noninferior",
+        "margins": [0.0, 1.0],
+        "pairs": [(f"{p}{s}", "dense") for p in ("snip", "random") for s in (40, 60, 80)],
+    },
+    "3": {
+        "title": "Large-Sparse (4x width, 75% sparse, dense budget) beats the dense adapter",
+        "test": "superior",
+        "margins": [0.0],
+        "pairs": [("ls4-snip75", "dense")],
+    },
+    "budget": {
+        "title": "SNIP beats same-budget baselines (its masks shuffled, a narrow dense adapter)",
+        "test": "superior",
+        "margins": [0.0],
+        "pairs": [(f"snip{s}", f"{b}{s}") for s in (40, 60, 80) for b in SAME_BUDGET],
+    },
+}
+
+
+def run_name(task: str, adapter: str, arm: Arm, lr: float, seed: int) -> str:
+    return f"{task}-{adapter}-{arm.name}-lr{lr:g}-s{seed}"
+
+
+def seeds_for(task: str, adapter: str, v1_records: list[dict], max_seeds: int = MAX_SEEDS) -> int:
+    """Seeds per arm from the v1 seed variances of the task and adapter (dense and sparse arms
+    pooled apart) for a standard error of a difference <= 0.5 points, at least ``MIN_SEEDS``
+    and at most ``max_seeds``."""
+    sds = seed_sds(
+        [{**r, "dense": r["pruner"] == "none"} for r in v1_records if r["adapter"] == adapter],
+        ["task", "adapter", "dense"],
+    )
+    dense, sparse = sds.get((task, adapter, True)), sds.get((task, adapter, False))
+    if dense is None or sparse is None:
+        return DEFAULT_SEEDS
+    return max(MIN_SEEDS, plan_seeds(sparse, dense, max_seeds).seeds)
+
+
+def run_config(
+    task: str, adapter: str, arm: Arm, lr: float, seed: int, args: argparse.Namespace
+) -> RunConfig:
+    """The run, trained on the task's carved split (best epoch chosen on validation)."""
+    limit = TASKS[task].get("max_train_samples")
+    data_dir = carve(task, args.data_dir, carved_dir(args.runs_dir / "data", limit), limit=limit)
+    model: dict[str, Any] = {"name": args.model, "adapter": adapter}
+    if arm.large_sparse != 1:
+        model["large_sparse"] = arm.large_sparse
+    if arm.narrow_to is not None:
+        model["width"] = matched_width(args.model, adapter, arm.narrow_to, num_labels(task))[
+            "width"
+        ]
+    data = {
+        "task": task,
+        "data_dir": str(data_dir),
+        "max_length": args.max_length,
+        "group_by_length": True,
+    }
+    if args.max_train_samples:
+        data["max_train_samples"] = args.max_train_samples
+    if args.max_eval_samples:
+        data["max_eval_samples"] = args.max_eval_samples
+    config = {
+        "model": model,
+        "data": data,
+        "prune": {"method": arm.pruner}
+        if arm.pruner == "none"
+        else {"method": arm.pruner, "sparsity": arm.sparsity},
+        "train": {
+            "epochs": args.epochs or EPOCHS[task],
+            "lr": lr,
+            "seed": seed,
+            "batch_size": 32,
+            "checkpoint_every": args.checkpoint_every,
+        },
+        "output": str(args.runs_dir / PROTOCOL / run_name(task, adapter, arm, lr, seed)),
+    }
+    return RunConfig.from_dict(config)
+
+
+def num_labels(task: str) -> int:
+    from sparseadapter.tasks.glue import get_task
+
+    return get_task(task).num_labels
+
+
+def planned(
+    args: argparse.Namespace, v1_records: list[dict]
+) -> list[tuple[str, str, Arm, float, int]]:
+    """(task, adapter, arm, lr, seed) of every run, seed by seed: after seed k every arm has k
+    seeds at every rate, whenever the grid stops."""
+    seeds = {
+        (t, a): args.seeds or seeds_for(t, a, v1_records, args.max_seeds)
+        for t in args.tasks
+        for a in args.adapters
+    }
+    runs = []
+    for seed in range(1, max(seeds.values()) + 1):
+        for task in args.tasks:
+            for adapter in args.adapters:
+                if seed > seeds[task, adapter]:
+                    continue
+                for arm in args.arms:
+                    runs += [(task, adapter, ARMS[arm], lr, seed) for lr in args.lrs]
+    return runs
+
+
+def record_path(args: argparse.Namespace) -> Path:
+    return args.records or args.results_dir / "quality_v2_runs.jsonl"

@@ -1,0 +1,296 @@
+"""The quality benchmark v2's report (``quality_v2.md``), rebuilt from its records alone: each
+arm's learning rate chosen on validation, the claims' tests with intervals and adjusted p-values,
+failure counts, seed plans, rank intervals, and plots of the difference from dense.
+
+Comparisons are made within one device: records of another device form groups of their own."""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+from common import write_text
+from quality_v2_data import trivial_dev_score
+from quality_v2_grid import ARMS, CLAIMS, MAX_SEEDS, seeds_for
+from quality_v2_stats import (
+    ALPHA,
+    benjamini_hochberg,
+    bootstrap_rank_intervals,
+    detectable_difference,
+    failed,
+    holm,
+    non_inferiority,
+    plan_seeds,
+    seed_sds,
+    superiority,
+)
+
+Group = tuple[str, str, str]  # device, task, adapter
+
+
+def choose_lrs(records: list[dict]) -> dict[tuple, dict]:
+    """Per (device, task, adapter, arm): the runs at the rate with the best mean validation
+    score, among the rates with the most seeds (ties: the smaller rate)."""
+    by_lr: dict[tuple, dict[float, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        by_lr[r["device"], r["task"], r["adapter"], r["arm"]][r["lr"]].append(r)
+    chosen = {}
+    for key, lrs in by_lr.items():
+        most = max(len(v) for v in lrs.values())
+        full = {lr: runs for lr, runs in lrs.items() if len(runs) == most}
+        lr = max(full, key=lambda x: (statistics.mean(r["validation"] for r in full[x]), -x))
+        chosen[key] = {"lr": lr, "runs": sorted(full[lr], key=lambda r: r["seed"]), "all": lrs}
+    return chosen
+
+
+def dev_points(arm: dict) -> list[float]:
+    return [100 * r["score"] for r in arm["runs"]]
+
+
+def _test(claim: dict, a: list[float], b: list[float], margin: float):
+    if claim["test"] == "superior":
+        return superiority(a, b)
+    return non_inferiority(a, b, margin)
+
+
+def claim_rows(chosen: dict[tuple, dict]) -> dict[str, list[dict]]:
+    """Per claim: one row per (group, pair, margin) measured with >= 2 seeds a side; p-values
+    adjusted (Holm and Benjamini–Hochberg) over the claim's rows."""
+    groups = sorted({k[:3] for k in chosen})
+    out = {}
+    for name, claim in CLAIMS.items():
+        rows = []
+        for group in groups:
+            for a_name, b_name in claim["pairs"]:
+                a, b = chosen.get((*group, a_name)), chosen.get((*group, b_name))
+                if a is None or b is None or len(a["runs"]) < 2 or len(b["runs"]) < 2:
+                    continue
+                for margin in claim["margins"]:
+                    t = _test(claim, dev_points(a), dev_points(b), margin)
+                    rows.append(
+                        {"group": group, "a": a_name, "b": b_name, "test": t, "arms": (a, b)}
+                    )
+        for key, adjust in (("holm", holm), ("bh", benjamini_hochberg)):
+            for row, p in zip(rows, adjust([r["test"].p for r in rows])):
+                row[key] = p
+        out[name] = rows
+    return out
+
+
+def verdict(row: dict) -> str:
+    t = row["test"]
+    if row["holm"] < ALPHA:
+        return "holds"
+    if t.high < -t.margin:
+        return "fails"  # the whole interval lies on the wrong side
+    return "not settled"
+
+
+def _claim_table(name: str, rows: list[dict], failures) -> list[str]:
+    claim = CLAIMS[name]
+    test = (
+        "one-sided Welch superiority (H0: a − b ≤ 0)"
+        if claim["test"] == "superior"
+        else "one-sided Welch non-inferiority (H0: a − b ≤ −margin)"
+    )
+    lines = [
+        f"### Claim {name}: {claim['title']}",
+        "",
+        f"Test: {test}; a − b in points with its 90% interval (its lower end is the 95% "
+        "one-sided bound); p adjusted over this claim's rows (Holm decides the verdict; "
+        "Benjamini–Hochberg beside it); failures: runs at the chosen rate that scored no better "
+        "than the failure threshold.",
+        "",
+    ]
+    if not rows:
+        return [*lines, "Not measured yet.", ""]
+    lines += [
+        "| device | task | adapter | a | b | margin | a − b | 90% interval | p | p Holm | p BH "
+        "| verdict | seeds a/b | lr a/b | failures a/b |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        t, (a, b) = r["test"], r["arms"]
+        device, task, adapter = r["group"]
+        fa, fb = failures(r["group"], a), failures(r["group"], b)
+        lines.append(
+            f"| {device} | {task} | {adapter} | {r['a']} | {r['b']} | {t.margin:g} | "
+            f"{t.diff:+.2f} | [{t.lower:+.2f}, {t.high:+.2f}] | {t.p:.3f} | {r['holm']:.3f} | "
+            f"{r['bh']:.3f} | {verdict(r)} | {len(a['runs'])}/{len(b['runs'])} | "
+            f"{a['lr']:g}/{b['lr']:g} | {fa}/{fb} |"
+        )
+    return [*lines, ""]
+
+
+def _failure_counter(chosen: dict, data_dir: Path, limit: int | None):
+    trivial: dict[str, float] = {}
+
+    def count(group: Group, arm: dict, every_lr: bool = False) -> int:
+        """Failed runs of the arm at its chosen rate (``every_lr``: at every rate tried)."""
+        task = group[1]
+        if task not in trivial:
+            trivial[task] = trivial_dev_score(task, data_dir, limit)
+        dense = chosen.get((*group, "dense"))
+        reference = statistics.median(dev_points(dense)) if dense else trivial[task]
+        runs = [r for v in arm["all"].values() for r in v] if every_lr else arm["runs"]
+        return sum(failed(100 * r["score"], trivial[task], reference) for r in runs)
+
+    return count, trivial
+
+
+def arms_table(chosen: dict, failures, trivial: dict[str, float]) -> list[str]:
+    lines = [
+        "| device | task | adapter | arm | lr (validation) | dev mean ± sd | seeds | failures "
+        "(chosen lr) | failures (every lr) | runs per lr | non-zero trainable |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key in sorted(chosen):
+        arm = chosen[key]
+        x = dev_points(arm)
+        spread = f" ± {statistics.stdev(x):.2f}" if len(x) > 1 else ""
+        per_lr = ", ".join(f"{lr:g}: {len(v)}" for lr, v in sorted(arm["all"].items()))
+        nonzero = arm["runs"][0]["nonzero_trainable"]
+        lines.append(
+            f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | {arm['lr']:g} | "
+            f"{statistics.mean(x):.2f}{spread} | {len(x)} | {failures(key[:3], arm)} | "
+            f"{failures(key[:3], arm, every_lr=True)} | "
+            f"{per_lr} | {nonzero:,} |"
+        )
+    thresholds = [f"{task} {score:.1f}" for task, score in sorted(trivial.items())]
+    return [*lines, "", f"Trivial predictor on dev (points): {', '.join(thresholds)}.", ""]
+
+
+def seed_plan_lines(chosen: dict, v1: list[dict]) -> list[str]:
+    lines = [
+        "| task | adapter | v1 seed sd dense / sparse | seeds per arm | SE of a difference "
+        "| target reached | smallest difference detected (80% power) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    sds = seed_sds(
+        [{**r, "dense": r["pruner"] == "none"} for r in v1], ["task", "adapter", "dense"]
+    )
+    for task, adapter in sorted({k[1:3] for k in chosen}):
+        dense, sparse = sds.get((task, adapter, True)), sds.get((task, adapter, False))
+        if dense is None or sparse is None:
+            lines.append(f"| {task} | {adapter} | – | {seeds_for(task, adapter, v1)} | – | – | – |")
+            continue
+        plan = plan_seeds(sparse, dense, MAX_SEEDS)
+        n = seeds_for(task, adapter, v1)  # the plan's, at least MIN_SEEDS
+        se = ((sparse**2 + dense**2) / n) ** 0.5
+        lines.append(
+            f"| {task} | {adapter} | {dense:.2f} / {sparse:.2f} | {n} | {se:.2f} | "
+            f"{'yes' if plan.affordable else 'no'} | "
+            f"{detectable_difference(sparse, dense, n):.2f} |"
+        )
+    return [*lines, ""]
+
+
+def ranking_lines(chosen: dict) -> list[str]:
+    lines = []
+    by_group: dict[tuple, dict[str, list[float]]] = defaultdict(dict)
+    for key, arm in chosen.items():
+        spec = ARMS[key[3]]
+        s = spec.narrow_to if spec.narrow_to is not None else spec.sparsity
+        if s and spec.large_sparse == 1 and len(arm["runs"]) >= 2:
+            by_group[(*key[:3], s)][key[3]] = dev_points(arm)
+    for group, scores in sorted(by_group.items()):
+        if len(scores) < 2:
+            continue
+        ranks = bootstrap_rank_intervals(scores)
+        order = sorted(ranks, key=lambda n: ranks[n][0])
+        text = "; ".join(f"{n} {ranks[n][0]:g} [{ranks[n][1]:g}, {ranks[n][2]:g}]" for n in order)
+        lines.append(f"- {group[0]}, {group[1]} {group[2]} at {100 * group[3]:g}%: {text}")
+    if not lines:
+        return ["Not measured yet.", ""]
+    head = "Rank (1 = best) with its 95% bootstrap interval (seeds resampled, 2,000 rounds):"
+    return [head, "", *lines, ""]
+
+
+def plot(chosen: dict, out_dir: Path) -> list[Path]:
+    """Per device, task and adapter: each pruner's difference from dense vs sparsity, with
+    the 90% interval as a band."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    written = []
+    for group in sorted({k[:3] for k in chosen}):
+        dense = chosen.get((*group, "dense"))
+        if dense is None or len(dense["runs"]) < 2:
+            continue
+        lines: dict[str, list[tuple]] = defaultdict(list)
+        for key, arm in chosen.items():
+            spec = ARMS[key[3]]
+            if key[:3] != group or not spec.sparsity or len(arm["runs"]) < 2:
+                continue
+            t = non_inferiority(dev_points(arm), dev_points(dense), 0.0)
+            label = (
+                spec.pruner if spec.large_sparse == 1 else f"{spec.pruner} ls{spec.large_sparse:g}"
+            )
+            lines[label].append((100 * spec.sparsity, t.diff, t.lower, t.high))
+        if not lines:
+            continue
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for label, points in sorted(lines.items()):
+            points.sort()
+            xs, ds, lo, hi = zip(*points)
+            ax.plot(xs, ds, marker="o", label=label)
+            ax.fill_between(xs, lo, hi, alpha=0.2)
+        ax.axhline(0, color="black", lw=0.8)
+        ax.axhline(-1, color="grey", lw=0.8, ls="--")
+        ax.set_xlabel("sparsity (%)")
+        ax.set_ylabel("dev score − dense (points)")
+        ax.set_title(f"{group[1]} {group[2]} ({group[0]})", fontsize=9)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out_dir / f"quality_v2_{group[1]}_{group[2]}_{group[0].replace(' ', '_')}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def report(args: argparse.Namespace) -> Path:
+    from quality_v2 import load_records, v1_records
+
+    records = list(load_records(args.records).values())
+    out_dir = args.records.parent
+    chosen = choose_lrs(records)
+    failures, trivial = _failure_counter(chosen, args.data_dir, args.max_eval_samples)
+    rows = claim_rows(chosen)
+    arms = arms_table(chosen, failures, trivial) if chosen else ["Nothing recorded yet.", ""]
+    lines = [
+        "# Quality benchmark v2",
+        "",
+        f"Rebuilt from `{args.records.name}` ({len(records)} runs) by "
+        "`python benchmarks/quality_v2.py --report-only`. Protocol: see the script's docstring.",
+        "Each arm's learning rate is chosen by its mean score on the validation split carved "
+        "from train; the dev scores below are of that rate, each dev set scored once per run. "
+        "Every run counts in its arm's mean; a run fails when it recovers less than half of the "
+        "dense adapter's gain over the trivial predictor "
+        "(`quality_v2_stats.failure_threshold`), and failures are counted, never dropped.",
+        "",
+        "## Claims",
+        "",
+    ]
+    for name, claim_table in rows.items():
+        lines += _claim_table(name, claim_table, failures)
+    lines += ["## Arms", "", *arms, "## Seeds (from the v1 seed variances)", ""]
+    lines += seed_plan_lines(chosen, v1_records())
+    lines += [
+        "## Ranking of the pruners and baselines at each sparsity",
+        "",
+        *ranking_lines(chosen),
+    ]
+    plots = plot(chosen, out_dir)
+    if plots:
+        lines += ["## Difference from dense vs sparsity (90% interval as a band)", ""]
+        lines += [f"![{p.stem}]({p.name})" for p in plots] + [""]
+    path = out_dir / "quality_v2.md"
+    write_text(path, "\n".join(lines))
+    return path

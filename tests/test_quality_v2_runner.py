@@ -1,0 +1,180 @@
+"""The quality benchmark v2's runner and report: learning rates chosen on validation, the claims'
+tests over the chosen runs, failure counts, and a --quick run end to end (resumable, its dev
+score the one `sparseadapter eval RUN --data-dir` gives)."""
+
+import argparse
+import json
+import subprocess
+import sys
+
+import pytest
+from helpers import BENCHMARKS, benchmark_module
+
+report = benchmark_module("quality_v2_report")
+grid = benchmark_module("quality_v2_grid")
+
+
+def _rec(arm, lr, seed, validation, score, task="rte"):
+    return {
+        "run": f"{task}-houlsby-{arm}-lr{lr:g}-s{seed}",
+        "protocol": grid.PROTOCOL,
+        "device": "cpu",
+        "task": task,
+        "adapter": "houlsby",
+        "arm": arm,
+        "lr": lr,
+        "seed": seed,
+        "validation": validation,
+        "score": score,
+        "nonzero_trainable": 1000,
+    }
+
+
+def test_lr_is_chosen_on_validation_not_dev():
+    records = [
+        # 1e-3: better on validation, worse on dev; 3e-3 the other way round
+        _rec("dense", 1e-3, 1, 0.70, 0.55),
+        _rec("dense", 1e-3, 2, 0.72, 0.56),
+        _rec("dense", 3e-3, 1, 0.60, 0.65),
+        _rec("dense", 3e-3, 2, 0.61, 0.66),
+        _rec("dense", 3e-4, 1, 0.99, 0.99),  # one seed only: not comparable yet
+    ]
+    chosen = report.choose_lrs(records)[("cpu", "rte", "houlsby", "dense")]
+    assert chosen["lr"] == 1e-3
+    assert report.dev_points(chosen) == pytest.approx([55.0, 56.0])
+
+
+def _group(arm, scores, lr=1e-3):
+    return [_rec(arm, lr, s + 1, 0.5, x / 100) for s, x in enumerate(scores)]
+
+
+def test_claim_rows_test_and_adjust_over_each_claim():
+    records = (
+        _group("dense", [60.0, 61.0, 62.0])
+        + _group("snip40", [62.0, 63.0, 64.0])  # +2 points, sd 1: clearly non-inferior
+        + _group("random80", [50.0, 51.0, 52.0])  # −10: clearly worse
+    )
+    rows = report.claim_rows(report.choose_lrs(records))
+    claim1 = rows["1"]
+    assert [(r["a"], r["test"].margin) for r in claim1] == [("snip40", 0.0), ("snip40", 1.0)]
+    assert all(report.verdict(r) == "holds" for r in claim1)
+    # Holm over claim 1's two rows: the smaller p doubled, the larger kept (monotone)
+    ps = sorted(r["test"].p for r in claim1)
+    assert sorted(r["holm"] for r in claim1) == pytest.approx([2 * ps[0], max(2 * ps[0], ps[1])])
+    claim2 = {(r["a"], r["test"].margin): r for r in rows["2"]}
+    assert set(claim2) == {("snip40", 0.0), ("snip40", 1.0), ("random80", 0.0), ("random80", 1.0)}
+    assert report.verdict(claim2["random80", 1.0]) == "fails"
+    assert rows["3"] == [] and rows["budget"] == []
+
+
+def test_failures_are_counted_not_dropped(tiny_glue):
+    # tiny RTE dev: trivial accuracy 50; dense median 70 → threshold 60: one snip run fails
+    records = _group("dense", [68.0, 70.0, 72.0]) + _group("snip40", [50.0, 69.0, 71.0])
+    chosen = report.choose_lrs(records)
+    count, trivial = report._failure_counter(chosen, tiny_glue, None)
+    group = ("cpu", "rte", "houlsby")
+    assert count(group, chosen[(*group, "snip40")]) == 1
+    assert count(group, chosen[(*group, "dense")]) == 0
+    # a run at a rate not chosen counts among the failures at every rate only
+    chosen = report.choose_lrs([*records, *_group("snip40", [40.0, 45.0, 75.0], lr=3e-3)])
+    assert count(group, chosen[(*group, "snip40")]) == 1
+    assert count(group, chosen[(*group, "snip40")], every_lr=True) == 3
+    assert trivial == {"rte": 50.0}
+    # the failed run stays in the test: the mean difference is (50 + 69 + 71)/3 − 70
+    (row, _) = report.claim_rows(chosen)["1"]
+    assert row["test"].diff == pytest.approx(190 / 3 - 70)
+
+
+def test_planned_runs_go_seed_by_seed():
+    args = argparse.Namespace(
+        tasks=["rte"], adapters=["houlsby"], arms=["dense", "snip40"], lrs=[1e-3, 3e-3], seeds=2
+    )
+    plan = grid.planned(args, [])
+    assert [(arm.name, lr, seed) for _, _, arm, lr, seed in plan] == [
+        ("dense", 1e-3, 1),
+        ("dense", 3e-3, 1),
+        ("snip40", 1e-3, 1),
+        ("snip40", 3e-3, 1),
+        ("dense", 1e-3, 2),
+        ("dense", 3e-3, 2),
+        ("snip40", 1e-3, 2),
+        ("snip40", 3e-3, 2),
+    ]
+
+
+def test_seeds_follow_v1_variances():
+    def v1(pruner, seed, score):
+        return {
+            "task": "mrpc",
+            "adapter": "houlsby",
+            "pruner": pruner,
+            "sparsity": 0.4 if pruner == "snip" else 0.0,
+            "large_sparse": 1.0,
+            "lr": 3e-3,
+            "seed": seed,
+            "score": score,
+        }
+
+    # sd 1 point in both arms: (1 + 1) / 0.5² = 8 seeds
+    records = [v1("none", 1, 0.86), v1("none", 2, 0.87), v1("none", 3, 0.88)]
+    records += [v1("snip", 1, 0.86), v1("snip", 2, 0.87), v1("snip", 3, 0.88)]
+    assert grid.seeds_for("mrpc", "houlsby", records) == 8
+    assert grid.seeds_for("rte", "houlsby", records) == grid.DEFAULT_SEEDS  # nothing known
+
+
+@pytest.mark.slow
+def test_quick_run_resumes_and_matches_the_cli_eval(tmp_path, glue_dir):
+    cmd = [
+        sys.executable,
+        str(BENCHMARKS / "quality_v2.py"),
+        "--quick",
+        "--runs-dir",
+        str(tmp_path),
+    ]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stderr[-3000:]
+    path = tmp_path / "quality_v2_runs.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(records) == 8  # 2 arms × 2 lrs × 2 seeds
+    assert all({"device", "torch", "versions"} <= r.keys() for r in records)
+    assert all(r["versions"]["transformers"] and r["versions"]["torch"] for r in records)
+    assert "### Claim 1" in (tmp_path / "quality_v2.md").read_text()
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0 and len(path.read_text().splitlines()) == 8
+    # the carved split: validation came from train, the real dev set was scored afterwards
+    run = records[-1]
+    eval_cmd = [sys.executable, "-m", "sparseadapter", "eval"]
+    eval_cmd += [str(tmp_path / grid.PROTOCOL / run["run"]), "--data-dir", str(glue_dir)]
+    scored = subprocess.run(eval_cmd, capture_output=True, text=True, timeout=600)
+    assert scored.returncode == 0, scored.stderr[-2000:]
+    assert f"dev {run['metric']} = {run['score']:.4f}" in scored.stdout
+    assert f"final.json: {run['validation']:.4f}" in scored.stdout
+
+
+def test_seed_plan_has_a_floor():
+    def v1(pruner, seed, score):
+        return {
+            "task": "mrpc",
+            "adapter": "houlsby",
+            "pruner": pruner,
+            "sparsity": 0.4 if pruner == "snip" else 0.0,
+            "large_sparse": 1.0,
+            "lr": 3e-3,
+            "seed": seed,
+            "score": score,
+        }
+
+    # sd 0.1 point: the power calculation asks for 2 seeds, the floor for 3
+    records = [v1(p, s, 0.870 + 0.001 * s) for p in ("none", "snip") for s in (1, 2, 3)]
+    assert grid.seeds_for("mrpc", "houlsby", records) == grid.MIN_SEEDS == 3
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [(["--seeds", "1"], "at least 2 seeds"), (["--lrs", "0"], "positive learning rates")],
+)
+def test_bad_options_get_one_line(argv, message, capsys):
+    runner = benchmark_module("quality_v2")
+    with pytest.raises(SystemExit):
+        runner.parse_args(argv)
+    assert message in capsys.readouterr().err
