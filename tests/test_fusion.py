@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,7 +17,9 @@ import pytest
 import safetensors.torch
 import torch
 
-from sparseadapter.cli import main
+from sparseadapter.cli import _run_config, build_parser, main
+from sparseadapter.errors import CheckpointError, ConfigError
+from sparseadapter.train import train
 
 pytestmark = pytest.mark.adapterhub
 
@@ -175,21 +178,23 @@ def test_adapterhub_export_loads_without_sparseadapter(fusion_run, tiny_bert, tm
 
 
 @pytest.mark.parametrize(
-    ("fuse", "fragment"),
+    ("fuse", "error", "fragment"),
     [
-        (["rte"], "at least two task adapters, got 1"),
-        (["rte", "rte"], "twice"),
-        (["rte", "copy"], "holds the same task adapter as"),
-        (["rte", "missing"], "does not exist"),
-        (["rte", "unfinished"], "has not finished"),
-        (["rte", "lora"], "fuses bottleneck adapters"),
-        (["rte", "pfeiffer"], "must share one adapter type"),
-        (["rte", "other_base"], "another base model"),
+        (["rte"], ConfigError, "at least two task adapters, got 1"),
+        (["rte", "rte"], ConfigError, "twice"),
+        (["rte", "copy"], ConfigError, "holds the same task adapter as"),
+        (["rte", "missing"], ConfigError, "does not exist"),
+        (["rte", "unfinished"], ConfigError, "has not finished"),
+        (["rte", "lora"], ConfigError, "fuses bottleneck adapters"),
+        (["rte", "pfeiffer"], ConfigError, "must share one adapter type"),
+        (["rte", "other_base"], CheckpointError, "was saved on another base model"),
     ],
 )
 def test_runs_that_cannot_be_fused_are_refused_in_one_line(
-    fuse, fragment, task_runs, tiny_bert, tiny_glue, tmp_path, capsys
+    fuse, error, fragment, task_runs, tiny_bert, tiny_glue, tmp_path, capsys
 ):
+    """On the command line one line and exit code 2; in Python the exception ``error``
+    (ConfigError, or CheckpointError for a run on another base model)."""
     shutil.copytree(task_runs["rte"], tmp_path / "copy")
     unfinished = tmp_path / "unfinished"
     shutil.copytree(task_runs["stsb"], unfinished)
@@ -198,11 +203,14 @@ def test_runs_that_cannot_be_fused_are_refused_in_one_line(
     paths["unfinished"] = unfinished
     output = tmp_path / "out"
     options = ["--adapter", "fusion", "--fuse", *(str(paths[name]) for name in fuse)]
+    argv = [*flags(tiny_bert, tiny_glue, output, "rte"), *options]
     capsys.readouterr()
-    assert main([*flags(tiny_bert, tiny_glue, output, "rte"), *options]) == 2
+    assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and fragment in err, err
     assert not output.exists()
+    with pytest.raises(error, match=re.escape(fragment)):
+        train(_run_config(build_parser().parse_args(argv)), quiet=True)
 
 
 def test_fuse_needs_the_fusion_adapter(task_runs, tiny_bert, tiny_glue, tmp_path, capsys):
@@ -222,10 +230,14 @@ def test_a_damaged_fusion_file_is_refused_in_one_line(fusion_run, tmp_path, caps
     assert main(["eval", str(copy)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "fails its SHA-256 check" in err, err
+    from sparseadapter.rundir import finished_run, load_run_model
+    from sparseadapter.tasks.glue import get_task
+
+    with pytest.raises(CheckpointError, match="fails its SHA-256 check"):
+        load_run_model(copy, finished_run(copy), get_task("rte"))
 
 
 def test_fused_runs_are_a_list_in_yaml_and_set(tmp_path):
-    from sparseadapter.errors import ConfigError
     from sparseadapter.runconfig import resolve
 
     (tmp_path / "run.yaml").write_text("model:\n  adapter: fusion\n  fuse: [runs/a, runs/b]\n")
