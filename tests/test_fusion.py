@@ -151,6 +151,9 @@ def test_adapterhub_export_loads_without_sparseadapter(fusion_run, tiny_bert, tm
     from sparseadapter.rundir import finished_run, load_run_model
     from sparseadapter.tasks.glue import get_task
 
+    for other in ("sparse", "peft"):
+        assert main(["export", str(fusion_run), "--format", other]) == 2
+        assert "exports as format 'adapterhub'" in capsys.readouterr().err
     assert main(["export", str(fusion_run), "--format", "adapterhub"]) == 0
     export = fusion_run / "export-adapterhub"
     model, _ = load_run_model(fusion_run, finished_run(fusion_run), get_task("rte"))

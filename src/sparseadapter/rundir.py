@@ -307,16 +307,16 @@ def export_run(
             f"a full fine-tuning run has no adapter to export: {run_dir / MODEL_DIR} already is "
             "a plain Hugging Face model folder"
         )
+    if config.model.is_fusion and format != "adapterhub":
+        raise ConfigError(
+            f"an AdapterFusion run exports as format 'adapterhub', not {format!r}; its "
+            f"compact files already are {run_dir / ADAPTER_DIR} and {run_dir / FUSED_DIR}"
+        )
     model, _ = load_run_model(run_dir, config, get_task(config.data.task))
     target = Path(output) if output else run_dir / f"{EXPORT_PREFIX}{format}"
     if config.model.is_fusion:
         from sparseadapter.fusion import export_fusion
 
-        if format != "adapterhub":
-            raise ConfigError(
-                f"an AdapterFusion run exports as format 'adapterhub', not {format!r}; its "
-                f"compact files already are {run_dir / ADAPTER_DIR} and {run_dir / FUSED_DIR}"
-            )
         return export_fusion(model, target, overwrite=overwrite)
     if format == "sparse":
         return save_sparse(model, target, overwrite=overwrite)
