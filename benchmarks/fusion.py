@@ -8,8 +8,8 @@ For each target task (RTE by default; MRPC with ``--targets``), the Houlsby task
 other tasks of SST-2, MRPC/RTE, CoLA and STS-B are trained once (seed 1), dense and SNIP-40%,
 then fused for the target: fusion over the dense task adapters or over the SNIP-40% ones, the
 fusion layer dense or SNIP-pruned to 40%, against the single-task Houlsby adapter on the target
-(dense and SNIP-40%), every target run over ``--seeds``. Training sets are capped at
-``--train-examples`` (2,000) for CPU; everything else is the CLI's defaults (lr 1e-3, batch 32,
+(dense and SNIP-40%), every target run over ``--seeds``. Training sets are capped for CPU
+(``--source-examples``, ``--train-examples``: 2,000 each); everything else is the CLI's defaults (lr 1e-3, batch 32,
 max length 128, best epoch on dev), with length-grouped batches for speed.
 
 Every finished run is appended to ``benchmarks/results/fusion_runs.jsonl`` and never trained
@@ -52,7 +52,9 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("--targets", nargs="+", default=["rte"], choices=["rte", "mrpc"])
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    p.add_argument("--train-examples", type=int, default=2000)
+    p.add_argument("--source-examples", type=int, default=2000, help="task adapters' training cap")
+    p.add_argument("--train-examples", type=int, default=2000, help="target runs' training cap")
+    p.add_argument("--eval-examples", type=int, help="dev examples per run (default: all)")
     p.add_argument("--source-epochs", type=int, default=3)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--runs-dir", type=Path, default=Path("runs/fusion-benchmark"))
@@ -68,12 +70,13 @@ def load_records(path: Path) -> dict[str, dict[str, Any]]:
     return {r["key"]: r for r in map(json.loads, filter(None, lines))}
 
 
-def common_flags(args, task: str, epochs: int, seed: int, output: Path) -> list[str]:
+def common_flags(args, task: str, examples: int, epochs: int, seed: int, output: Path) -> list[str]:
     return [
         "train", "--task", task, "--data-dir", str(args.data_dir), "--model", "minilm",
-        "--max-train-samples", str(args.train_examples), "--epochs", str(epochs),
+        "--max-train-samples", str(examples), "--epochs", str(epochs),
         "--seed", str(seed), "--checkpoint-every", "0", "--output", str(output), "--quiet",
         "--set", "data.group_by_length=true",
+        *(["--max-eval-samples", str(args.eval_examples)] if args.eval_examples else []),
     ]  # fmt: skip
 
 
@@ -117,7 +120,8 @@ def train(args, key: str, argv: list[str], records: dict[str, dict], extra: dict
 def source_run(args, task: str, pruned: bool, records: dict) -> Path:
     name = f"source-{task}-houlsby-{'snip40' if pruned else 'dense'}"
     output = args.runs_dir / name
-    argv = [*common_flags(args, task, args.source_epochs, SOURCE_SEED, output), "--adapter"]
+    flags = common_flags(args, task, args.source_examples, args.source_epochs, SOURCE_SEED, output)
+    argv = [*flags, "--adapter"]
     extra = {"role": "source", "task": task, "task_adapters_pruned": pruned}
     train(args, name, [*argv, "houlsby", *pruning(pruned)], records, extra)
     if not (output / "final.json").is_file():
@@ -130,7 +134,7 @@ def target_run(args, target: str, variant: str, seed: int, records: dict) -> dic
     _, is_fusion, sources_pruned, pruned = VARIANTS[variant]
     key = f"{target}-{variant}-s{seed}"
     output = args.runs_dir / key.replace("/", "_")
-    argv = common_flags(args, target, args.epochs, seed, output)
+    argv = common_flags(args, target, args.train_examples, args.epochs, seed, output)
     if is_fusion:
         sources = [t for t in SOURCE_TASKS if t != target]
         fused = [str(source_run(args, t, sources_pruned, records)) for t in sources]
@@ -198,15 +202,34 @@ def report(records: dict[str, dict]) -> str:
             f"{100 * c['mean']:.1f} ± {100 * c['std']:.1f} | {delta} | {c['collapsed']} | "
             f"{c['trainable']:,} ({c['nonzero_trainable']:,}) | {c['seconds']:.0f} |"
         )
+    targets = [r for r in records.values() if r["role"] == "target"]
     lines += [
         "",
-        "Task adapters (seed 1): "
+        "Target runs: "
+        + ", ".join(
+            sorted(
+                {
+                    f"{r['train_examples']:,} training examples x {r['epochs']} epochs"
+                    for r in targets
+                }
+            )
+        )
+        + ". Task adapters (seed 1): "
         + "; ".join(
             f"{r['task']} {'SNIP 40%' if r['task_adapters_pruned'] else 'dense'} "
             f"{r['main_metric']} {100 * r['score']:.1f}"
             for r in sources
         )
-        + f"; {sources[0]['train_examples'] if sources else 0:,} training examples each.",
+        + "; "
+        + ", ".join(
+            sorted(
+                {
+                    f"{r['train_examples']:,} training examples x {r['epochs']} epochs"
+                    for r in sources
+                }
+            )
+        )
+        + " each.",
         "",
     ]
     return "\n".join(lines)
