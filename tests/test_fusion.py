@@ -188,6 +188,7 @@ def test_adapterhub_export_loads_without_sparseadapter(fusion_run, tiny_bert, tm
         (["rte", "copy"], ConfigError, "holds the same task adapter as"),
         (["rte", "missing"], ConfigError, "does not exist"),
         (["rte", "unfinished"], ConfigError, "has not finished"),
+        (["rte", "interrupted"], ConfigError, "only an interrupted .partial run"),
         (["rte", "lora"], ConfigError, "fuses bottleneck adapters"),
         (["rte", "pfeiffer"], ConfigError, "must share one adapter type"),
         (["rte", "other_base"], CheckpointError, "was saved on another base model"),
@@ -203,7 +204,8 @@ def test_runs_that_cannot_be_fused_are_refused_in_one_line(
     shutil.copytree(task_runs["stsb"], unfinished)
     (unfinished / "final.json").unlink()
     paths = {**task_runs, "copy": tmp_path / "copy", "missing": tmp_path / "missing"}
-    paths["unfinished"] = unfinished
+    (tmp_path / "interrupted.partial").mkdir()  # a run that never finished leaves only this
+    paths["unfinished"], paths["interrupted"] = unfinished, tmp_path / "interrupted"
     output = tmp_path / "out"
     options = ["--adapter", "fusion", "--fuse", *(str(paths[name]) for name in fuse)]
     argv = [*flags(tiny_bert, tiny_glue, output, "rte"), *options]

@@ -52,21 +52,22 @@ class TaskAdapter:
 
 
 def _source_config(run: Path) -> RunConfig:
-    if not run.is_dir():
+    if (run / FINAL_FILE).is_file():
+        return RunConfig.from_dict(load_yaml(run / CONFIG_FILE))
+    if run.name.endswith(PARTIAL_SUFFIX) or run.with_name(run.name + PARTIAL_SUFFIX).exists():
         raise ConfigError(
-            f"fused run {run} does not exist; pass the output folder of a finished "
-            "`sparseadapter train` run"
+            f"fused run {run} has not finished (only an interrupted .partial run): finish it "
+            "first (sparseadapter train --resume) or fuse another run"
         )
-    if not (run / FINAL_FILE).is_file():
-        unfinished = run.with_name(run.name + PARTIAL_SUFFIX).exists() or run.name.endswith(
-            PARTIAL_SUFFIX
-        )
+    if run.is_dir():
         raise ConfigError(
-            f"fused run {run} has not finished (no {FINAL_FILE}"
-            + (", only an interrupted .partial run" if unfinished else "")
-            + "); finish it first (sparseadapter train --resume) or fuse another run"
+            f"fused run {run} has not finished (no {FINAL_FILE}): pass the output folder of a "
+            "finished `sparseadapter train` run"
         )
-    return RunConfig.from_dict(load_yaml(run / CONFIG_FILE))
+    raise ConfigError(
+        f"fused run {run} does not exist; pass the output folder of a finished "
+        "`sparseadapter train` run"
+    )
 
 
 def task_adapters_from_runs(runs: Sequence[str | Path]) -> list[TaskAdapter]:
