@@ -188,7 +188,7 @@ def report(records: dict[str, dict]) -> str:
         "# AdapterFusion on MiniLM-L6 (CPU)",
         "",
         "Written by `python benchmarks/fusion.py` from `fusion_runs.jsonl`. Scores are dev "
-        "metrics x100 (RTE accuracy, MRPC F1); mean ± standard deviation over seeds; Δ = "
+        "metrics x100 (RTE accuracy, MRPC F1); mean (± standard deviation where there are several seeds); Δ = "
         "difference to the single-task dense Houlsby adapter on the same task.",
         "",
         "| target | variant | seeds | score | Δ vs single dense | collapsed | trainable "
@@ -197,9 +197,10 @@ def report(records: dict[str, dict]) -> str:
     ]
     for c in rows:
         delta = "" if c["vs_single_dense"] is None else f"{100 * c['vs_single_dense']:+.1f}"
+        spread = f" ± {100 * c['std']:.1f}" if c["seeds"] > 1 else ""
         lines.append(
             f"| {c['target']} | {c['description']} | {c['seeds']} | "
-            f"{100 * c['mean']:.1f} ± {100 * c['std']:.1f} | {delta} | {c['collapsed']} | "
+            f"{100 * c['mean']:.1f}{spread} | {delta} | {c['collapsed']} | "
             f"{c['trainable']:,} ({c['nonzero_trainable']:,}) | {c['seconds']:.0f} |"
         )
     targets = [r for r in records.values() if r["role"] == "target"]
