@@ -215,6 +215,19 @@ CASES = [
          "ConfigError", "has no grid", test="tests/test_data_safety.py::test_a_sweep_without_a_grid_is_refused"),
     Case("resume-damaged-api", "a training checkpoint with flipped bytes", "`read_checkpoint(path)`",
          "CheckpointError", "fails its SHA-256 check", test="tests/test_data_safety.py::test_a_damaged_resume_checkpoint_is_refused"),
+    # --- AdapterFusion ------------------------------------------------------------------------
+    Case("fuse-one", "fewer than two runs to fuse", "`train --adapter fusion --fuse RUN`",
+         "ConfigError", "fuses at least two task adapters", test="tests/test_fusion.py::test_runs_that_cannot_be_fused_are_refused_in_one_line"),
+    Case("fuse-twice", "one task adapter given twice", "`--fuse RUN RUN`, or RUN and a copy of it",
+         "ConfigError", "holds the same task adapter as", test="tests/test_fusion.py::test_runs_that_cannot_be_fused_are_refused_in_one_line"),
+    Case("fuse-unfinished", "a fused run that is missing or unfinished", "`--fuse RUN MISSING`",
+         "ConfigError", "has not finished", test="tests/test_fusion.py::test_runs_that_cannot_be_fused_are_refused_in_one_line"),
+    Case("fuse-not-bottleneck", "a fused run that is not a bottleneck adapter (or of another type)", "`--fuse HOULSBY_RUN LORA_RUN`",
+         "ConfigError", "fuses bottleneck adapters", test="tests/test_fusion.py::test_runs_that_cannot_be_fused_are_refused_in_one_line"),
+    Case("fuse-other-base", "a fused run trained on another base model", "`--fuse RUN RUN_ON_OTHER_MODEL`",
+         "CheckpointError", "was saved on another base model", test="tests/test_fusion.py::test_runs_that_cannot_be_fused_are_refused_in_one_line"),
+    Case("fusion-damaged", "a fusion run whose fusion file was modified", "`eval FUSION_RUN`",
+         "CheckpointError", "fails its SHA-256 check", test="tests/test_fusion.py::test_a_damaged_fusion_file_is_refused_in_one_line"),
 ]  # fmt: skip
 
 

@@ -31,6 +31,10 @@ class ParameterReport:
     prunable: int
     nonzero_trainable: int
     nonzero_prunable: int
+    # frozen adapters the model carries (an AdapterFusion's task adapters), counted apart from
+    # the trainable ones
+    frozen_adapters: int = 0
+    nonzero_frozen_adapters: int = 0
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -40,11 +44,18 @@ class ParameterReport:
             f"total={self.total:,} trainable={self.trainable:,} prunable={self.prunable:,} "
             f"non-zero trainable={self.nonzero_trainable:,} "
             f"non-zero prunable={self.nonzero_prunable:,}"
+            + (
+                f" frozen adapters={self.frozen_adapters:,} "
+                f"(non-zero {self.nonzero_frozen_adapters:,})"
+                if self.frozen_adapters
+                else ""
+            )
         )
 
 
 def parameter_report(model: nn.Module, config: SparsityConfig | None = None) -> ParameterReport:
-    """Total, trainable, prunable and non-zero parameter counts (shared tensors counted once)."""
+    """Total, trainable, prunable and non-zero parameter counts (shared tensors counted once);
+    the weights of frozen AdapterHub adapters (an AdapterFusion's task adapters) apart."""
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model must be a torch nn.Module, got {type(model).__name__}")
     config = config or SparsityConfig()
@@ -54,13 +65,27 @@ def parameter_report(model: nn.Module, config: SparsityConfig | None = None) -> 
         prunable = list(prunable_parameters(model, config).values())
     except NoPrunableWeightsError:
         prunable = []
+    frozen = _frozen_adapter_parameters(model)
     return ParameterReport(
         total=sum(p.numel() for p in params),
         trainable=sum(p.numel() for p in trainable),
         prunable=sum(p.numel() for p in prunable),
         nonzero_trainable=sum(int(p.count_nonzero()) for p in trainable),
         nonzero_prunable=sum(int(p.count_nonzero()) for p in prunable),
+        frozen_adapters=sum(p.numel() for p in frozen),
+        nonzero_frozen_adapters=sum(int(p.count_nonzero()) for p in frozen),
     )
+
+
+def _frozen_adapter_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Frozen parameters inside an AdapterHub adapter (a module path part is its name)."""
+    adapters_config = getattr(model, "adapters_config", None)
+    names = set(getattr(adapters_config, "adapters", None) or ())
+    if not names:
+        return []
+    return [
+        p for n, p in model.named_parameters() if not p.requires_grad and names & set(n.split("."))
+    ]
 
 
 def _scaled(value: float, factor: float, what: str) -> int:

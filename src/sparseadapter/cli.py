@@ -118,6 +118,14 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
             help=f"{_help(key)} [{key}]",
         )
     parser.add_argument(
+        "--fuse",
+        dest="model.fuse",
+        nargs="+",
+        default=None,
+        metavar="RUN",
+        help=f"{_help('model.fuse')} [model.fuse]",
+    )
+    parser.add_argument(
         "--full-finetune",
         action="store_true",
         help="Baseline: train every weight, no adapter and no pruning (lr default 5e-5).",
@@ -196,7 +204,9 @@ def _run_config(args: argparse.Namespace, base: dict[str, Any] | None = None) ->
     from sparseadapter.runconfig import FULL_FINETUNE, resolve
 
     flags: dict[str, Any] = {
-        key: getattr(args, key) for key, _ in RUN_FLAGS.values() if getattr(args, key) is not None
+        key: getattr(args, key)
+        for key in [*(k for k, _ in RUN_FLAGS.values()), "model.fuse"]
+        if getattr(args, key) is not None
     }
     if args.full_finetune:
         if "model.adapter" in flags:

@@ -25,6 +25,7 @@ from sparseadapter.errors import ConfigError, not_utf8_message, shown
 from sparseadapter.optional import has_adapterhub
 
 FULL_FINETUNE = "full"
+FUSION = "fusion"
 NO_PRUNING = "none"
 MIXED_PRECISION = ("no", "bf16", "fp16")
 SELECTIONS = ("best", "last")
@@ -50,8 +51,8 @@ class ModelConfig:
         default=DEFAULT_ADAPTER,
         metadata={
             "help": "houlsby (default; lora where AdapterHub is not installed), pfeiffer, "
-            "parallel, mam, prefix, lora, ia3, or 'full' for full fine-tuning (no adapter, no "
-            "pruning)."
+            "parallel, mam, prefix, lora, ia3, 'fusion' (AdapterFusion of the model.fuse runs' "
+            "task adapters), or 'full' for full fine-tuning (no adapter, no pruning)."
         },
     )
     library: str = field(
@@ -76,15 +77,27 @@ class ModelConfig:
         },
     )
 
+    fuse: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "With adapter 'fusion': the finished runs (two or more, bottleneck adapters "
+            "of one type) whose task adapters are fused."
+        },
+    )
+
     def __post_init__(self) -> None:
         from sparseadapter.adapters import ADAPTERS, resolve_library
 
-        valid = (*ADAPTERS, FULL_FINETUNE)
+        valid = (*ADAPTERS, FUSION, FULL_FINETUNE)
         if self.adapter not in valid:
             raise ConfigError(
                 f"unknown adapter {shown(self.adapter)}; use one of: {', '.join(valid)}"
             )
-        if not self.is_full_finetune:
+        if self.is_fusion:
+            self._check_fusion()
+        elif self.fuse is not None:
+            raise ConfigError("--fuse RUN ... goes with --adapter fusion: add it, or drop --fuse")
+        elif not self.is_full_finetune:
             resolve_library(self.adapter, self.library)
         if not 1 <= self.large_sparse < math.inf:
             raise ConfigError(
@@ -97,9 +110,33 @@ class ModelConfig:
                 "or choose an adapter"
             )
 
+    def _check_fusion(self) -> None:
+        if self.library not in ("auto", "adapterhub"):
+            raise ConfigError(
+                f"AdapterFusion is an AdapterHub adapter, not a {shown(self.library)} one: use "
+                "library 'auto' or 'adapterhub'"
+            )
+        if self.width is not None or self.large_sparse != 1:
+            raise ConfigError(
+                "an AdapterFusion layer has no width to set or widen: drop width/large_sparse"
+            )
+        runs = [str(Path(run)) for run in self.fuse or []]
+        if len(runs) < 2:
+            raise ConfigError(
+                f"AdapterFusion fuses at least two task adapters, got {len(runs)}: pass two or "
+                "more finished runs with --fuse RUN RUN ..."
+            )
+        twice = sorted({run for run in runs if runs.count(run) > 1})
+        if twice:
+            raise ConfigError(f"--fuse names {twice[0]} twice: give each task adapter's run once")
+
     @property
     def is_full_finetune(self) -> bool:
         return self.adapter == FULL_FINETUNE
+
+    @property
+    def is_fusion(self) -> bool:
+        return self.adapter == FUSION
 
 
 @dataclass
@@ -480,6 +517,10 @@ def _build(cls: type, section: str, values: dict[str, Any]) -> Any:
 def _coerce(name: str, value: Any, hint: Any) -> Any:
     """``value`` checked against a simple type hint (int, float, str, bool, X | None)."""
     allowed = typing.get_args(hint) or (hint,)
+    if value is not None and list[str] in allowed:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{name} must be a list of strings, got {shown(value)}")
+        return list(value)
     if value is None:
         if type(None) in allowed:
             return None

@@ -35,10 +35,20 @@ LOG_FILE = "log.txt"
 ADAPTER_DIR = "adapter"
 MODEL_DIR = "model"
 LOGS_DIR = "logs"  # the experiment trackers' files (train.report_to)
+FUSED_DIR = "fused"  # an AdapterFusion run's copies of its task adapters
 PARTIAL_SUFFIX = ".partial"
 PARTIAL_MARKER = ".sparseadapter-run"  # the first file of every .partial folder a run makes
 # What a finished run folder may hold: its own files, and exports made into it.
-RUN_ENTRIES = (CONFIG_FILE, EPOCHS_FILE, FINAL_FILE, LOG_FILE, ADAPTER_DIR, MODEL_DIR, LOGS_DIR)
+RUN_ENTRIES = (
+    CONFIG_FILE,
+    EPOCHS_FILE,
+    FINAL_FILE,
+    LOG_FILE,
+    ADAPTER_DIR,
+    MODEL_DIR,
+    LOGS_DIR,
+    FUSED_DIR,
+)
 EXPORT_PREFIX = "export-"
 
 
@@ -251,13 +261,27 @@ def save_run_model(model: nn.Module, tokenizer, folder: Path, config: RunConfig)
     if config.model.is_full_finetune:
         model.save_pretrained(folder / MODEL_DIR)
         tokenizer.save_pretrained(folder / MODEL_DIR)
+    elif config.model.is_fusion:
+        from sparseadapter.fusion import save_fusion_run, task_adapters_from_runs
+
+        save_fusion_run(model, folder, task_adapters_from_runs(config.model.fuse or []))
     else:
         save_sparse(model, folder / ADAPTER_DIR)
 
 
-def build_run_model(config: RunConfig, task: Task) -> tuple[nn.Module, str]:
-    """The backbone with the run's adapter (or fully trainable), and the resolved model path."""
+def build_run_model(
+    config: RunConfig, task: Task, run_dir: Path | None = None
+) -> tuple[nn.Module, str]:
+    """The backbone with the run's adapter (or fully trainable), and the resolved model path.
+
+    An AdapterFusion takes its task adapters from the fused runs, or from the copies in
+    ``run_dir`` when it rebuilds a finished run."""
     model_path = resolve_model(config.model.name)
+    if config.model.is_fusion:
+        from sparseadapter.fusion import build_fusion_model
+
+        model = build_fusion_model(config, task.num_labels, task.problem_type, model_path, run_dir)
+        return model, model_path
     model, _ = build_model(
         model_path,
         task.num_labels,
@@ -288,7 +312,16 @@ def load_run_model(
     if config.model.is_full_finetune:
         path = str(run_dir / MODEL_DIR)
         return load_model(path, task.num_labels, task.problem_type, task.head), path
-    model, path = build_run_model(config, task)
+    model, path = build_run_model(config, task, run_dir)
+    if config.model.is_fusion:
+        from sparseadapter.fusion import load_fusion
+
+        if checkpoint is not None:
+            raise ConfigError(
+                f"{run_dir} is an AdapterFusion run: --checkpoint replaces a single adapter's "
+                "file; drop --checkpoint"
+            )
+        return load_fusion(model, run_dir / ADAPTER_DIR), path
     return load_sparse(model, Path(checkpoint) if checkpoint else run_dir / ADAPTER_DIR), path
 
 
@@ -315,8 +348,17 @@ def export_run(
             f"a full fine-tuning run has no adapter to export: {run_dir / MODEL_DIR} already is "
             "a plain Hugging Face model folder"
         )
+    if config.model.is_fusion and format != "adapterhub":
+        raise ConfigError(
+            f"an AdapterFusion run exports as format 'adapterhub', not {format!r}; its "
+            f"compact files already are {run_dir / ADAPTER_DIR} and {run_dir / FUSED_DIR}"
+        )
     model, _ = load_run_model(run_dir, config, get_task(config.data.task, config.data))
     target = Path(output) if output else run_dir / f"{EXPORT_PREFIX}{format}"
+    if config.model.is_fusion:
+        from sparseadapter.fusion import export_fusion
+
+        return export_fusion(model, target, overwrite=overwrite)
     if format == "sparse":
         return save_sparse(model, target, precision=precision, overwrite=overwrite)
     return export_dense(model, target, format, overwrite=overwrite)

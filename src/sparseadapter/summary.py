@@ -14,7 +14,9 @@ def summary(final: dict[str, Any], config: RunConfig) -> str:
     params, timing = final["parameters"], final["timing"]
     sparse = final["sparsity"]
     model = f"{config.model.name} + {config.model.adapter}"
-    if not config.model.is_full_finetune:
+    if config.model.is_fusion:
+        model += f" of {len(config.model.fuse or [])} frozen task adapters (adapterhub)"
+    elif not config.model.is_full_finetune:
         model += f" ({resolve_library(config.model.adapter, config.model.library)})"
     if config.model.large_sparse != 1:
         model += f", Large-Sparse x{config.model.large_sparse:g}"
@@ -35,7 +37,13 @@ def summary(final: dict[str, Any], config: RunConfig) -> str:
         f"model      {model}",
         f"pruning    {pruning}",
         f"params     total {params['total']:,} | trainable {params['trainable']:,} | "
-        f"non-zero trainable {params['nonzero_trainable']:,}",
+        f"non-zero trainable {params['nonzero_trainable']:,}"
+        + (
+            f" | frozen task adapters {params['frozen_adapters']:,} (non-zero "
+            f"{params['nonzero_frozen_adapters']:,})"
+            if params.get("frozen_adapters")
+            else ""
+        ),
         f"training   epochs {len(final['history'])}, {timing['train_seconds']:.1f}s "
         f"({timing['train_examples_per_second']:.1f} examples/s), "
         f"eval {timing['eval_seconds']:.1f}s"
