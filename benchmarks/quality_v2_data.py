@@ -15,7 +15,7 @@ from pathlib import Path
 from quality_v2_stats import trivial_score
 
 from sparseadapter.files import write_bytes
-from sparseadapter.tasks.glue import get_task, load_glue
+from sparseadapter.tasks.glue import glue_spec, load_glue
 
 VALIDATION_FRACTION = 0.1
 SPLIT_SEED = 0
@@ -42,7 +42,7 @@ def carve(
     """Write ``out_dir/<TASK>/{train,dev}.tsv``: the first ``limit`` training examples (all
     when None), ``fraction`` of them (seeded shuffle) held out as validation. Returns
     ``out_dir``; an existing carve of the same split is kept as it is."""
-    spec = get_task(task)
+    spec = glue_spec(task)
     folder = out_dir / spec.folder
     if (folder / "train.tsv").is_file() and (folder / "dev.tsv").is_file():
         return out_dir
@@ -72,6 +72,6 @@ def carved_dir(root: Path, limit: int | None) -> Path:
 def trivial_dev_score(task: str, data_dir: Path, limit: int | None = None) -> float:
     """Points the trivial predictor scores on the task's real dev set (its first ``limit``
     examples: those the runs score), as ``trivial_score`` defines it."""
-    spec = get_task(task)
+    spec = glue_spec(task)
     labels = [e.label for e in load_glue(spec.name, spec.dev_splits[0], data_dir, limit)]
     return trivial_score(spec.main_metric, labels)

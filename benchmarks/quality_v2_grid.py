@@ -147,9 +147,9 @@ def run_config(
 
 
 def num_labels(task: str) -> int:
-    from sparseadapter.tasks.glue import get_task
+    from sparseadapter.tasks.glue import glue_spec
 
-    return get_task(task).num_labels
+    return glue_spec(task).num_labels
 
 
 def planned(

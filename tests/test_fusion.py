@@ -70,10 +70,10 @@ def fusion_run(task_runs, tiny_bert, tiny_glue, tmp_path_factory) -> Path:
 def adapter_tensors(checkpoint: Path) -> dict[str, torch.Tensor]:
     """The dense task adapter weights (no head) of a run, through its public loader."""
     from sparseadapter.rundir import finished_run, load_run_model
-    from sparseadapter.tasks.glue import get_task
+    from sparseadapter.tasks import get_task
 
     config = finished_run(checkpoint.parent)
-    model, _ = load_run_model(checkpoint.parent, config, get_task(config.data.task))
+    model, _ = load_run_model(checkpoint.parent, config, get_task(config.data.task, config.data))
     return {
         n.replace(".task.", "."): p.detach().clone()
         for n, p in model.named_parameters()
@@ -87,7 +87,7 @@ def test_fusion_trains_only_the_fusion_and_head_and_keeps_task_adapters(fusion_r
     assert final["sparsity"]["achieved_sparsity"] == pytest.approx(0.4, abs=1e-3)
 
     from sparseadapter.rundir import finished_run, load_run_model
-    from sparseadapter.tasks.glue import get_task
+    from sparseadapter.tasks import get_task
 
     model, _ = load_run_model(fusion_run, finished_run(fusion_run), get_task("rte"))
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -149,7 +149,7 @@ def test_adapterhub_export_loads_without_sparseadapter(fusion_run, tiny_bert, tm
     from transformers import AutoModel
 
     from sparseadapter.rundir import finished_run, load_run_model
-    from sparseadapter.tasks.glue import get_task
+    from sparseadapter.tasks import get_task
 
     for other in ("sparse", "peft"):
         assert main(["export", str(fusion_run), "--format", other]) == 2
@@ -236,7 +236,7 @@ def test_a_damaged_fusion_file_is_refused_in_one_line(fusion_run, tmp_path, caps
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "fails its SHA-256 check" in err, err
     from sparseadapter.rundir import finished_run, load_run_model
-    from sparseadapter.tasks.glue import get_task
+    from sparseadapter.tasks import get_task
 
     with pytest.raises(CheckpointError, match="fails its SHA-256 check"):
         load_run_model(copy, finished_run(copy), get_task("rte"))
