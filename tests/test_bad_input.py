@@ -26,7 +26,7 @@ import yaml
 from sparseadapter import SparseAdapterError, checkpoint, resume
 from sparseadapter import cli as cli_module
 from sparseadapter.cli import main
-from sparseadapter.resume import CHECKPOINT_FILE
+from sparseadapter.resume import RESUME_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "errors.md"
@@ -213,7 +213,7 @@ CASES = [
          "ConfigError", "give the run folder name", test="tests/test_data_safety.py::test_sweep_runs_that_would_share_a_folder_are_refused"),
     Case("sweep-no-grid", "a sweep without a grid", "a sweep file with no (or an empty) `grid`",
          "ConfigError", "has no grid", test="tests/test_data_safety.py::test_a_sweep_without_a_grid_is_refused"),
-    Case("resume-damaged-api", "a training checkpoint with flipped bytes", "`read_checkpoint(path)`",
+    Case("resume-damaged-api", "a training checkpoint with flipped bytes", "`read_resume_state(path)`",
          "CheckpointError", "fails its SHA-256 check", test="tests/test_data_safety.py::test_a_damaged_resume_checkpoint_is_refused"),
     # --- AdapterFusion ------------------------------------------------------------------------
     Case("fuse-one", "fewer than two runs to fuse", "`train --adapter fusion --fuse RUN`",
@@ -334,7 +334,7 @@ def interrupted(runs: dict, tmp: Path) -> dict:
 @setup
 def interrupted_truncated(runs: dict, tmp: Path) -> dict:
     run = _copy_run(runs["interrupted"], tmp)
-    _truncate(run.with_name("run.partial") / CHECKPOINT_FILE)
+    _truncate(run.with_name("run.partial") / RESUME_FILE)
     return {"run": run}
 
 
@@ -348,7 +348,7 @@ def interrupted_newer(runs: dict, tmp: Path) -> dict:
 @setup
 def interrupted_flipped(runs: dict, tmp: Path) -> dict:
     run = _copy_run(runs["interrupted"], tmp)
-    path = run.with_name("run.partial") / CHECKPOINT_FILE
+    path = run.with_name("run.partial") / RESUME_FILE
     data = bytearray(path.read_bytes())
     middle = len(data) // 2
     data[middle : middle + 16] = bytes(b ^ 0xFF for b in data[middle : middle + 16])
@@ -405,10 +405,10 @@ def _truncate(path: Path) -> None:
 
 
 def _edit_checkpoint(run: Path, edit: Callable[[dict], None]) -> None:
-    path = run.with_name("run.partial") / CHECKPOINT_FILE
+    path = run.with_name("run.partial") / RESUME_FILE
     payload = torch.load(io.BytesIO(path.read_bytes()[: -resume.TRAILER_BYTES]), weights_only=True)
     edit(payload)
-    resume.write_checkpoint(path, payload)
+    resume.write_resume_state(path, payload)
 
 
 class _Stop(Exception):

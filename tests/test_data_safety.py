@@ -17,7 +17,7 @@ import torch
 from sparseadapter import files
 from sparseadapter.cli import main
 from sparseadapter.errors import CheckpointError, ConfigError
-from sparseadapter.resume import CHECKPOINT_FILE, read_checkpoint, write_checkpoint
+from sparseadapter.resume import RESUME_FILE, read_resume_state, write_resume_state
 from sparseadapter.sweep import SweepSpec, load_sweep
 
 HOLD_LOCK = textwrap.dedent(
@@ -128,15 +128,15 @@ def test_a_partial_folder_a_failed_run_left_is_cleared(tiny_bert, tiny_glue, tmp
 
 
 def test_a_damaged_resume_checkpoint_is_refused(tmp_path):
-    path = tmp_path / CHECKPOINT_FILE
-    write_checkpoint(path, {"trainable": {"w": torch.arange(4096, dtype=torch.float32)}})
-    assert torch.equal(read_checkpoint(path)["trainable"]["w"], torch.arange(4096.0))
+    path = tmp_path / RESUME_FILE
+    write_resume_state(path, {"trainable": {"w": torch.arange(4096, dtype=torch.float32)}})
+    assert torch.equal(read_resume_state(path)["trainable"]["w"], torch.arange(4096.0))
     data = bytearray(path.read_bytes())
     middle = len(data) // 2
     data[middle : middle + 16] = bytes(b ^ 0xFF for b in data[middle : middle + 16])
     path.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="fails its SHA-256 check"):
-        read_checkpoint(path)
+        read_resume_state(path)
 
 
 def test_a_full_disk_during_training_is_one_line_and_leaves_no_temporary_file(

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from sparseadapter.cli import main
-from sparseadapter.resume import CHECKPOINT_FILE, read_checkpoint
+from sparseadapter.resume import RESUME_FILE, read_resume_state
 
 # 48 examples in batches of 8: 6 steps per epoch; checkpoints after steps 2, 4, epoch 1, 8, 10,
 # epoch 2. The 5th checkpoint is the one after step 10 (epoch 2, batch 4).
@@ -38,7 +38,7 @@ mode, kill_at = sys.argv[1], int(sys.argv[2])
 calls = 0
 def kill():
     os.kill(os.getpid(), signal.SIGKILL)
-real_write, real_write_file = train.write_checkpoint, files.write_file
+real_write, real_write_file = train.write_resume_state, files.write_file
 def write(path, payload):
     global calls
     calls += 1
@@ -56,7 +56,7 @@ def write_file(path, write_data):
         os.fsync(f.fileno())
         kill()
     real_write_file(path, half)
-train.write_checkpoint, files.write_file = write, write_file
+train.write_resume_state, files.write_file = write, write_file
 from sparseadapter.cli import main
 sys.exit(main(sys.argv[3:]))
 """
@@ -116,18 +116,18 @@ def test_sigkill_then_resume_gives_the_same_run(
     partial = run.with_name("run.partial")
     # the last complete checkpoint is the 4th (after step 8: epoch 2, batch 2), even when the
     # process died while writing the 5th
-    progress = read_checkpoint(partial / CHECKPOINT_FILE)["progress"]
+    progress = read_resume_state(partial / RESUME_FILE)["progress"]
     assert (progress["epoch"], progress["batches_done"], progress["steps"]) == (2, 2, 8)
     assert 0 < progress["batches_done"] < STEPS_PER_EPOCH
     assert len(progress["history"]) == 1
-    leftover = list(partial.glob(f".{CHECKPOINT_FILE}.tmp-*"))
+    leftover = list(partial.glob(f".{RESUME_FILE}.tmp-*"))
     assert bool(leftover) == (mode == "during")
 
     torch.set_num_threads(1)
     assert main(["train", "--resume", str(run), "--quiet"]) == 0
     assert outcome(run) == uninterrupted
     assert not partial.exists()
-    assert not [p.name for p in run.iterdir() if CHECKPOINT_FILE in p.name]
+    assert not [p.name for p in run.iterdir() if RESUME_FILE in p.name]
     assert "resumed at epoch 2, batch 2" in (run / "log.txt").read_text()
 
 

@@ -1,4 +1,7 @@
-"""The resumable state of an unfinished run: its progress, RNG states, and the checkpoint file.
+"""The resumable state of an unfinished run: its progress, RNG states, and the file holding them.
+
+"Resume state" here, not "checkpoint": the compact sparse adapter format is
+:mod:`sparseadapter.checkpoint`. The file keeps its historical name ``checkpoint.pt``.
 
 A run's ``.partial`` folder holds one ``checkpoint.pt`` (torch zip format, loaded with
 ``weights_only=True``): the trainable weights and masks, the optimizer and scheduler states,
@@ -28,7 +31,7 @@ import torch
 from sparseadapter.errors import CheckpointError
 from sparseadapter.files import write_bytes
 
-CHECKPOINT_FILE = "checkpoint.pt"
+RESUME_FILE = "checkpoint.pt"
 FORMAT_NAME = "sparseadapter-training-checkpoint"
 FORMAT_VERSION = 2
 TRAILER = b"\nsparseadapter-sha256:"
@@ -78,7 +81,7 @@ def set_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def write_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+def write_resume_state(path: Path, payload: dict[str, Any]) -> None:
     """Atomically replace the checkpoint at ``path`` with ``payload`` and its checksum."""
     buffer = io.BytesIO()
     torch.save({"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **payload}, buffer)
@@ -108,7 +111,7 @@ def _verified(path: Path) -> tuple[bytes, bool]:
     return data, True
 
 
-def read_checkpoint(path: Path) -> dict[str, Any]:
+def read_resume_state(path: Path) -> dict[str, Any]:
     """The payload of a checkpoint; CheckpointError if it is unreadable or from a newer version."""
     data, checked = _verified(path)
     try:

@@ -24,7 +24,7 @@ from sparseadapter.checkpoint import load_sparse, save_sparse
 from sparseadapter.errors import ConfigError
 from sparseadapter.export import export_dense
 from sparseadapter.files import check_parent, move_into_place
-from sparseadapter.resume import CHECKPOINT_FILE, read_checkpoint, remove_checkpoint
+from sparseadapter.resume import RESUME_FILE, read_resume_state, remove_checkpoint
 from sparseadapter.runconfig import RunConfig, changed_keys, load_yaml, save_yaml
 from sparseadapter.tasks import Task, get_task
 
@@ -59,7 +59,7 @@ def partial_dir(output: Path) -> Path:
 
 def interrupted(config: RunConfig) -> bool:
     """Whether the run's output folder has an unfinished run that can be resumed."""
-    return (partial_dir(config.output_dir()) / CHECKPOINT_FILE).is_file()
+    return (partial_dir(config.output_dir()) / RESUME_FILE).is_file()
 
 
 def _check_writable(folder: Path) -> None:
@@ -87,7 +87,7 @@ def is_run(folder: Path) -> bool:
 
 def _is_ours(partial: Path) -> bool:
     """Whether a ``.partial`` folder was left by a run (and so may be cleared)."""
-    return (partial / PARTIAL_MARKER).is_file() or (partial / CHECKPOINT_FILE).is_file()
+    return (partial / PARTIAL_MARKER).is_file() or (partial / RESUME_FILE).is_file()
 
 
 def new_run_dirs(config: RunConfig, overwrite: bool) -> tuple[Path, Path]:
@@ -133,7 +133,7 @@ def start_partial(partial: Path, config: RunConfig) -> None:
 
 def discard_partial(partial: Path) -> None:
     """Remove a ``.partial`` folder this run made, unless it holds a checkpoint to resume."""
-    if _is_ours(partial) and not (partial / CHECKPOINT_FILE).exists():
+    if _is_ours(partial) and not (partial / RESUME_FILE).exists():
         shutil.rmtree(partial, ignore_errors=True)
 
 
@@ -153,7 +153,7 @@ def interrupted_config(run_dir: str | Path) -> dict[str, Any]:
 
 
 def _checkpoint_path(output: Path) -> Path:
-    path = partial_dir(output) / CHECKPOINT_FILE
+    path = partial_dir(output) / RESUME_FILE
     if path.is_file():
         return path
     if (output / FINAL_FILE).is_file():
@@ -174,13 +174,13 @@ def resume_dirs(config: RunConfig) -> tuple[Path, Path, dict[str, Any]]:
             f"resume of a run with a changed config ({'; '.join(changes)}): drop the options "
             "that change it, or start a new run with --overwrite"
         )
-    return output, path.parent, read_checkpoint(path)
+    return output, path.parent, read_resume_state(path)
 
 
 def publish(partial: Path, output: Path) -> None:
     """Move the finished run into place (without its checkpoint and marker), replacing an old
     run only now."""
-    remove_checkpoint(partial / CHECKPOINT_FILE)
+    remove_checkpoint(partial / RESUME_FILE)
     (partial / PARTIAL_MARKER).unlink(missing_ok=True)
     move_into_place(partial, output)
 

@@ -52,11 +52,11 @@ from sparseadapter.errors import CheckpointError, ConfigError, SparseAdapterErro
 from sparseadapter.evaluate import evaluate, main_score, prepared_eval_sets
 from sparseadapter.files import exclusive, write_error
 from sparseadapter.resume import (
-    CHECKPOINT_FILE,
+    RESUME_FILE,
     Progress,
     rng_states,
     set_rng_states,
-    write_checkpoint,
+    write_resume_state,
 )
 from sparseadapter.runconfig import RunConfig, TrainConfig
 from sparseadapter.rundir import (
@@ -437,8 +437,8 @@ def _save_checkpoint(
     if not accelerator.is_main_process:
         return
     model = accelerator.unwrap_model(model)
-    write_checkpoint(
-        folder / CHECKPOINT_FILE,
+    write_resume_state(
+        folder / RESUME_FILE,
         {
             "num_processes": accelerator.num_processes,
             "base_model": base,
