@@ -322,15 +322,16 @@ def checkpoint_lines(data: dict[str, Any] | None) -> list[str]:
     rows = [
         [
             r["adapter"],
-            r["library"],
+            r["pruner"],
             r["sparsity"],
-            r["values_dtype"],
+            r["precision"],
             f"{r['dense_bytes']:,}",
             f"{r['sparse_bytes']:,}",
             f"{r['ratio']:.3f}",
             "yes" if r["within_bound"] else "no",
         ]
-        for r in data["rows"]
+        for r in data["sizes"]
+        if r["precision"] in ("fp32", "fp16")
     ]
     return [
         "Read from `benchmarks/results/checkpoint_size.json` (written by "
@@ -340,7 +341,7 @@ def checkpoint_lines(data: dict[str, Any] | None) -> list[str]:
         *table(
             [
                 "adapter",
-                "library",
+                "pruner",
                 "sparsity",
                 "values",
                 "dense bytes",

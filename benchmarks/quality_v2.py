@@ -31,7 +31,6 @@ from pathlib import Path
 
 import common
 from common import RESULTS, ROOT, library_versions
-from quality_records import where_trained
 from quality_v2_baselines import register
 from quality_v2_grid import (
     ARMS,
@@ -46,6 +45,7 @@ from quality_v2_grid import (
 
 from sparseadapter.evaluate import evaluate_run
 from sparseadapter.rundir import finished_result, interrupted
+from sparseadapter.sweep import where_trained
 from sparseadapter.train import train
 
 V1_RECORDS = RESULTS / "quality_runs.jsonl"
