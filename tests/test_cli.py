@@ -270,3 +270,11 @@ def test_help_imports_no_torch_or_transformers():
     )
     assert done.returncode == 0, done.stderr
     assert "--pruner" in done.stdout and done.stdout.strip().endswith("[]"), done.stdout[-300:]
+
+
+def test_every_run_flag_is_in_the_cli_docs():
+    from sparseadapter.cli import RUN_FLAGS
+
+    docs = (Path(__file__).parents[1] / "docs" / "cli.md").read_text(encoding="utf-8")
+    missing = [flag for flag in RUN_FLAGS if f"`{flag}" not in docs]
+    assert not missing, f"docs/cli.md lacks {missing}"
