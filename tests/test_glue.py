@@ -346,3 +346,30 @@ def test_a_data_dir_that_is_a_file_is_named_as_such(tmp_path):
     (tmp_path / "glue.tsv").write_text("x")
     with pytest.raises(DataError, match="glue.tsv is a file; pass the folder"):
         load_glue("rte", "train", data_dir=tmp_path / "glue.tsv")
+
+
+@pytest.mark.parametrize(
+    ("task", "split", "message"),
+    [
+        (
+            "squad",
+            "validation",
+            r"could not load rajpurkar/squad \(validation\).*the SQuAD JSON files",
+        ),
+        ("xsum", "test", r"could not load EdinburghNLP/xsum \(test\).*XSum JSON lines"),
+    ],
+)
+def test_every_task_names_its_dataset_and_local_files_when_the_hub_fails(
+    monkeypatch, task, split, message
+):
+    from sparseadapter.tasks import get_task
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("Couldn't reach the Hub (OfflineModeIsEnabled)")
+
+    fake_datasets(monkeypatch, unreachable)
+    with pytest.raises(DataError, match=message):
+        get_task(task).load(split, None, None)
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    with pytest.raises(DataError, match=r"loading .* needs the datasets package.*--data-dir"):
+        get_task(task).load(split, None, None)

@@ -17,6 +17,7 @@ from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import f1_score, matthews_corrcoef
 
 from sparseadapter.errors import ConfigError, DataError, not_utf8_message, shown
+from sparseadapter.tasks.hub import hub_split
 
 HUB_DATASET = "nyu-mll/glue"
 
@@ -143,20 +144,7 @@ def load_glue(
 
 
 def _load_hub(spec: TaskSpec, split: str, max_samples: int | None) -> list[Example]:
-    try:
-        import datasets
-    except ImportError as err:
-        raise DataError(
-            "loading GLUE from the hub needs the datasets package: "
-            "`pip install sparseadapter[hub]`, or pass --data-dir with GLUE TSV files"
-        ) from err
-    try:
-        ds = datasets.load_dataset(HUB_DATASET, spec.name, split=split)
-    except OSError as err:
-        raise DataError(
-            f"could not load {HUB_DATASET}/{spec.name} ({split}) from the hub: {err}; "
-            "check the network connection, or pass --data-dir with GLUE TSV files"
-        ) from err
+    ds = hub_split("GLUE", HUB_DATASET, split, "GLUE TSV files", config=spec.name)
     if max_samples is not None:
         ds = ds.select(range(min(max_samples, len(ds))))
     texts_a = list(ds[spec.text_keys[0]])

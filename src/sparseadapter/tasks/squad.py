@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader
 from sparseadapter.batching import PadCollator
 from sparseadapter.errors import ConfigError, DataError, shown
 from sparseadapter.tasks.base import QUESTION_ANSWERING, EvalSet, Task, subset
+from sparseadapter.tasks.hub import hub_split
 from sparseadapter.tasks.squad_metric import squad_scores
 
 if TYPE_CHECKING:
@@ -293,20 +294,7 @@ def _example(qid: str, qa: dict, context: str, path: Path) -> QAExample:
 
 
 def _load_hub(split: str) -> list[QAExample]:
-    try:
-        import datasets
-    except ImportError as err:
-        raise DataError(
-            "loading SQuAD from the hub needs the datasets package: "
-            "`pip install sparseadapter[hub]`, or pass --data-dir with the SQuAD JSON files"
-        ) from err
-    try:
-        rows = datasets.load_dataset(HUB_DATASET, split=split)
-    except OSError as err:
-        raise DataError(
-            f"could not load {HUB_DATASET} ({split}) from the hub: {err}; check the network "
-            "connection, or pass --data-dir with the SQuAD JSON files"
-        ) from err
+    rows = hub_split("SQuAD", HUB_DATASET, split, "the SQuAD JSON files")
     return [
         _example(
             row["id"],

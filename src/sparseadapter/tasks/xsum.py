@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 from sparseadapter.batching import PadCollator
 from sparseadapter.errors import ConfigError, DataError, not_utf8_message, shown
 from sparseadapter.tasks.base import CAUSAL_LM, EvalSet, Task, subset
+from sparseadapter.tasks.hub import hub_split
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -259,20 +260,7 @@ def _read_jsonl(path: Path) -> list[SummaryExample]:
 
 
 def _load_hub(split: str) -> list[SummaryExample]:
-    try:
-        import datasets
-    except ImportError as err:
-        raise DataError(
-            "loading XSum from the hub needs the datasets package: "
-            "`pip install sparseadapter[hub]`, or pass --data-dir with XSum JSON lines"
-        ) from err
-    try:
-        rows = datasets.load_dataset(HUB_DATASET, split=split)
-    except OSError as err:
-        raise DataError(
-            f"could not load {HUB_DATASET} ({split}) from the hub: {err}; check the network "
-            "connection, or pass --data-dir with XSum JSON lines"
-        ) from err
+    rows = hub_split("XSum", HUB_DATASET, split, "XSum JSON lines")
     return [
         SummaryExample(str(r["id"]), r["document"], r["summary"])
         for r in rows
