@@ -14,7 +14,7 @@ import torch
 from sparseadapter.checkpoint import (
     META_FILE,
     WEIGHTS_FILE,
-    _canonical,
+    canonical,
     common_metadata,
     finish_metadata,
     replace_checkpoint,
@@ -62,6 +62,6 @@ def save_v1(model, path: Path, dtype: torch.dtype | None = None) -> Path:
 
     def write(tmp: Path) -> None:
         write_new(tmp / WEIGHTS_FILE, payload)
-        write_new(tmp / META_FILE, _canonical(meta))
+        write_new(tmp / META_FILE, canonical(meta))
 
     return replace_checkpoint(path, META_FILE, False, write)

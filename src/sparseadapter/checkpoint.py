@@ -113,14 +113,14 @@ def _check_base(model: nn.Module, meta: dict[str, Any]) -> None:
         )
 
 
-def _canonical(meta: dict[str, Any]) -> bytes:
+def canonical(meta: dict[str, Any]) -> bytes:
     return json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
 
 
-def _checksum(payload: bytes, meta: dict[str, Any]) -> str:
+def checksum(payload: bytes, meta: dict[str, Any]) -> str:
     """SHA-256 over the tensor file and every metadata field except the checksum itself."""
     digest = hashlib.sha256(payload)
-    digest.update(_canonical({k: v for k, v in meta.items() if k != "sha256"}))
+    digest.update(canonical({k: v for k, v in meta.items() if k != "sha256"}))
     return digest.hexdigest()
 
 
@@ -165,8 +165,8 @@ def common_metadata(model: nn.Module, library: str, name: str) -> dict[str, Any]
 
 def finish_metadata(meta: dict[str, Any], payload: bytes) -> dict[str, Any]:
     """``meta`` as it is written (JSON types only) with its checksum over ``payload``."""
-    meta = json.loads(_canonical(meta))
-    meta["sha256"] = _checksum(payload, meta)
+    meta = json.loads(canonical(meta))
+    meta["sha256"] = checksum(payload, meta)
     return meta
 
 
@@ -249,7 +249,7 @@ def save_sparse(
 
     def write(tmp: Path) -> None:
         write_new(tmp / WEIGHTS_FILE, payload)
-        write_new(tmp / META_FILE, _canonical(meta))
+        write_new(tmp / META_FILE, canonical(meta))
 
     return replace_checkpoint(path, META_FILE, overwrite, write)
 
@@ -289,7 +289,7 @@ def read_sparse(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torc
             f"version {FORMAT_VERSION}: upgrade sparseadapter (pip install -U sparseadapter)"
         )
     payload = weights_file.read_bytes()
-    if _checksum(payload, meta) != meta.get("sha256"):
+    if checksum(payload, meta) != meta.get("sha256"):
         raise CheckpointError(
             f"{path} fails its SHA-256 check: {WEIGHTS_FILE} or {META_FILE} was truncated or "
             "modified after saving; restore the checkpoint from a good copy or save it again"

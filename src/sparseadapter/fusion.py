@@ -11,7 +11,6 @@ order, the base model's fingerprint, the sparsity config and a SHA-256 over both
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import shutil
@@ -27,7 +26,14 @@ import torch
 from torch import nn
 
 from sparseadapter.adapters import load_model
-from sparseadapter.checkpoint import base_identity, load_sparse, read_sparse, replace_checkpoint
+from sparseadapter.checkpoint import (
+    base_identity,
+    canonical,
+    checksum,
+    load_sparse,
+    read_sparse,
+    replace_checkpoint,
+)
 from sparseadapter.config import SparsityConfig
 from sparseadapter.errors import CheckpointError, ConfigError, SparseAdapterError, shown
 from sparseadapter.files import replace_directory, write_new
@@ -165,16 +171,6 @@ def fusion_names(model: nn.Module) -> list[str]:
 # --- the fusion layer and head in the run folder ---------------------------------------------
 
 
-def _canonical(meta: dict[str, Any]) -> bytes:
-    return json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
-
-
-def _checksum(payload: bytes, meta: dict[str, Any]) -> str:
-    digest = hashlib.sha256(payload)
-    digest.update(_canonical({k: v for k, v in meta.items() if k != "sha256"}))
-    return digest.hexdigest()
-
-
 def save_fusion(model: nn.Module, folder: Path) -> Path:
     """Write the trainable tensors of a fusion model (fusion layer and head) to ``folder``,
     pruned ones as kept values plus a packed bitmask; atomically."""
@@ -204,12 +200,12 @@ def save_fusion(model: nn.Module, folder: Path) -> Path:
         "sparsity_config": state.config.to_dict() if state and state.config else None,
         "pruned_tensors": pruned,
     }
-    meta = json.loads(_canonical(meta))
-    meta["sha256"] = _checksum(payload, meta)
+    meta = json.loads(canonical(meta))
+    meta["sha256"] = checksum(payload, meta)
 
     def write(tmp: Path) -> None:
         write_new(tmp / WEIGHTS_FILE, payload)
-        write_new(tmp / META_FILE, _canonical(meta))
+        write_new(tmp / META_FILE, canonical(meta))
 
     return replace_directory(folder, write)
 
@@ -235,7 +231,7 @@ def load_fusion(model: nn.Module, folder: Path) -> nn.Module:
         payload = (folder / WEIGHTS_FILE).read_bytes()
     except OSError:
         payload = b""
-    if _checksum(payload, meta) != meta.get("sha256"):
+    if checksum(payload, meta) != meta.get("sha256"):
         raise CheckpointError(
             f"{folder} fails its SHA-256 check ({WEIGHTS_FILE} or {META_FILE} is missing, "
             "truncated or modified): train the fusion run again with --overwrite"
