@@ -70,6 +70,8 @@ def run_one(job: tuple, args, env: dict[str, str]) -> dict:
     output = args.runs_dir / f"{task}-{adapter}-{arm}-s{seed}"
     final = output / "final.json"
     record = {"task": task, "adapter": adapter, "arm": arm, "seed": seed, **env}
+    if args.extra:
+        record["options"] = args.extra
     if not final.exists():
         cmd = command(task, adapter, arm, seed, args, output)
         if (output.parent / f"{output.name}.partial" / "checkpoint.pt").exists():
@@ -90,14 +92,16 @@ def run_one(job: tuple, args, env: dict[str, str]) -> dict:
 def run(args) -> None:
     env = versions()
     done = {
-        (r["task"], r["adapter"], r["arm"], r["seed"]) for r in read_records() if "failed" not in r
+        (r["task"], r["adapter"], r["arm"], r["seed"])
+        for r in read_records(args.records)
+        if "failed" not in r
     }
     jobs = [(args.task, a, arm, s) for a in args.adapters for arm in args.arms for s in args.seeds]
     jobs = [j for j in jobs if j not in done]
     print(f"{len(jobs)} runs on {env['device']}, {args.parallel} at once", flush=True)
     with ThreadPoolExecutor(args.parallel) as pool:
         for record in pool.map(lambda job: run_one(job, args, env), jobs):
-            with RECORDS.open("a", encoding="utf-8") as f:
+            with args.records.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
             print(
                 json.dumps(
@@ -110,10 +114,10 @@ def run(args) -> None:
             )
 
 
-def read_records() -> list[dict]:
-    if not RECORDS.exists():
+def read_records(path: Path = RECORDS) -> list[dict]:
+    if not path.exists():
         return []
-    return [json.loads(line) for line in RECORDS.read_text().splitlines() if line.strip()]
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def welch(a: list[float], b: list[float]) -> tuple[float, float, float, float]:
@@ -197,11 +201,12 @@ def main() -> None:
     p.add_argument("--data-dir", type=Path)
     p.add_argument("--parallel", type=int, default=1)
     p.add_argument("--runs-dir", type=Path, default=Path("runs/benchmark-tasks"))
+    p.add_argument("--records", type=Path, default=RECORDS, help="The records file to append to.")
     p.add_argument("--report", action="store_true", help="Write tasks.md from the records.")
     args = p.parse_args()
     if args.task:
         run(args)
-    if args.report or args.task:
+    if args.report or (args.task and args.records == RECORDS):
         common.write_text(REPORT, report() + "\n")
         print(f"wrote {REPORT}")
 
