@@ -26,7 +26,6 @@ Four parts, all measured in one run:
 from __future__ import annotations
 
 import bz2
-import json
 import lzma
 import math
 import platform
@@ -45,7 +44,13 @@ from checkpoint_size_report import markdown, plot, summarize
 from transformers import AutoModelForSequenceClassification
 
 import sparseadapter as sa
-from sparseadapter.checkpoint import load_sparse, save_sparse, size_bound
+from sparseadapter.checkpoint import (
+    PACKED_META_FILE,
+    load_sparse,
+    read_metadata,
+    save_sparse,
+    size_bound,
+)
 from sparseadapter.evaluate import evaluate_run
 from sparseadapter.export import export_dense
 from sparseadapter.maskcode import rice_code
@@ -136,7 +141,7 @@ def measure_sizes(family, sparsities, precisions, model_path, workdir, peft_line
                 _, save_s = timed(save)
                 _, load_s = timed(lambda p=path: load_sparse(fresh, p))
                 size = folder_bytes(path)
-                meta = json.loads((path / "sparse_config.json").read_text())
+                meta = read_metadata(path)
                 rows.append(
                     {
                         "adapter": family,
@@ -150,7 +155,7 @@ def measure_sizes(family, sparsities, precisions, model_path, workdir, peft_line
                         "nonzero_trainable": kept,
                         "peft_lora_fp16_bytes": round(peft_bytes),
                         "ratio_to_peft_fp16": size / peft_bytes,
-                        "metadata_bytes": (path / "sparse_config.json").stat().st_size,
+                        "metadata_bytes": (path / PACKED_META_FILE).stat().st_size,
                         "save_s": save_s,
                         "load_s": load_s,
                         "within_bound": precision != "fp32"
@@ -246,7 +251,7 @@ def measure_quality(run: Path, workdir: Path, peft_line: tuple[float, float]) ->
     config = finished_run(run)
     final = read_final(run)
     peft_bytes = peft_line[0] + peft_line[1] * final["parameters"]["nonzero_trainable"]
-    library = json.loads((run / ADAPTER_DIR / "sparse_config.json").read_text())["library"]
+    library = read_metadata(run / ADAPTER_DIR)["library"]
     dense_dir = export_run(run, library, workdir / f"{run.name}-dense")
     dense = folder_bytes(dense_dir, ".safetensors")
     rows = []

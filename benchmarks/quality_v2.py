@@ -67,6 +67,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-eval-samples", type=int, default=None)
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--model", default="minilm")
+    p.add_argument(
+        "--mixed-precision",
+        choices=["no", "bf16", "fp16"],
+        default="no",
+        help="train.mixed_precision of every run (bf16 on a GPU: benchmarks/gpu.sh)",
+    )
     common.add_data_dir(p)
     p.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "quality_v2")
     p.add_argument("--results-dir", type=Path, default=RESULTS)
@@ -155,6 +161,7 @@ def train_and_score(task, adapter, arm, lr, seed, args) -> dict:
         "lr": lr,
         "seed": seed,
         "epochs": run.train.epochs,
+        "mixed_precision": run.train.mixed_precision,
         "selected_epoch": final["selected_epoch"],
         "metric": scored["main_metric"],
         "validation": final["score"],

@@ -140,6 +140,7 @@ def run_config(
             "seed": seed,
             "batch_size": 32,
             "checkpoint_every": args.checkpoint_every,
+            "mixed_precision": args.mixed_precision,
         },
         "output": str(args.runs_dir / PROTOCOL / run_name(task, adapter, arm, lr, seed)),
     }

@@ -12,7 +12,6 @@ from __future__ import annotations
 import ast
 import hashlib
 import io
-import json
 import shutil
 import sys
 from collections.abc import Callable
@@ -145,7 +144,7 @@ CASES = [
          setup="finished_other_base"),
     Case("eval-truncated-checkpoint", "truncated checkpoint", "`eval RUN` with `adapter.safetensors` cut in half",
          "CheckpointError", "fails its SHA-256 check", ("eval", "{run}"), setup="finished_truncated"),
-    Case("eval-newer-format", "checkpoint of a newer format version", "`eval RUN`, `format_version` 3",
+    Case("eval-newer-format", "checkpoint of a newer format version", "`eval RUN`, `format_version` 4",
          "CheckpointError", "upgrade sparseadapter", ("eval", "{run}"), setup="finished_newer"),
     Case("other-base-model-api", "checkpoint from another base model", "`load_sparse(other_model, path)`",
          "CheckpointError", "saved on another base model",
@@ -320,9 +319,9 @@ def finished_truncated(runs: dict, tmp: Path) -> dict:
 @setup
 def finished_newer(runs: dict, tmp: Path) -> dict:
     run = _copy_run(runs["finished"], tmp)
-    path = run / "adapter" / "sparse_config.json"
-    newer = checkpoint.FORMAT_VERSION + 1
-    path.write_text(json.dumps({**json.loads(path.read_text()), "format_version": newer}))
+    meta = checkpoint.read_metadata(run / "adapter")
+    meta["format_version"] = checkpoint.FORMAT_VERSION + 1
+    (run / "adapter" / checkpoint.PACKED_META_FILE).write_bytes(checkpoint.pack(meta))
     return {"run": run}
 
 

@@ -24,13 +24,17 @@ from sparseadapter import checkpoint
 from sparseadapter.checkpoint import (
     FORMAT_VERSION,
     META_FILE,
+    PACKED_META_FILE,
     WEIGHTS_FILE,
+    checksum,
     load_sparse,
+    read_metadata,
     save_sparse,
     size_bound,
 )
 from sparseadapter.errors import CheckpointError, ConfigError
 from sparseadapter.export import export_dense, merge
+from sparseadapter.metapack import canonical, pack
 from sparseadapter.sparsify import masked_parameters
 
 
@@ -256,7 +260,7 @@ def test_training_after_load_keeps_pruned_weights_zero(family, tmp_path):
 def test_metadata_records_what_rebuilding_needs(tmp_path):
     model, config = sparse_model("peft-lora")
     save_sparse(model, tmp_path / "ckpt")
-    meta = json.loads((tmp_path / "ckpt" / META_FILE).read_text())
+    meta = read_metadata(tmp_path / "ckpt")
     assert meta["format_version"] == FORMAT_VERSION
     assert meta["library"] == "peft" and meta["adapter_name"] == "default"
     assert meta["adapter_config"]["r"] == 4
@@ -276,7 +280,7 @@ def test_save_works_from_a_source_checkout_without_package_metadata(tmp_path, mo
     monkeypatch.setattr(importlib.metadata, "version", not_installed)
     model, _ = sparse_model("peft-lora")
     save_sparse(model, tmp_path / "ckpt")
-    meta = json.loads((tmp_path / "ckpt" / META_FILE).read_text())
+    meta = read_metadata(tmp_path / "ckpt")
     assert meta["versions"]["sparseadapter"] == sa.__version__
 
 
@@ -495,28 +499,54 @@ def test_tampered_weights_are_refused(saved):
         load_sparse(base_model(config), path)
 
 
+def test_metadata_is_packed_to_a_fraction_of_its_json(saved):
+    path, _ = saved
+    assert not (path / META_FILE).exists()
+    packed = (path / PACKED_META_FILE).stat().st_size
+    assert packed * 4 < len(canonical(read_metadata(path)))
+
+
+def test_a_version_2_checkpoint_with_plain_json_metadata_still_loads(saved):
+    """Version 2 differs from 3 only in the metadata file: plain JSON, sparse_config.json."""
+    path, config = saved
+    current = load_sparse(base_model(config), path)
+    meta = read_metadata(path)
+    meta["format_version"] = 2
+    meta["sha256"] = checksum((path / WEIGHTS_FILE).read_bytes(), meta)
+    (path / PACKED_META_FILE).unlink()
+    (path / META_FILE).write_bytes(canonical(meta))
+    loaded = load_sparse(base_model(config), path)
+    expected = dict(current.named_parameters())
+    for name, param in loaded.named_parameters():
+        assert torch.equal(param, expected[name]), name
+    meta["adapter_config"]["r"] = 8  # and its checksum still guards it
+    (path / META_FILE).write_bytes(canonical(meta))
+    with pytest.raises(CheckpointError, match="SHA-256"):
+        load_sparse(base_model(config), path)
+
+
 def test_tampered_metadata_is_refused(saved):
     path, config = saved
-    meta = json.loads((path / META_FILE).read_text())
+    meta = read_metadata(path)
     meta["adapter_config"]["r"] = 8
-    (path / META_FILE).write_text(json.dumps(meta))
+    (path / PACKED_META_FILE).write_bytes(pack(meta))
     with pytest.raises(CheckpointError, match="SHA-256"):
         load_sparse(base_model(config), path)
 
 
 def test_truncated_metadata_is_refused(saved):
     path, config = saved
-    text = (path / META_FILE).read_text()
-    (path / META_FILE).write_text(text[: len(text) // 2])
-    with pytest.raises(CheckpointError, match="not valid JSON"):
+    data = (path / PACKED_META_FILE).read_bytes()
+    (path / PACKED_META_FILE).write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="not readable metadata.*truncated or corrupted"):
         load_sparse(base_model(config), path)
 
 
 def test_newer_format_version_is_refused_with_upgrade_hint(saved):
     path, config = saved
-    meta = json.loads((path / META_FILE).read_text())
+    meta = read_metadata(path)
     meta["format_version"] = FORMAT_VERSION + 1
-    (path / META_FILE).write_text(json.dumps(meta))
+    (path / PACKED_META_FILE).write_bytes(pack(meta))
     with pytest.raises(CheckpointError, match=rf"version {FORMAT_VERSION + 1}.*upgrade"):
         load_sparse(base_model(config), path)
 
@@ -586,7 +616,7 @@ def test_failed_save_leaves_the_existing_checkpoint_untouched(saved, monkeypatch
 
     def write_then_fail(target, data):
         real_write(target, data[:10])
-        if target.name == META_FILE:
+        if target.name == PACKED_META_FILE:
             raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(checkpoint, "write_new", write_then_fail)
@@ -725,11 +755,11 @@ def test_minilm_round_trip(minilm_path, family, tmp_path):
 def test_peft_round_trips_do_not_grow_modules_to_save(tmp_path):
     model, config = sparse_model("peft-lora")
     save_sparse(model, tmp_path / "0")
-    first = json.loads((tmp_path / "0" / META_FILE).read_text())["adapter_config"]
+    first = read_metadata(tmp_path / "0")["adapter_config"]
     for i in range(1, 4):
         model = load_sparse(base_model(config), tmp_path / str(i - 1))
         save_sparse(model, tmp_path / str(i))
-    last = json.loads((tmp_path / "3" / META_FILE).read_text())["adapter_config"]
+    last = read_metadata(tmp_path / "3")["adapter_config"]
     assert last["modules_to_save"] == first["modules_to_save"]
     assert len(set(last["modules_to_save"])) == len(last["modules_to_save"])
     export_dense(model, tmp_path / "export", format="peft")

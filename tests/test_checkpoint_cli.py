@@ -1,14 +1,15 @@
-"""`export --format sparse --precision P` and `eval RUN --checkpoint FILE` on a tiny run."""
+"""`export --format sparse --precision P`, `eval RUN --checkpoint FILE` and `inspect` on a tiny run."""
 
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
 from test_cli import tiny_train
 
-from sparseadapter.checkpoint import META_FILE, load_sparse, save_sparse
+from sparseadapter.checkpoint import load_sparse, read_metadata, save_sparse
 from sparseadapter.cli import main
 from sparseadapter.rundir import ADAPTER_DIR, build_run_model, finished_run
 from sparseadapter.tasks import get_task
@@ -37,7 +38,7 @@ def test_export_with_a_precision_and_eval_with_its_checkpoint(run, tmp_path, cap
         str(target),
     ]
     assert main(argv) == 0
-    assert json.loads((target / META_FILE).read_text())["precision"] == "int4"
+    assert read_metadata(target)["precision"] == "int4"
     capsys.readouterr()
     assert main(["eval", str(run), "--checkpoint", str(target)]) == 0
     assert "final.json" in capsys.readouterr().out
@@ -69,3 +70,18 @@ def test_bad_precision_is_a_one_line_error(run, argv, fragment, tmp_path, capsys
     assert main(["export", str(run), *argv, "--output", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert fragment in err and err.count("\n") == 1
+
+
+def test_inspect_prints_the_verified_metadata_of_a_run_or_checkpoint(run, tmp_path, capsys):
+    assert main(["inspect", str(run)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["sparsity_config"]["method"] == "magnitude"
+    assert printed["sparsity_config"]["sparsity"] == 0.8
+    assert printed == read_metadata(run / "adapter")
+    damaged = tmp_path / "damaged"
+    shutil.copytree(run / "adapter", damaged)
+    data = bytearray((damaged / "adapter.safetensors").read_bytes())
+    data[-3] ^= 0xFF
+    (damaged / "adapter.safetensors").write_bytes(bytes(data))
+    assert main(["inspect", str(damaged)]) == 2
+    assert "fails its SHA-256 check" in capsys.readouterr().err

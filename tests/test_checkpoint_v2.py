@@ -3,7 +3,6 @@ masks regenerated from the seed, and damaged files refused."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
@@ -14,7 +13,7 @@ from v1_checkpoint import save_v1
 
 import sparseadapter as sa
 from sparseadapter import maskcode
-from sparseadapter.checkpoint import META_FILE, WEIGHTS_FILE, load_sparse, save_sparse
+from sparseadapter.checkpoint import WEIGHTS_FILE, load_sparse, read_metadata, save_sparse
 from sparseadapter.errors import CheckpointError, ConfigError
 from sparseadapter.export import export_dense
 from sparseadapter.quantize import PRECISIONS
@@ -23,7 +22,7 @@ from sparseadapter.sparsify import apply_masks, masked_parameters
 
 def stored(path):
     return (
-        json.loads((path / META_FILE).read_text()),
+        read_metadata(path),
         safetensors.torch.load_file(path / WEIGHTS_FILE),
     )
 

@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+from sparseadapter.checkpoint import read_metadata
+
 SCRIPT = r"""
 import sys
 sys.modules["adapters"] = None  # any `import adapters` now raises ImportError
@@ -63,7 +65,7 @@ def test_cli_trains_peft_adapters_without_adapterhub(tiny_bert, tmp_path):
     assert "the 'lora' adapter needs AdapterHub" in result.stderr
     for run in ("auto", "peft"):
         final = json.loads((tmp_path / run / "final.json").read_text())
-        saved = json.loads((tmp_path / run / "adapter" / "sparse_config.json").read_text())
+        saved = read_metadata(tmp_path / run / "adapter")
         assert saved["library"] == "peft"
         assert final["sparsity"]["kept"] * 2 == final["sparsity"]["prunable"]
     assert not (tmp_path / "hub").exists()

@@ -4,11 +4,12 @@ maskcode.py; value precision: quantize.py).
 
 A sparse checkpoint is a directory with two files (format: docs/checkpoint-format.md):
 ``adapter.safetensors`` holds the values of every trainable tensor end to end (pruned ones: only
-the kept values), at the chosen precision, and the entropy-coded masks (version 2; version 1
-stored one tensor per parameter with a bitmask or indices, and still loads);
-``sparse_config.json`` holds everything needed to rebuild the adapter on a fresh base model and a
-SHA-256 checksum over both. Writes are atomic: a temporary directory next to the target is filled
-and then renamed into place, so an existing checkpoint survives any failure.
+the kept values), at the chosen precision, and the entropy-coded masks (versions 2 and 3; version
+1 stored one tensor per parameter with a bitmask or indices, and still loads);
+``sparse_config.deflate`` holds everything needed to rebuild the adapter on a fresh base model and
+a SHA-256 checksum over both, as packed JSON (metapack.py; versions 1 and 2 wrote it as plain
+``sparse_config.json``, which still loads). Writes are atomic: a temporary directory next to the
+target is filled and then renamed into place, so an existing checkpoint survives any failure.
 """
 
 from __future__ import annotations
@@ -40,14 +41,16 @@ from sparseadapter.libraries import (
     model_library,
 )
 from sparseadapter.maskcode import coding_name, decode_masks, encode_masks, random_masks
+from sparseadapter.metapack import canonical, pack, unpack
 from sparseadapter.quantize import GROUP_SIZE, INT_LEVELS, dequantize, precision_name, quantize
 from sparseadapter.sparsify import apply_masks, get_masks, masked_parameters, remove_sparsity
 from sparseadapter.targets import adapter_library
 
 FORMAT_NAME = "sparseadapter-sparse-checkpoint"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 WEIGHTS_FILE = "adapter.safetensors"
-META_FILE = "sparse_config.json"  # the metadata: what rebuilds the adapter, and the checksum
+PACKED_META_FILE = "sparse_config.deflate"  # the metadata: what rebuilds the adapter, the checksum
+META_FILE = "sparse_config.json"  # the metadata of versions 1 and 2, plain JSON
 FINGERPRINT_KEYS = (
     "model_type",
     "hidden_size",
@@ -113,10 +116,6 @@ def _check_base(model: nn.Module, meta: dict[str, Any]) -> None:
         )
 
 
-def canonical(meta: dict[str, Any]) -> bytes:
-    return json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
-
-
 def checksum(payload: bytes, meta: dict[str, Any]) -> str:
     """SHA-256 over the tensor file and every metadata field except the checksum itself."""
     digest = hashlib.sha256(payload)
@@ -125,19 +124,25 @@ def checksum(payload: bytes, meta: dict[str, Any]) -> str:
 
 
 def replace_checkpoint(
-    path: str | os.PathLike, marker: str, overwrite: bool, write: Callable[[Path], None]
+    path: str | os.PathLike,
+    marker: str | tuple[str, ...],
+    overwrite: bool,
+    write: Callable[[Path], None],
 ) -> Path:
     """Write a checkpoint folder atomically (:func:`files.replace_directory`).
 
-    An existing ``path`` is replaced only if it is empty, or if it holds ``marker`` (the same
-    kind of output) and ``overwrite`` is set; a folder of anything else is never replaced.
+    An existing ``path`` is replaced only if it is empty, or if it holds ``marker`` (a file that
+    marks the same kind of output; one of several for a tuple) and ``overwrite`` is set; a folder
+    of anything else is never replaced.
     """
     path = Path(path)
     check_parent(path)
+    markers = (marker,) if isinstance(marker, str) else marker
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        if not path.is_dir() or not (path / marker).exists():
+        if not path.is_dir() or not any((path / m).exists() for m in markers):
             raise CheckpointError(
-                f"{path} exists and is not a previous checkpoint of this kind (no {marker}): "
+                f"{path} exists and is not a previous checkpoint of this kind (no "
+                f"{' or '.join(markers)}): "
                 "refusing to replace it; choose a new directory or remove it first"
             )
         if not overwrite:
@@ -249,9 +254,9 @@ def save_sparse(
 
     def write(tmp: Path) -> None:
         write_new(tmp / WEIGHTS_FILE, payload)
-        write_new(tmp / META_FILE, canonical(meta))
+        write_new(tmp / PACKED_META_FILE, pack(meta))
 
-    return replace_checkpoint(path, META_FILE, overwrite, write)
+    return replace_checkpoint(path, (PACKED_META_FILE, META_FILE), overwrite, write)
 
 
 def read_sparse(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -261,40 +266,49 @@ def read_sparse(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torc
     written in a newer format version.
     """
     path = Path(path)
-    config_file, weights_file = path / META_FILE, path / WEIGHTS_FILE
-    if not config_file.is_file() or not weights_file.is_file():
-        raise CheckpointError(
-            f"{path} is not a sparse checkpoint ({META_FILE} and {WEIGHTS_FILE} expected): "
-            "pass the directory written by save_sparse"
-        )
-    try:
-        meta = json.loads(config_file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(
-            f"{config_file} is not valid JSON ({err}): the checkpoint is truncated or corrupted; "
-            "save it again"
-        ) from None
+    meta = read_metadata(path)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
         raise CheckpointError(
-            f"{config_file} is not a sparseadapter checkpoint description: save it with save_sparse"
+            f"{path} holds no sparseadapter checkpoint description: save it with save_sparse"
         )
     version = meta.get("format_version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise CheckpointError(
-            f"{config_file} has an invalid format_version {shown(version)}: save it again"
+            f"{path} has an invalid format_version {shown(version)}: save it again"
         )
     if version > FORMAT_VERSION:
         raise CheckpointError(
             f"{path} uses checkpoint format version {version}, but this sparseadapter reads up to "
             f"version {FORMAT_VERSION}: upgrade sparseadapter (pip install -U sparseadapter)"
         )
-    payload = weights_file.read_bytes()
+    payload = (path / WEIGHTS_FILE).read_bytes()
     if checksum(payload, meta) != meta.get("sha256"):
         raise CheckpointError(
             f"{path} fails its SHA-256 check: {WEIGHTS_FILE} or {META_FILE} was truncated or "
             "modified after saving; restore the checkpoint from a good copy or save it again"
         )
     return meta, safetensors.torch.load(payload)
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """A sparse checkpoint's metadata as a dict (unverified: :func:`read_sparse` checks it)."""
+    path = Path(path)
+    packed, plain = path / PACKED_META_FILE, path / META_FILE
+    config_file = packed if packed.is_file() else plain
+    if not config_file.is_file() or not (path / WEIGHTS_FILE).is_file():
+        raise CheckpointError(
+            f"{path} is not a sparse checkpoint ({PACKED_META_FILE} or {META_FILE}, and "
+            f"{WEIGHTS_FILE} expected): pass the directory written by save_sparse"
+        )
+    try:
+        if config_file == packed:
+            return unpack(packed.read_bytes())
+        return json.loads(plain.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:  # JSONDecodeError is a ValueError
+        raise CheckpointError(
+            f"{config_file} is not readable metadata ({err}): the checkpoint is truncated or "
+            "corrupted; save it again"
+        ) from None
 
 
 def _masks_v2(

@@ -7,10 +7,12 @@ exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Sequence
 from dataclasses import MISSING, fields
+from pathlib import Path
 from typing import Any, NoReturn
 
 from sparseadapter.config import SparsityConfig
@@ -197,6 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="Replace an earlier export (or adapter checkpoint) at the target; a folder of "
         "anything else is never replaced.",
     )
+    inspect = commands.add_parser(
+        "inspect", help="Print a sparse checkpoint's metadata (configs, format, versions) as JSON."
+    )
+    inspect.add_argument("checkpoint", help="A sparse checkpoint folder, or a run folder.")
     return parser
 
 
@@ -275,7 +281,25 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "eval": _eval, "sweep": _sweep, "export": _export}
+def _inspect(args: argparse.Namespace) -> int:
+    from sparseadapter.checkpoint import read_sparse
+    from sparseadapter.rundir import ADAPTER_DIR
+
+    path = Path(args.checkpoint)
+    if (path / ADAPTER_DIR).is_dir():
+        path = path / ADAPTER_DIR
+    meta, _ = read_sparse(path)  # verified against its checksum
+    print(json.dumps(meta, indent=2, sort_keys=True))
+    return 0
+
+
+COMMANDS = {
+    "train": _train,
+    "eval": _eval,
+    "sweep": _sweep,
+    "export": _export,
+    "inspect": _inspect,
+}
 
 
 def _quiet_libraries(quiet: bool) -> None:
