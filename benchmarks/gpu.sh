@@ -45,7 +45,8 @@ cells() { # task, then tasks.py options
 case $phase in
 stage)
     mkdir -p /tmp/stage /tmp/runs /tmp/repo
-    tar --exclude=./.gpu --exclude=./.whl --exclude=./runs -cf - . | tar -C /tmp/repo -xf -
+    tar --exclude=./.gpu --exclude=./.whl --exclude=./.venv --exclude=./runs -cf - . |
+        tar -C /tmp/repo -xf -
     for dir in "$@"; do
         if compgen -G "$dir/*.whl" > /dev/null; then
             python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -54,7 +55,7 @@ stage)
             cp -r "$dir"/. /tmp/stage/
         fi
     done
-    du -sh /tmp/stage /tmp/site
+    du -sh /tmp/stage /tmp/site 2> /dev/null || true
     ;;
 squad)
     minilm

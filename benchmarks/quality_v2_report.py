@@ -18,6 +18,7 @@ from quality_v2_stats import (
     ALPHA,
     benjamini_hochberg,
     bootstrap_rank_intervals,
+    density_exponent,
     detectable_difference,
     failed,
     holm,
@@ -208,6 +209,51 @@ def ranking_lines(chosen: dict) -> list[str]:
     return [head, "", *lines, ""]
 
 
+def _mean_dev(runs: list[dict]) -> float:
+    return statistics.mean(100 * r["score"] for r in runs)
+
+
+def density_lr_lines(chosen: dict) -> list[str]:
+    """Per group: the learning rate each pruned arm chose on validation against its density,
+    the fitted exponent of lr ~ density^-alpha, and each arm's gap to dense at the dense
+    adapter's rate and at its own: whether tuning the rate to the density closes the gap."""
+    lines = []
+    for group in sorted({k[:3] for k in chosen}):
+        dense = chosen.get((*group, "dense"))
+        if dense is None:
+            continue
+        points, rows = [(1.0, dense["lr"])], []
+        for key, arm in sorted(chosen.items()):
+            spec = ARMS[key[3]]
+            if key[:3] != group or not spec.sparsity or spec.large_sparse != 1:
+                continue
+            points.append((1 - spec.sparsity, arm["lr"]))
+            at_dense_lr = arm["all"].get(dense["lr"])
+            gap_dense_lr = (
+                f"{_mean_dev(at_dense_lr) - _mean_dev(dense['runs']):+.2f}" if at_dense_lr else "-"
+            )
+            rows.append(
+                f"| {key[3]} | {1 - spec.sparsity:g} | {arm['lr']:g} | {gap_dense_lr} | "
+                f"{_mean_dev(arm['runs']) - _mean_dev(dense['runs']):+.2f} |"
+            )
+        if not rows:
+            continue
+        try:
+            alpha = f"{density_exponent(points):.2f}"
+        except ValueError:
+            alpha = "-"
+        lines += [
+            f"{group[1]}, {group[2]} ({group[0]}): dense chose lr {dense['lr']:g}; fitted "
+            f"alpha = {alpha} (lr ~ density^-alpha over the pruned arms' chosen rates)",
+            "",
+            "| arm | density | lr chosen | dev gap at dense's lr | dev gap at own lr |",
+            "|---|---|---|---|---|",
+            *rows,
+            "",
+        ]
+    return lines or ["Not measured yet.", ""]
+
+
 def plot(chosen: dict, out_dir: Path) -> list[Path]:
     """Per device, task and adapter: each pruner's difference from dense vs sparsity, with
     the 90% interval as a band."""
@@ -286,6 +332,15 @@ def report(args: argparse.Namespace) -> Path:
         "## Ranking of the pruners and baselines at each sparsity",
         "",
         *ranking_lines(chosen),
+    ]
+    lines += [
+        "## Learning rate and density",
+        "",
+        "Does a sparse adapter want a higher learning rate than the dense one? Each arm's "
+        "rate is chosen on validation from the same grid; gaps are mean dev points against "
+        "dense at its chosen rate.",
+        "",
+        *density_lr_lines(chosen),
     ]
     plots = plot(chosen, out_dir)
     if plots:

@@ -235,3 +235,14 @@ def failed(score: float, trivial: float, reference: float) -> bool:
     """A run fails when it recovers less than half the dense adapter's gain over the trivial
     predictor (``failure_threshold``): chance-level collapses and noisy near-collapses alike."""
     return score <= failure_threshold(trivial, reference)
+
+
+def density_exponent(points: Sequence[tuple[float, float]]) -> float:
+    """alpha of the rule lr = c * density**-alpha that fits (density, best lr) points best in
+    log space (least squares); needs two or more distinct densities."""
+    x = np.log([d for d, _ in points])
+    y = np.log([lr for _, lr in points])
+    if len(set(x.tolist())) < 2:
+        raise ValueError("a density exponent needs runs at two or more densities")
+    slope = np.polyfit(x, y, 1)[0]
+    return float(-slope)

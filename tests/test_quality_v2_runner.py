@@ -67,6 +67,21 @@ def test_claim_rows_test_and_adjust_over_each_claim():
     assert rows["3"] == [] and rows["budget"] == []
 
 
+def test_density_and_learning_rate_table():
+    # dense is best at 1e-3 on validation; snip80 (density 0.2) at 3e-3, where it closes the gap
+    records = [
+        *(_rec("dense", 1e-3, s, 0.80, x / 100) for s, x in ((1, 70.0), (2, 72.0))),
+        *(_rec("dense", 3e-3, s, 0.70, 0.60) for s in (1, 2)),
+        *(_rec("snip80", 1e-3, s, 0.60, x / 100) for s, x in ((1, 62.0), (2, 64.0))),
+        *(_rec("snip80", 3e-3, s, 0.75, x / 100) for s, x in ((1, 70.0), (2, 71.0))),
+    ]
+    lines = report.density_lr_lines(report.choose_lrs(records))
+    # lr x 3 over a density / 5: alpha = ln 3 / ln 5 = 0.6826
+    assert "dense chose lr 0.001; fitted alpha = 0.68" in lines[0]
+    # at dense's rate snip80 is 63 vs 71 (-8.00); at its own 70.5 (-0.50)
+    assert "| snip80 | 0.2 | 0.003 | -8.00 | -0.50 |" in lines
+
+
 def test_failures_are_counted_not_dropped(tiny_glue):
     # tiny RTE dev: trivial accuracy 50; dense median 70 → threshold 60: one snip run fails
     records = _group("dense", [68.0, 70.0, 72.0]) + _group("snip40", [50.0, 69.0, 71.0])

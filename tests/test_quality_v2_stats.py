@@ -171,3 +171,14 @@ def test_failure_rule_is_relative_to_trivial_and_dense():
     assert st.failed(32.06, 0.0, 85.0) and not st.failed(81.5, 0.0, 85.0)
     # a dense arm barely above trivial: still at least 1 point above it
     assert st.failure_threshold(52.7, 53.0) == pytest.approx(53.7)
+
+
+def test_density_exponent_by_hand():
+    # lr doubling each time the density halves is lr ~ density^-1
+    assert st.density_exponent([(1.0, 1e-3), (0.5, 2e-3), (0.25, 4e-3)]) == pytest.approx(1.0)
+    # the same best rate at every density: no density dependence
+    assert st.density_exponent([(1.0, 3e-3), (0.2, 3e-3)]) == pytest.approx(0.0, abs=1e-12)
+    # two points, lr x sqrt(10) over a density / 10: alpha 0.5
+    assert st.density_exponent([(1.0, 1e-3), (0.1, 10**-2.5)]) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="two or more densities"):
+        st.density_exponent([(0.5, 1e-3), (0.5, 3e-3)])
