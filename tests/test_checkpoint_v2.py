@@ -1,5 +1,6 @@
-"""Checkpoint format version 2: version 1 files still load, mask coding, value precision, random
-masks regenerated from the seed, and damaged files refused."""
+"""Checkpoint format versions 2 and 3: version 1 and 2 files still load, mask coding, value
+precision and the coding of integer values, random masks regenerated from the seed, and damaged
+files refused."""
 
 from __future__ import annotations
 
@@ -13,9 +14,19 @@ from v1_checkpoint import save_v1
 
 import sparseadapter as sa
 from sparseadapter import maskcode
-from sparseadapter.checkpoint import WEIGHTS_FILE, load_sparse, read_metadata, save_sparse
+from sparseadapter import quantize as qz
+from sparseadapter.checkpoint import (
+    META_FILE,
+    PACKED_META_FILE,
+    WEIGHTS_FILE,
+    checksum,
+    load_sparse,
+    read_metadata,
+    save_sparse,
+)
 from sparseadapter.errors import CheckpointError, ConfigError
 from sparseadapter.export import export_dense
+from sparseadapter.metapack import canonical
 from sparseadapter.quantize import PRECISIONS
 from sparseadapter.sparsify import apply_masks, masked_parameters
 
@@ -151,8 +162,51 @@ def test_stored_bytes_shrink_with_precision(precision, tmp_path):
     _, full = stored(fp32)
     assert meta["precision"] == precision
     bits = {"fp32": 32, "bf16": 16, "fp16": 16, "int8": 8, "int4": 4}[precision]
-    assert tensors["values"].nbytes == math.ceil(full["values"].numel() * bits / 8)
+    packed = math.ceil(full["values"].numel() * bits / 8)
+    if precision.startswith("int"):  # a coding byte, then packed codes or fewer LZMA bytes
+        assert tensors["values"].nbytes <= 1 + packed
+    else:
+        assert tensors["values"].nbytes == packed
     assert ("scales" in tensors) == precision.startswith("int")
+
+
+@pytest.mark.parametrize("precision", ["int8", "int4"])
+def test_integer_codes_take_the_smaller_coding(precision):
+    torch.manual_seed(0)
+    uniform = torch.rand(4096) * 2 - 1  # codes spread evenly: nothing to gain over packing
+    mostly_zero = torch.where(torch.rand(4096) < 0.9, 0.0, torch.randn(4096))
+    bits = {"int8": 8, "int4": 4}[precision]
+    for values, coding in ((uniform, qz.PACKED), (mostly_zero, qz.LZMA)):
+        coded = qz.quantize(values, [4096], precision)
+        packed = qz.quantize(values, [4096], precision, coded=False)
+        assert coded["values"][0] == coding
+        if coding == qz.PACKED:
+            assert coded["values"].numel() == 1 + 4096 * bits // 8
+        else:
+            assert coded["values"].numel() < 0.6 * 4096 * bits / 8
+        # either way the same values come back as from the packed version 2 layout
+        back = qz.dequantize(coded, [4096], precision, qz.GROUP_SIZE)
+        assert torch.equal(back, qz.dequantize(packed, [4096], precision, qz.GROUP_SIZE, False))
+
+
+@pytest.mark.parametrize("precision", ["int8", "int4"])
+def test_a_version_2_integer_checkpoint_still_loads(precision, tmp_path):
+    """Version 2 stored integer codes packed, without a coding byte, and plain JSON metadata."""
+    model, config = sparse_model("peft-lora", method="magnitude", sparsity=0.8)
+    path = save_sparse(model, tmp_path / "ckpt", precision=precision)
+    current = dict(load_sparse(base_model(config), path).named_parameters())
+    meta, tensors = stored(path)
+    codes = qz._decoded(tensors["values"], precision, 10**12)  # every stored code
+    tensors["values"] = qz._packed(codes, precision).contiguous()
+    payload = safetensors.torch.save(tensors)
+    meta["format_version"] = 2
+    meta["sha256"] = checksum(payload, meta)
+    (path / WEIGHTS_FILE).write_bytes(payload)
+    (path / PACKED_META_FILE).unlink()
+    (path / META_FILE).write_bytes(canonical(meta))
+    loaded = load_sparse(base_model(config), path)
+    for name, param in loaded.named_parameters():
+        assert torch.equal(param, current[name]), name
 
 
 def test_low_precision_dense_export_holds_the_dequantized_weights(tmp_path):

@@ -347,7 +347,8 @@ def _decoded_v2(
     pruned = [trainable[i][0] for i in layout["pruned"]]
     masks = _masks_v2(meta, tensors, {n: tuple(named[n].shape) for n in pruned})
     sizes = [int(masks[n].sum()) if n in masks else p.numel() for n, p in trainable]
-    values = dequantize(tensors, sizes, meta["precision"], meta["group_size"])
+    coded = meta["format_version"] >= 3  # version 2 stored integer codes packed
+    values = dequantize(tensors, sizes, meta["precision"], meta["group_size"], coded)
     decoded = {}
     for (n, p), part in zip(trainable, values.split(sizes)):
         keep = masks.get(n)
