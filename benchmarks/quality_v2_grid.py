@@ -17,6 +17,7 @@ from quality_v2_baselines import SHUFFLED_IN_ROW, SHUFFLED_IN_TENSOR, matched_wi
 from quality_v2_data import carve, carved_dir
 from quality_v2_stats import plan_seeds, seed_sds
 
+from sparseadapter.config import SparsityConfig
 from sparseadapter.runconfig import RunConfig
 
 PROTOCOL = "v2-validation-split"
@@ -24,6 +25,9 @@ PROTOCOL = "v2-validation-split"
 # on 4 of 5 tasks, and a sparse adapter may want a higher one: the grid reaches 1e-2
 LRS = [3e-4, 1e-3, 3e-3, 1e-2]
 SYNFLOW_ROUNDS = 100  # the SynFlow method's iterative schedule, not the one-shot default
+POOLER = ("pooler",)  # model.modules_to_save of the "-pooler" arms: a trained pooler
+# the SparseAdapter code's MAM scope: prune the adapters, not the prefix MLP
+PREFIX = r"(^|\.)prefix_tuning(\.|$)"
 MAX_SEEDS = 10
 DEFAULT_SEEDS = 5  # where no earlier variance is known
 # at least: a seed sd estimated from v1's 3 seeds is rough, and 2 seeds a side leave a t test
@@ -42,10 +46,18 @@ class Arm:
     large_sparse: float = 1.0
     narrow_to: float | None = None
     synflow_rounds: int = 1
+    modules_to_save: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
 
 
 def _arms() -> dict[str, Arm]:
-    arms = [Arm("dense"), Arm("ls4-snip75", "snip", 0.75, 4.0)]
+    arms = [
+        Arm("dense"),
+        Arm("ls4-snip75", "snip", 0.75, 4.0),
+        Arm("dense-pooler", modules_to_save=POOLER),
+        Arm("snip40-pooler", "snip", 0.4, modules_to_save=POOLER),
+        Arm("snip40-noprefix", "snip", 0.4, exclude=(PREFIX,)),
+    ]
     for s in (0.4, 0.6, 0.8):
         pct = round(100 * s)
         arms += [
@@ -85,6 +97,17 @@ CLAIMS: dict[str, dict[str, Any]] = {
         "margins": [0.0],
         "pairs": [("ls4-snip75", "dense")],
     },
+    "fidelity": {
+        "title": "Protocol fidelity: a trained pooler beats the frozen one; MAM pruned in the "
+        "SparseAdapter code's scope (adapters, not the prefix MLP) beats pruning everything",
+        "test": "superior",
+        "margins": [0.0],
+        "pairs": [
+            ("dense-pooler", "dense"),
+            ("snip40-pooler", "snip40"),
+            ("snip40-noprefix", "snip40"),
+        ],
+    },
     "budget": {
         "title": "SNIP beats same-budget baselines (its masks shuffled, a narrow dense adapter)",
         "test": "superior",
@@ -121,6 +144,8 @@ def run_config(
     model: dict[str, Any] = {"name": args.model, "adapter": adapter}
     if arm.large_sparse != 1:
         model["large_sparse"] = arm.large_sparse
+    if arm.modules_to_save:
+        model["modules_to_save"] = list(arm.modules_to_save)
     if arm.narrow_to is not None:
         model["width"] = matched_width(args.model, adapter, arm.narrow_to, num_labels(task))[
             "width"
@@ -138,9 +163,7 @@ def run_config(
     config = {
         "model": model,
         "data": data,
-        "prune": {"method": arm.pruner}
-        if arm.pruner == "none"
-        else {"method": arm.pruner, "sparsity": arm.sparsity, "synflow_rounds": arm.synflow_rounds},
+        "prune": {"method": arm.pruner} if arm.pruner == "none" else _prune(arm),
         "train": {
             "epochs": args.epochs or EPOCHS[task],
             "lr": lr,
@@ -152,6 +175,13 @@ def run_config(
         "output": str(args.runs_dir / PROTOCOL / run_name(task, adapter, arm, lr, seed)),
     }
     return RunConfig.from_dict(config)
+
+
+def _prune(arm: Arm) -> dict[str, Any]:
+    prune = {"method": arm.pruner, "sparsity": arm.sparsity, "synflow_rounds": arm.synflow_rounds}
+    if arm.exclude:
+        prune["exclude"] = [*SparsityConfig().exclude, *arm.exclude]
+    return prune
 
 
 def num_labels(task: str) -> int:

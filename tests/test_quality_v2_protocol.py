@@ -98,3 +98,18 @@ def test_matched_width_of_houlsby_at_40_percent(minilm_path):
     # (width 15 → 143,798).
     got = baselines.matched_width(minilm_path, "houlsby", 0.4)
     assert got == {"width": 14, "nonzero": 134570, "target": 138376}
+
+
+@pytest.mark.adapterhub
+def test_the_noprefix_arm_prunes_mam_adapters_but_not_its_prefix_mlp():
+    grid = benchmark_module("quality_v2_grid")
+    model, _ = attach_adapter(tiny_model("bert"), "mam", "adapterhub")
+    prune = grid._prune(grid.ARMS["snip40-noprefix"])
+    sparsify(model, SparsityConfig(**prune), batches=random_batches())
+    masked = set(get_masks(model))
+    prefix = {n for n, p in model.named_parameters() if p.requires_grad and "prefix_tuning" in n}
+    assert prefix and not masked & prefix
+    assert any(".adapters." in n for n in masked)
+    everything = attach_adapter(tiny_model("bert"), "mam", "adapterhub")[0]
+    sparsify(everything, SparsityConfig(**grid._prune(grid.ARMS["snip40"])), random_batches())
+    assert set(get_masks(everything)) & prefix  # today's scope prunes the prefix MLP too

@@ -39,7 +39,7 @@ from sparseadapter.budget import large_sparse as widen_for_large_sparse
 from sparseadapter.errors import ConfigError, shown
 from sparseadapter.models import MODEL_ALIASES, resolve_model
 from sparseadapter.optional import has_adapterhub
-from sparseadapter.targets import head_modules
+from sparseadapter.targets import FULL_MODULES, head_modules
 from sparseadapter.tasks.base import CAUSAL_LM, QUESTION_ANSWERING, SEQUENCE_CLASSIFICATION
 
 ADAPTERS = ("houlsby", "pfeiffer", "parallel", "mam", "prefix", "lora", "ia3")
@@ -203,13 +203,15 @@ def attach_adapter(
     large_sparse: float = 1.0,
     adapter_name: str = "task",
     head: str = SEQUENCE_CLASSIFICATION,
+    modules_to_save: list[str] | None = None,
 ) -> tuple[nn.Module, float | None]:
     """Add a trainable ``adapter`` to a loaded ``model`` with a ``head`` (a task's head type).
 
-    Only the adapter and the task head stay trainable. ``adapter=None`` means full fine-tuning
-    (every parameter trainable). ``large_sparse > 1`` widens the adapter by that factor and
-    returns the sparsity that keeps the dense adapter's non-zero budget; otherwise the returned
-    sparsity is None. PEFT wraps the model, so use the returned model.
+    Only the adapter, the task head and the base-model modules named in ``modules_to_save``
+    (trained in full, never pruned; e.g. ``["pooler"]``) stay trainable. ``adapter=None`` means
+    full fine-tuning (every parameter trainable). ``large_sparse > 1`` widens the adapter by that
+    factor and returns the sparsity that keeps the dense adapter's non-zero budget; otherwise the
+    returned sparsity is None. PEFT wraps the model, so use the returned model.
     """
     if large_sparse != 1 and adapter is None:
         raise ConfigError("Large-Sparse widens an adapter: choose an adapter, or drop large_sparse")
@@ -237,9 +239,9 @@ def attach_adapter(
         # (BART's classification_head, DistilBERT's pre_classifier) would stay frozen.
         # A causal LM's output layer is not a task head: it stays frozen.
         heads = [] if head == CAUSAL_LM else head_modules(model)
-        extra_heads = [h for h in heads if h not in PEFT_HEADS]
-        if extra_heads:
-            config.modules_to_save = [*(config.modules_to_save or []), *extra_heads]
+        extra = [h for h in heads if h not in PEFT_HEADS] + _module_names(model, modules_to_save)
+        if extra:
+            config.modules_to_save = [*(config.modules_to_save or []), *extra]
         try:
             return peft.get_peft_model(model, config, adapter_name=adapter_name), sparsity
         except ValueError as exc:  # e.g. no default LoRA target modules for this architecture
@@ -260,7 +262,33 @@ def attach_adapter(
     train_adapterhub_adapter(model, adapter_name)
     if head == CAUSAL_LM:  # AdapterHub freezes the backbone only; the LM head is not the task's
         model.get_output_embeddings().requires_grad_(False)
+    train_in_full(model, modules_to_save or [])
     return model, sparsity
+
+
+def _module_names(model: nn.Module, names: list[str] | None) -> list[str]:
+    """The qualified names of the modules ``names`` name (a whole name or its last parts, as
+    PEFT's ``modules_to_save`` matches), each of which must exist."""
+    found = []
+    for name in names or []:
+        matches = [n for n, _ in model.named_modules() if n == name or n.endswith(f".{name}")]
+        if not matches:
+            raise ConfigError(
+                f"modules_to_save: this {model.config.model_type} model has no module named "
+                f"{shown(name)}; name one of its modules, e.g. pooler"
+            )
+        found += matches
+    return found
+
+
+def train_in_full(model: nn.Module, names: list[str]) -> None:
+    """Make the base-model modules ``names`` trainable in full beside an AdapterHub adapter and
+    record them on the model (targets.full_modules: never pruned; saved and rebuilt with the
+    checkpoint)."""
+    modules = _module_names(model, names)
+    for name in modules:
+        model.get_submodule(name).requires_grad_(True)
+    setattr(model, FULL_MODULES, modules)
 
 
 def train_adapterhub_adapter(model: nn.Module, name: str) -> None:
@@ -330,13 +358,16 @@ def build_model(
     adapter_name: str = "task",
     problem_type: str | None = None,
     head: str = SEQUENCE_CLASSIFICATION,
+    modules_to_save: list[str] | None = None,
 ) -> tuple[nn.Module, float | None]:
     """Load ``model`` with a ``head`` and attach ``adapter`` (see attach_adapter)."""
     if adapter is not None:
         require_library(adapter, library)  # fail on bad options before loading any weights
         _check_width(width, adapter)
     loaded = load_model(model, num_labels, problem_type, head)
-    return attach_adapter(loaded, adapter, library, width, large_sparse, adapter_name, head)
+    return attach_adapter(
+        loaded, adapter, library, width, large_sparse, adapter_name, head, modules_to_save
+    )
 
 
 def describe(model: nn.Module) -> str:

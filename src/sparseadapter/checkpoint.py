@@ -44,7 +44,7 @@ from sparseadapter.maskcode import coding_name, decode_masks, encode_masks, rand
 from sparseadapter.metapack import canonical, pack, unpack
 from sparseadapter.quantize import GROUP_SIZE, INT_LEVELS, dequantize, precision_name, quantize
 from sparseadapter.sparsify import apply_masks, get_masks, masked_parameters, remove_sparsity
-from sparseadapter.targets import adapter_library
+from sparseadapter.targets import adapter_library, full_modules
 
 FORMAT_NAME = "sparseadapter-sparse-checkpoint"
 FORMAT_VERSION = 3
@@ -162,6 +162,7 @@ def common_metadata(model: nn.Module, library: str, name: str) -> dict[str, Any]
         "adapter_name": name,
         "adapter_config": adapter_config_dict(adapter_config_of(model, library, name)),
         "heads": head_configs(model, library),
+        "modules_to_save": full_modules(model),
         "base_model": base_identity(model),
         "sparsity_config": state.config.to_dict() if state and state.config else None,
         "versions": library_versions(library),

@@ -120,6 +120,14 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
             help=f"{_help(key)} [{key}]",
         )
     parser.add_argument(
+        "--modules-to-save",
+        dest="model.modules_to_save",
+        nargs="+",
+        default=None,
+        metavar="MODULE",
+        help=f"{_help('model.modules_to_save')} [model.modules_to_save]",
+    )
+    parser.add_argument(
         "--fuse",
         dest="model.fuse",
         nargs="+",
@@ -211,7 +219,7 @@ def _run_config(args: argparse.Namespace, base: dict[str, Any] | None = None) ->
 
     flags: dict[str, Any] = {
         key: getattr(args, key)
-        for key in [*(k for k, _ in RUN_FLAGS.values()), "model.fuse"]
+        for key in [*(k for k, _ in RUN_FLAGS.values()), "model.fuse", "model.modules_to_save"]
         if getattr(args, key) is not None
     }
     if args.full_finetune:

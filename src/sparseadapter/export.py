@@ -18,6 +18,7 @@ from sparseadapter.libraries import (
     save_peft_adapter,
 )
 from sparseadapter.sparsify import masked_parameters, remove_sparsity
+from sparseadapter.targets import full_modules
 
 EXPORT_FORMATS = ("peft", "adapterhub")
 
@@ -43,6 +44,12 @@ def export_dense(
             f"{'a PEFT' if library == 'peft' else 'an AdapterHub'} model exports as "
             f"format={shown(library)}, not {shown(format)}; the adapter "
             "libraries cannot read each other's adapters"
+        )
+    if full_modules(model):
+        raise ConfigError(
+            f"an AdapterHub adapter file cannot hold the base-model modules trained in full "
+            f"({', '.join(full_modules(model))}; modules_to_save): export --format sparse keeps "
+            "them, or train with PEFT, whose format does"
         )
     name = adapter_name(model, library)
     state = masked_parameters(model)

@@ -11,7 +11,7 @@ from typing import Any
 import peft
 from torch import nn
 
-from sparseadapter.adapters import train_adapterhub_adapter
+from sparseadapter.adapters import train_adapterhub_adapter, train_in_full
 from sparseadapter.errors import ConfigError
 from sparseadapter.targets import adapter_library, adapterhub_scales
 
@@ -87,6 +87,7 @@ def attach_adapterhub(model: nn.Module, meta: dict[str, Any]) -> nn.Module:
         if head_name not in model.heads:
             model.add_prediction_head_from_config(head_name, dict(head_config))
     train_adapterhub_adapter(model, name)
+    train_in_full(model, meta.get("modules_to_save", []))
     return model
 
 

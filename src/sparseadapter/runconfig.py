@@ -77,6 +77,14 @@ class ModelConfig:
         },
     )
 
+    modules_to_save: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Base-model modules trained in full beside the adapter, as PEFT's "
+            "modules_to_save (e.g. [pooler]: the classifier then reads a trained pooler instead "
+            "of the frozen pretrained one); never pruned, saved with the adapter."
+        },
+    )
     fuse: list[str] | None = field(
         default=None,
         metadata={
@@ -103,6 +111,11 @@ class ModelConfig:
             raise ConfigError(
                 f"large_sparse must be a finite number >= 1 (1 = off), got {self.large_sparse}; "
                 "e.g. 4"
+            )
+        if self.modules_to_save and (self.is_full_finetune or self.is_fusion):
+            raise ConfigError(
+                "modules_to_save trains modules beside an adapter: full fine-tuning trains "
+                "every module already, and AdapterFusion takes none; drop it"
             )
         if self.is_full_finetune and (self.large_sparse != 1 or self.width is not None):
             raise ConfigError(

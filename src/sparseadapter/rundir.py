@@ -291,6 +291,7 @@ def build_run_model(
         large_sparse=config.model.large_sparse,
         problem_type=task.problem_type,
         head=task.head,
+        modules_to_save=config.model.modules_to_save,
     )
     return model, model_path
 

@@ -3,7 +3,8 @@
 One rule serves PEFT, AdapterHub and plain modules, because both libraries freeze the backbone
 and leave exactly the adapter (and the task head) trainable: a parameter is prunable when it is
 trainable, is not a bias or a normalization weight, is not part of the task head (a transformers
-model's children besides its backbone, e.g. DistilBERT's ``pre_classifier``) or excluded by name
+model's children besides its backbone, e.g. DistilBERT's ``pre_classifier``) or of a module
+trained in full (``model.modules_to_save``, e.g. the pooler) or excluded by name
 (PEFT's ``modules_to_save`` and the usual head names always, plus ``exclude``), and matches
 ``include`` if that is set. Names are those of ``model.named_parameters()``,
 so masks pair with weights by name and identity, never by shape.
@@ -88,6 +89,15 @@ def _check_has_adapter(model: nn.Module, config: SparsityConfig) -> None:
         )
 
 
+FULL_MODULES = "sparseadapter_modules_to_save"  # model attribute, set by adapters.train_in_full
+
+
+def full_modules(model: nn.Module) -> list[str]:
+    """Names of the base-model modules trained in full beside an AdapterHub adapter
+    (``model.modules_to_save``; PEFT wraps its own in ``modules_to_save``): never pruned."""
+    return list(getattr(model, FULL_MODULES, []))
+
+
 def head_modules(model: nn.Module) -> list[str]:
     """Names of a transformers model's task-head modules: its children with weights besides
     the backbone; none for other modules (a PeftModel keeps its heads in ``modules_to_save``)."""
@@ -121,7 +131,11 @@ def prunable_parameters(model: nn.Module, config: SparsityConfig) -> dict[str, n
     include = [re.compile(p) for p in config.include or []]
     exclude = [re.compile(p) for p in config.exclude]
     norms = set() if config.prune_norms else _norm_parameter_ids(model)
-    heads = {id(p) for name in head_modules(model) for p in model.get_submodule(name).parameters()}
+    heads = {
+        id(p)
+        for name in [*head_modules(model), *full_modules(model)]
+        for p in model.get_submodule(name).parameters()
+    }
     found: dict[str, nn.Parameter] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad or not param.is_floating_point():
