@@ -105,8 +105,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def load_records(path: Path) -> dict[str, dict]:
-    """The recorded v2 runs, by run name."""
+def load_records(path: Path) -> dict[tuple[str, str], dict]:
+    """The recorded v2 runs, by (device, run name): one run's records of two devices both stay
+    (the report compares within one device)."""
     if not path.is_file():
         return {}
     records = {}
@@ -114,7 +115,7 @@ def load_records(path: Path) -> dict[str, dict]:
         if line.strip():
             r = json.loads(line)
             if r.get("protocol") == PROTOCOL:
-                records[r["run"]] = r
+                records[r["device"], r["run"]] = r
     return records
 
 
@@ -184,9 +185,10 @@ def run_all(args: argparse.Namespace) -> None:
     if args.worker_index is not None:
         plan = plan[args.worker_index :: args.workers]
     start, longest = time.monotonic(), 0.0
+    device = where_trained()["device"]
     for i, (task, adapter, arm, lr, seed) in enumerate(plan):
         name = run_name(task, adapter, arm, lr, seed)
-        if name in load_records(args.records):
+        if (device, name) in load_records(args.records):
             continue
         if args.max_minutes and time.monotonic() - start + longest > 60 * args.max_minutes:
             print(f"time budget spent; {len(plan) - i} runs of this worker left", flush=True)

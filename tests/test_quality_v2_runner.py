@@ -193,3 +193,17 @@ def test_bad_options_get_one_line(argv, message, capsys):
     with pytest.raises(SystemExit):
         runner.parse_args(argv)
     assert message in capsys.readouterr().err
+
+
+def test_records_of_one_run_on_two_devices_both_stay(tmp_path):
+    q2 = benchmark_module("quality_v2")
+    path = tmp_path / "records.jsonl"
+    cpu, gpu = (
+        _rec("dense", 1e-3, 1, 0.7, 0.6),
+        {**_rec("dense", 1e-3, 1, 0.8, 0.7), "device": "H200"},
+    )
+    path.write_text(json.dumps(cpu) + "\n" + json.dumps(gpu) + "\n")
+    records = q2.load_records(path)
+    assert {k[0] for k in records} == {"cpu", "H200"}
+    chosen = report.choose_lrs(list(records.values()))
+    assert {k[0] for k in chosen} == {"cpu", "H200"}  # compared within each device only
