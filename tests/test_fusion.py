@@ -253,3 +253,55 @@ def test_fused_runs_are_a_list_in_yaml_and_set(tmp_path):
         resolve(None, overrides=["model.adapter=fusion", "model.fuse=runs/a"])
     with pytest.raises(ConfigError, match="no width"):
         resolve(None, overrides=["model.adapter=fusion", "model.fuse=[a, b]", "model.width=8"])
+
+
+def _write_fusion_v1(model, folder: Path) -> None:
+    """The fusion layer and head as version 1 stored them: one tensor per parameter, pruned
+    ones as kept values plus a packed bitmask."""
+    import numpy as np
+
+    from sparseadapter import fusion
+    from sparseadapter.checkpoint import base_identity, canonical, checksum
+    from sparseadapter.sparsify import get_masks, masked_parameters
+
+    masks, tensors, pruned = get_masks(model), {}, {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        value = param.detach().cpu()
+        if name in masks:
+            keep = masks[name].cpu().flatten()
+            tensors[name] = value.flatten()[keep].contiguous()
+            tensors[f"{name}:bitmask"] = torch.from_numpy(np.packbits(keep.numpy()))
+            pruned[name] = {"shape": list(value.shape), "dtype": "float32"}
+        else:
+            tensors[name] = value.contiguous()
+    payload = safetensors.torch.save(tensors)
+    meta = {
+        "format": fusion.FORMAT_NAME, "format_version": 1, "adapters": fusion.fusion_names(model),
+        "base_model": base_identity(model),
+        "sparsity_config": masked_parameters(model).config.to_dict(), "pruned_tensors": pruned,
+    }  # fmt: skip
+    meta = json.loads(canonical(meta))
+    meta["sha256"] = checksum(payload, meta)
+    (folder / fusion.WEIGHTS_FILE).write_bytes(payload)
+    (folder / fusion.META_FILE).write_bytes(canonical(meta))
+
+
+def test_fusion_files_use_the_sparse_format_and_version_1_still_loads(fusion_run, tmp_path):
+    from sparseadapter.rundir import finished_run, load_run_model
+    from sparseadapter.sparsify import get_masks
+    from sparseadapter.tasks import get_task
+
+    meta = json.loads((fusion_run / "adapter" / "fusion.json").read_text())
+    assert meta["format_version"] == 2 and meta["encoding"]["masks"]["coding"] in ("rice", "lzma")
+    config = finished_run(fusion_run)
+    model, _ = load_run_model(fusion_run, config, get_task("rte"))
+    current = {n: p.detach().clone() for n, p in model.named_parameters()}
+    copy = tmp_path / "run"
+    shutil.copytree(fusion_run, copy)
+    _write_fusion_v1(model, copy / "adapter")
+    loaded, _ = load_run_model(copy, finished_run(copy), get_task("rte"))
+    for name, param in loaded.named_parameters():
+        assert torch.equal(param, current[name]), name
+    assert set(get_masks(loaded)) == set(get_masks(model)) != set()

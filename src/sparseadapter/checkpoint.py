@@ -200,6 +200,44 @@ def _mask_record(masks: dict[str, torch.Tensor], config: SparsityConfig | None) 
     return {"coding": "coded"}
 
 
+def encode_trainable(
+    model: nn.Module, precision: str
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Every trainable tensor of ``model`` as format 3 stores it, and the layout metadata that
+    :func:`load_tensors` reads back (``format_version``, ``precision``, ``group_size``,
+    ``tensors``, ``masks``): the values laid end to end at ``precision`` (pruned tensors: the
+    kept values), the masks coded or, for the random pruner, left to its seed."""
+    state = masked_parameters(model)
+    if state is not None:
+        state.apply_()
+    masks = get_masks(model)
+    trainable = [(n, p.detach().cpu()) for n, p in model.named_parameters() if p.requires_grad]
+    parts = [
+        p.flatten()[masks[n].detach().cpu().flatten()] if n in masks else p.flatten()
+        for n, p in trainable
+    ]
+    sizes = [part.numel() for part in parts]
+    tensors = quantize(torch.cat([part.float() for part in parts]), sizes, precision)
+    pruned = {n: masks[n] for n, _ in trainable if n in masks}
+    record = _mask_record(pruned, state.config if state else None) if pruned else None
+    if record is not None and record["coding"] == "coded":
+        code = encode_masks(list(pruned.values()))
+        record["coding"] = coding_name(code)
+        tensors["masks"] = torch.frombuffer(bytearray(code), dtype=torch.uint8)
+    layout = {
+        "format_version": FORMAT_VERSION,
+        "precision": precision,
+        "group_size": GROUP_SIZE if precision in INT_LEVELS else None,
+        "tensors": {
+            "count": len(trainable),
+            "sha256": layout_digest([(n, tuple(p.shape)) for n, p in trainable]),
+            "pruned": [i for i, (n, _) in enumerate(trainable) if n in masks],
+        },
+        "masks": record,
+    }
+    return tensors, layout
+
+
 def save_sparse(
     model: nn.Module,
     path: str | os.PathLike,
@@ -221,37 +259,9 @@ def save_sparse(
     precision = precision_name(precision, dtype)
     library = model_library(model)
     name = adapter_name(model, library)
-    state = masked_parameters(model)
-    if state is not None:
-        state.apply_()
-    masks = get_masks(model)
-    trainable = [(n, p.detach().cpu()) for n, p in model.named_parameters() if p.requires_grad]
-    parts = [
-        p.flatten()[masks[n].detach().cpu().flatten()] if n in masks else p.flatten()
-        for n, p in trainable
-    ]
-    sizes = [part.numel() for part in parts]
-    tensors = quantize(torch.cat([part.float() for part in parts]), sizes, precision)
-    pruned = {n: masks[n] for n, _ in trainable if n in masks}
-    record = _mask_record(pruned, state.config if state else None) if pruned else None
-    if record is not None and record["coding"] == "coded":
-        code = encode_masks(list(pruned.values()))
-        record["coding"] = coding_name(code)
-        tensors["masks"] = torch.frombuffer(bytearray(code), dtype=torch.uint8)
+    tensors, layout = encode_trainable(model, precision)
     payload = safetensors.torch.save(tensors)
-    meta = {
-        **common_metadata(model, library, name),
-        "format_version": FORMAT_VERSION,
-        "precision": precision,
-        "group_size": GROUP_SIZE if precision in INT_LEVELS else None,
-        "tensors": {
-            "count": len(trainable),
-            "sha256": layout_digest([(n, tuple(p.shape)) for n, p in trainable]),
-            "pruned": [i for i, (n, _) in enumerate(trainable) if n in masks],
-        },
-        "masks": record,
-    }
-    meta = finish_metadata(meta, payload)
+    meta = finish_metadata({**common_metadata(model, library, name), **layout}, payload)
 
     def write(tmp: Path) -> None:
         write_new(tmp / WEIGHTS_FILE, payload)
@@ -359,7 +369,10 @@ def _decoded_v2(
     return decoded
 
 
-def _load_tensors(model: nn.Module, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+def load_tensors(model: nn.Module, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    """Copy the stored ``tensors`` into ``model``'s trainable tensors and re-attach the masks,
+    as ``meta`` (a checkpoint's metadata, or a layout from :func:`encode_trainable` with the
+    ``sparsity_config`` and ``versions``) describes them."""
     named = dict(model.named_parameters())
     decode = decoded_v1 if meta["format_version"] == 1 else _decoded_v2
     decoded = decode(named, meta, tensors)
@@ -394,6 +407,6 @@ def load_sparse(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     training = model.training
     attach = attach_peft if meta["library"] == "peft" else attach_adapterhub
     model = attach(model, meta)
-    _load_tensors(model, meta, tensors)
+    load_tensors(model, meta, tensors)
     model.train(training)
     return model

@@ -4,9 +4,10 @@ the fusion layer and the new task head trainable (and prunable like any adapter)
 
 A fusion run folder holds, besides the usual run files, ``fused/<name>/``: a copy of each task
 adapter's sparse checkpoint (so the run needs nothing outside its folder), and in ``adapter/``
-the fusion layer and head in a compact file of their own (``fusion.safetensors``: kept values
-plus a packed bitmask per pruned tensor; ``fusion.json``: the task adapters' names in fusion
-order, the base model's fingerprint, the sparsity config and a SHA-256 over both).
+the fusion layer and head (``fusion.safetensors``: their tensors in the sparse checkpoint's
+tensor format, ``checkpoint.encode_trainable``; ``fusion.json``: the task adapters' names in
+fusion order, the base model's fingerprint, the sparsity config, that format's layout and a
+SHA-256 over both; version 1 stored one tensor per parameter and a bitmask, and still loads).
 """
 
 from __future__ import annotations
@@ -30,20 +31,24 @@ from sparseadapter.checkpoint import (
     base_identity,
     canonical,
     checksum,
+    encode_trainable,
+    finish_metadata,
     load_sparse,
+    load_tensors,
     read_sparse,
     replace_checkpoint,
 )
 from sparseadapter.config import SparsityConfig
 from sparseadapter.errors import CheckpointError, ConfigError, SparseAdapterError, shown
 from sparseadapter.files import replace_directory, write_new
+from sparseadapter.libraries import library_versions
 from sparseadapter.runconfig import RunConfig, load_yaml
 from sparseadapter.rundir import ADAPTER_DIR, CONFIG_FILE, FINAL_FILE, FUSED_DIR, PARTIAL_SUFFIX
-from sparseadapter.sparsify import apply_masks, get_masks, masked_parameters, remove_sparsity
+from sparseadapter.sparsify import apply_masks, masked_parameters, remove_sparsity
 
 FUSABLE_ADAPTERS = ("houlsby", "pfeiffer", "parallel")
 FORMAT_NAME = "sparseadapter-fusion"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1: one tensor per parameter and a packed bitmask (still loads)
 WEIGHTS_FILE = "fusion.safetensors"
 META_FILE = "fusion.json"
 EXPORT_FUSION_DIR = "fusion"  # in an AdapterHub export, beside one folder per task adapter
@@ -172,36 +177,21 @@ def fusion_names(model: nn.Module) -> list[str]:
 
 
 def save_fusion(model: nn.Module, folder: Path) -> Path:
-    """Write the trainable tensors of a fusion model (fusion layer and head) to ``folder``,
-    pruned ones as kept values plus a packed bitmask; atomically."""
-    state = masked_parameters(model)
-    if state is not None:
-        state.apply_()
-    masks = get_masks(model)
-    tensors: dict[str, torch.Tensor] = {}
-    pruned: dict[str, dict[str, Any]] = {}
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        value = param.detach().cpu()
-        if name in masks:
-            keep = masks[name].cpu().flatten()
-            tensors[name] = value.flatten()[keep].contiguous()
-            tensors[f"{name}:bitmask"] = torch.from_numpy(np.packbits(keep.numpy()))
-            pruned[name] = {"shape": list(value.shape), "dtype": str(value.dtype)[6:]}
-        else:
-            tensors[name] = value.contiguous()
+    """Write the trainable tensors of a fusion model (fusion layer and head) to ``folder`` in
+    the sparse checkpoint's tensor format (checkpoint.encode_trainable, lossless); atomically."""
+    tensors, layout = encode_trainable(model, "fp32")
     payload = safetensors.torch.save(tensors)
+    state = masked_parameters(model)
     meta: dict[str, Any] = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "adapters": fusion_names(model),
         "base_model": base_identity(model),
         "sparsity_config": state.config.to_dict() if state and state.config else None,
-        "pruned_tensors": pruned,
+        "versions": library_versions("adapterhub"),
+        "encoding": layout,
     }
-    meta = json.loads(canonical(meta))
-    meta["sha256"] = checksum(payload, meta)
+    meta = finish_metadata(meta, payload)
 
     def write(tmp: Path) -> None:
         write_new(tmp / WEIGHTS_FILE, payload)
@@ -245,6 +235,24 @@ def load_fusion(model: nn.Module, folder: Path) -> nn.Module:
             f"({saved.get('name_or_path') or 'unnamed'}): load it onto that model"
         )
     tensors = safetensors.torch.load(payload)
+    if meta["format_version"] == 1:
+        _load_v1(model, meta, tensors, folder)
+    else:
+        layout = {**meta["encoding"], **{k: meta[k] for k in ("sparsity_config", "versions")}}
+        try:
+            load_tensors(model, layout, tensors)
+        except CheckpointError as err:
+            raise CheckpointError(
+                f"the AdapterFusion in {folder} does not fit the model ({err}): rebuild the "
+                "model from the same task adapters"
+            ) from None
+    return model
+
+
+def _load_v1(
+    model: nn.Module, meta: dict[str, Any], tensors: dict[str, torch.Tensor], folder: Path
+) -> None:
+    """Fusion files of version 1: one tensor per parameter, a packed bitmask per pruned one."""
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     stored = {n for n in tensors if ":" not in n}
     if stored != set(params):
@@ -269,7 +277,6 @@ def load_fusion(model: nn.Module, folder: Path) -> nn.Module:
         apply_masks(model, masks, SparsityConfig.from_dict(config) if config else None)
     else:
         remove_sparsity(model)
-    return model
 
 
 def save_fusion_run(model: nn.Module, folder: Path, sources: Sequence[TaskAdapter]) -> None:
