@@ -98,7 +98,7 @@ CLAIMS: dict[str, dict[str, Any]] = {
         "pairs": [("ls4-snip75", "dense")],
     },
     "fidelity": {
-        "title": "Protocol fidelity: a trained pooler beats the frozen one; MAM pruned in the "
+        "title": "A trained pooler beats the frozen one; MAM pruned in the "
         "SparseAdapter code's scope (adapters, not the prefix MLP) beats pruning everything",
         "test": "superior",
         "margins": [0.0],
