@@ -251,6 +251,7 @@ def measure_quality(run: Path, workdir: Path, peft_line: tuple[float, float]) ->
     config = finished_run(run)
     final = read_final(run)
     peft_bytes = peft_line[0] + peft_line[1] * final["parameters"]["nonzero_trainable"]
+    peft_adapter_bytes = peft_line[0] + peft_line[1] * final["parameters"]["trainable"]
     library = read_metadata(run / ADAPTER_DIR)["library"]
     dense_dir = export_run(run, library, workdir / f"{run.name}-dense")
     dense = folder_bytes(dense_dir, ".safetensors")
@@ -276,6 +277,7 @@ def measure_quality(run: Path, workdir: Path, peft_line: tuple[float, float]) ->
                 "ratio": folder_bytes(path) / dense,
                 "peft_lora_fp16_bytes": round(peft_bytes),
                 "ratio_to_peft_fp16": folder_bytes(path) / peft_bytes,
+                "ratio_to_peft_fp16_same_adapter": folder_bytes(path) / peft_adapter_bytes,
             }
         )
     fp32 = rows[0]["score"]

