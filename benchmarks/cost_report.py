@@ -82,6 +82,8 @@ def header_lines(results: dict[str, Any]) -> list[str]:
     return [
         f"# Cost benchmark: sparse vs dense adapters ({MODEL_NAMES.get(model, model)}, CPU)",
         "",
+        *(f"> {line}".rstrip() for note in results.get("notes", []) for line in note.splitlines()),
+        *([""] if results.get("notes") else []),
         f"Produced by `{results['command']}` ({results['mode']} mode) on {results['date']} "
         f"in {results.get('seconds', 0):.0f} s"
         + (
