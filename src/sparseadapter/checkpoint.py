@@ -153,9 +153,15 @@ def replace_checkpoint(
     return replace_directory(path, write)
 
 
+def sparsity_config_dict(model: nn.Module) -> dict[str, Any] | None:
+    """The ``SparsityConfig`` of the model's masks as stored in metadata (None: no masks, or
+    masks attached without a config)."""
+    state = masked_parameters(model)
+    return state.config.to_dict() if state and state.config else None
+
+
 def common_metadata(model: nn.Module, library: str, name: str) -> dict[str, Any]:
     """The metadata fields every format version shares (all but the tensor layout)."""
-    state = masked_parameters(model)
     return {
         "format": FORMAT_NAME,
         "library": library,
@@ -164,7 +170,7 @@ def common_metadata(model: nn.Module, library: str, name: str) -> dict[str, Any]
         "heads": head_configs(model, library),
         "modules_to_save": full_modules(model),
         "base_model": base_identity(model),
-        "sparsity_config": state.config.to_dict() if state and state.config else None,
+        "sparsity_config": sparsity_config_dict(model),
         "versions": library_versions(library),
     }
 

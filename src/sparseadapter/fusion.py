@@ -37,6 +37,7 @@ from sparseadapter.checkpoint import (
     load_tensors,
     read_sparse,
     replace_checkpoint,
+    sparsity_config_dict,
 )
 from sparseadapter.config import SparsityConfig
 from sparseadapter.errors import CheckpointError, ConfigError, SparseAdapterError, shown
@@ -181,13 +182,12 @@ def save_fusion(model: nn.Module, folder: Path) -> Path:
     the sparse checkpoint's tensor format (checkpoint.encode_trainable, lossless); atomically."""
     tensors, layout = encode_trainable(model, "fp32")
     payload = safetensors.torch.save(tensors)
-    state = masked_parameters(model)
     meta: dict[str, Any] = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "adapters": fusion_names(model),
         "base_model": base_identity(model),
-        "sparsity_config": state.config.to_dict() if state and state.config else None,
+        "sparsity_config": sparsity_config_dict(model),
         "versions": library_versions("adapterhub"),
         "encoding": layout,
     }
