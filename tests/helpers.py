@@ -194,3 +194,29 @@ def run_benchmark(script: str, *args: str) -> subprocess.CompletedProcess:
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     return done
+
+
+def run_offline(code: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run Python ``code`` in a fresh process in ``cwd`` with the hub switched off, as a user
+    without sparseadapter would load an export; fails the test unless it prints EXPORT_OK."""
+    import os
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0 and "EXPORT_OK" in done.stdout, done.stderr[-3000:]
+    return done
+
+
+def other_base_model(model_dir: str, folder: Path) -> Path:
+    """A copy of the model in ``model_dir`` (with its tokenizer) whose input embeddings differ:
+    another base model to the checkpoint fingerprint."""
+    from transformers import AutoModel, AutoTokenizer
+
+    model = AutoModel.from_pretrained(model_dir)
+    with torch.no_grad():
+        model.get_input_embeddings().weight.add_(1.0)
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(folder)
+    return folder

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers import other_base_model
 
 from sparseadapter import SparseAdapterError, checkpoint, resume
 from sparseadapter import cli as cli_module
@@ -417,7 +418,6 @@ class _Stop(Exception):
 @pytest.fixture(scope="module")
 def runs(tiny_bert, glue_dir, tmp_path_factory) -> dict:
     """A finished run, an interrupted one (checkpoint after its first step), another base model."""
-    from transformers import AutoModel, AutoTokenizer
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("bad-input-runs")
@@ -433,12 +433,7 @@ def runs(tiny_bert, glue_dir, tmp_path_factory) -> dict:
         with pytest.raises(_Stop):
             main([*args, "--lr", "0.01", "--checkpoint-every", "1", "--output", str(root / "cut")])
 
-    other = root / "other-model"
-    model = AutoModel.from_pretrained(tiny_bert)
-    with torch.no_grad():
-        model.get_input_embeddings().weight.add_(1.0)
-    model.save_pretrained(other)
-    AutoTokenizer.from_pretrained(tiny_bert).save_pretrained(other)
+    other = other_base_model(tiny_bert, root / "other-model")
     return {
         "finished": root / "finished",
         "interrupted": root / "cut",

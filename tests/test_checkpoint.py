@@ -7,8 +7,6 @@ import errno
 import importlib.metadata
 import json
 import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -389,16 +387,7 @@ def test_dense_exports_load_without_sparseadapter(peft_family, tmp_path):
             model, tmp_path / f"{key}_export", format="peft" if key == "peft" else "adapterhub"
         )
     torch.save(reference, tmp_path / "reference.pt")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    result = subprocess.run(
-        [sys.executable, "-c", EXPORT_CHECK],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0 and "EXPORT_OK" in result.stdout, result.stderr[-3000:]
+    helpers.run_offline(EXPORT_CHECK, tmp_path)
 
 
 def test_dense_export_stores_pruned_weights_as_zeros(tmp_path):

@@ -5,17 +5,15 @@ and the errors for runs that cannot be fused."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import safetensors.torch
 import torch
+from helpers import other_base_model, run_offline
 
 from sparseadapter.cli import _run_config, build_parser, main
 from sparseadapter.errors import CheckpointError, ConfigError
@@ -36,16 +34,10 @@ def flags(tiny_bert: str, tiny_glue: Path, output: Path, task: str) -> list[str]
 def task_runs(tiny_bert, tiny_glue, tmp_path_factory) -> dict[str, Path]:
     """Finished tiny runs: RTE Houlsby SNIP-50%, STS-B Houlsby dense, RTE Pfeiffer, RTE LoRA,
     and an STS-B Houlsby run on another base model (other input embeddings)."""
-    from transformers import AutoModel, AutoTokenizer
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("task-runs")
-    other = root / "other-model"
-    model = AutoModel.from_pretrained(tiny_bert)
-    with torch.no_grad():
-        model.get_input_embeddings().weight.add_(1.0)
-    model.save_pretrained(other)
-    AutoTokenizer.from_pretrained(tiny_bert).save_pretrained(other)
+    other = other_base_model(tiny_bert, root / "other-model")
     runs = {
         "rte": ("rte", ["--adapter", "houlsby", "--pruner", "snip", "--sparsity", "0.5"]),
         "stsb": ("stsb", ["--adapter", "houlsby"]),
@@ -168,16 +160,7 @@ def test_adapterhub_export_loads_without_sparseadapter(fusion_run, tiny_bert, tm
         tmp_path / "export" / "fusion" / "model_adapter_fusion.safetensors"
     )
     assert any((v == 0).any() for k, v in fusion.items() if k.endswith("weight"))  # pruned
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    done = subprocess.run(
-        [sys.executable, "-c", EXPORT_CHECK],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0 and "EXPORT_OK" in done.stdout, done.stderr[-3000:]
+    run_offline(EXPORT_CHECK, tmp_path)
 
 
 @pytest.mark.parametrize(
