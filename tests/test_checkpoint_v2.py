@@ -292,3 +292,17 @@ def test_damaged_masks_scales_or_values_are_refused_by_the_checksum(tensor, tmp_
     with pytest.raises(CheckpointError, match="fails its SHA-256 check") as err:
         load_sparse(base_model(config), path)
     assert "\n" not in str(err.value)
+
+
+def test_a_damaged_value_coding_is_a_one_line_error():
+    """Behind the checksum (which refuses damage first), the decoder still refuses it."""
+    values = torch.where(torch.arange(4096) % 10 == 0, 1.0, 0.0)  # compresses: LZMA coding
+    stored = qz.quantize(values, [4096], "int4")["values"]
+    assert stored[0] == qz.LZMA
+    for data in (
+        bytes([7]) + bytes(stored[1:].tolist()),
+        bytes(stored[: len(stored) // 2].tolist()),
+    ):
+        with pytest.raises(CheckpointError, match="value coding is damaged") as err:
+            qz._decoded(torch.frombuffer(bytearray(data), dtype=torch.uint8), "int4", 4096)
+        assert "\n" not in str(err.value)

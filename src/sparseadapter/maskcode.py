@@ -38,8 +38,21 @@ def _bits(mask: np.ndarray) -> bytes:
     return np.packbits(mask).tobytes()
 
 
+def lzma_pack(data: bytes) -> bytes:
+    """``data`` compressed with raw LZMA2 (preset 9e): the format's LZMA, masks and values."""
+    return lzma.compress(data, lzma.FORMAT_RAW, filters=LZMA_FILTERS)
+
+
+def lzma_unpack(data: bytes, what: str) -> bytes:
+    """What :func:`lzma_pack` compressed; a damaged stream is a one-line error naming ``what``."""
+    try:
+        return lzma.decompress(data, lzma.FORMAT_RAW, filters=LZMA_FILTERS)
+    except lzma.LZMAError as err:
+        raise damaged(what, str(err)) from None
+
+
 def lzma_code(keep: np.ndarray) -> bytes:
-    return bytes([LZMA]) + lzma.compress(_bits(keep), lzma.FORMAT_RAW, filters=LZMA_FILTERS)
+    return bytes([LZMA]) + lzma_pack(_bits(keep))
 
 
 def rice_code(keep: np.ndarray) -> bytes:
@@ -67,11 +80,16 @@ def coding_name(code: bytes) -> str:
     return CODINGS.get(code[0], "unknown") if code else "empty"
 
 
-def _damaged(detail: str) -> CheckpointError:
+def damaged(what: str, detail: str) -> CheckpointError:
+    """The error for a checkpoint whose ``what`` ("mask coding", "value coding") is damaged."""
     return CheckpointError(
-        f"the checkpoint's mask coding is damaged ({detail}): restore the checkpoint from a good "
+        f"the checkpoint's {what} is damaged ({detail}): restore the checkpoint from a good "
         "copy or save it again"
     )
+
+
+def _damaged(detail: str) -> CheckpointError:
+    return damaged("mask coding", detail)
 
 
 def _rice_decode(code: bytes, total: int) -> np.ndarray:
@@ -106,10 +124,7 @@ def decode_masks(code: bytes, shapes: list[tuple[int, ...]]) -> list[torch.Tenso
     if code[0] == RICE:
         keep = _rice_decode(code, total)
     else:
-        try:
-            packed = lzma.decompress(code[1:], lzma.FORMAT_RAW, filters=LZMA_FILTERS)
-        except lzma.LZMAError as err:
-            raise _damaged(str(err)) from None
+        packed = lzma_unpack(code[1:], "mask coding")
         if len(packed) != -(-total // 8):
             raise _damaged(f"{len(packed)} mask bytes for {total} weights")
         keep = np.unpackbits(np.frombuffer(packed, dtype=np.uint8), count=total).astype(bool)

@@ -13,13 +13,11 @@ zero-initialized tensors).
 
 from __future__ import annotations
 
-import lzma
-
 import numpy as np
 import torch
 
-from sparseadapter.errors import CheckpointError, ConfigError, shown
-from sparseadapter.maskcode import LZMA_FILTERS
+from sparseadapter.errors import ConfigError, shown
+from sparseadapter.maskcode import damaged, lzma_pack, lzma_unpack
 
 FLOAT_PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 INT_LEVELS = {"int8": 127, "int4": 7}  # qmax: codes in [-qmax, qmax]
@@ -92,7 +90,7 @@ def _coded(q: torch.Tensor, precision: str) -> torch.Tensor:
     """``q``'s codes, packed or LZMA-coded, whichever is smaller, behind their coding byte."""
     packed = _packed(q, precision).view(torch.uint8).numpy().tobytes()
     shifted = (q.to(torch.int16) + INT_LEVELS[precision]).to(torch.uint8).numpy().tobytes()
-    compressed = lzma.compress(shifted, lzma.FORMAT_RAW, filters=LZMA_FILTERS)
+    compressed = lzma_pack(shifted)
     code = bytes([LZMA]) + compressed if len(compressed) < len(packed) else bytes([PACKED]) + packed
     return torch.frombuffer(bytearray(code), dtype=torch.uint8)
 
@@ -100,19 +98,10 @@ def _coded(q: torch.Tensor, precision: str) -> torch.Tensor:
 def _decoded(stored: torch.Tensor, precision: str, total: int) -> torch.Tensor:
     data = stored.numpy().tobytes()
     if not data or data[0] not in (PACKED, LZMA):
-        raise CheckpointError(
-            "the checkpoint's value coding is damaged (unknown coding byte): restore it from a "
-            "good copy or save it again"
-        )
+        raise damaged("value coding", "unknown coding byte")
     if data[0] == PACKED:
         return _unpacked(torch.frombuffer(bytearray(data[1:]), dtype=torch.uint8), precision, total)
-    try:
-        shifted = lzma.decompress(data[1:], lzma.FORMAT_RAW, filters=LZMA_FILTERS)
-    except lzma.LZMAError as err:
-        raise CheckpointError(
-            f"the checkpoint's value coding is damaged ({err}): restore it from a good copy or "
-            "save it again"
-        ) from None
+    shifted = lzma_unpack(data[1:], "value coding")
     codes = np.frombuffer(shifted, dtype=np.uint8)[:total].astype(np.int16)
     return torch.from_numpy(codes - INT_LEVELS[precision]).to(torch.int8)
 
