@@ -224,7 +224,7 @@ def peft_floor() -> list[str]:
         "at the same number of non-zero weights (16 bits each), a pruned tensor pays per kept "
         "weight for its mask, at least H(d)/d bits for independent keep decisions at density d, "
         f"plus an int4 code and its scale share ({INT4_BITS:g} bits). Measured files come out "
-        "below this floor because trained SNIP masks are not independent (they code 20-25% "
+        "below this floor because trained SNIP masks are not independent (they code about 20-30% "
         "below H) and the unpruned biases and head cost only the int4 bits; a random pruner's "
         "mask costs nothing (its seed), which is how its files meet 1/3.",
         "",
