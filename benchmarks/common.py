@@ -18,6 +18,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from sparseadapter.batching import PadCollator  # noqa: E402
+from sparseadapter.files import write_bytes  # noqa: E402
 from sparseadapter.tasks.classification import encode_examples  # noqa: E402
 from sparseadapter.tasks.glue import glue_spec, load_glue  # noqa: E402
 
@@ -45,8 +46,9 @@ def write_json(path: Path, data: Any, indent: int = 1, newline: bool = False) ->
 
 
 def write_text(path: Path, text: str) -> None:
+    """Atomically: a reader sees the old file or the new one, never a part."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    write_bytes(path, text.encode("utf-8"))
 
 
 def task_features(

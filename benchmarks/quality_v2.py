@@ -2,7 +2,7 @@
 
     python benchmarks/quality_v2.py --tasks mrpc --adapters houlsby \
         --arms dense snip40 snip-random40 snip-rowshuffle40 narrow40      # run (resumable), report
-    python benchmarks/quality_v2.py --report-only                         # rebuild quality_v2.md
+    python benchmarks/quality_v2.py --report-only [--readme]              # rebuild quality_v2.md
     python benchmarks/quality_v2.py --quick --runs-dir /tmp/q2            # a minutes-long smoke run
 
 Protocol ``v2-validation-split`` (``quality_v2_grid``): a fixed, seeded 10% of each task's training
@@ -86,6 +86,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--report-only", action="store_true")
+    p.add_argument(
+        "--readme",
+        action="store_true",
+        help="also rewrite the README's verdict block from the report",
+    )
     p.add_argument(
         "--quick",
         action="store_true",

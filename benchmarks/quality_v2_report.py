@@ -11,7 +11,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from common import write_text
+from common import ROOT, write_text
 from quality_v2_data import trivial_dev_score
 from quality_v2_grid import ARMS, CLAIMS, MAX_SEEDS, seeds_for
 from quality_v2_stats import (
@@ -29,6 +29,11 @@ from quality_v2_stats import (
 )
 
 Group = tuple[str, str, str]  # device, task, adapter
+README = ROOT / "README.md"
+README_BEGIN = (
+    "<!-- quality v2 verdicts: python benchmarks/quality_v2.py --report-only --readme -->"
+)
+README_END = "<!-- end of quality v2 verdicts -->"
 
 
 def choose_lrs(records: list[dict]) -> dict[tuple, dict]:
@@ -71,7 +76,14 @@ def claim_rows(chosen: dict[tuple, dict]) -> dict[str, list[dict]]:
                 for margin in claim["margins"]:
                     t = _test(claim, dev_points(a), dev_points(b), margin)
                     rows.append(
-                        {"group": group, "a": a_name, "b": b_name, "test": t, "arms": (a, b)}
+                        {
+                            "claim": name,
+                            "group": group,
+                            "a": a_name,
+                            "b": b_name,
+                            "test": t,
+                            "arms": (a, b),
+                        }
                     )
         for key, adjust in (("holm", holm), ("bh", benjamini_hochberg)):
             for row, p in zip(rows, adjust([r["test"].p for r in rows])):
@@ -87,6 +99,66 @@ def verdict(row: dict) -> str:
     if t.high < -t.margin:
         return "fails"  # the whole interval lies on the wrong side
     return "not settled"
+
+
+def _comparison(row: dict) -> str:
+    t = row["test"]
+    if CLAIMS[row["claim"]]["test"] == "superior":
+        return f"{row['a']} > {row['b']}"
+    return f"{row['a']} ≥ {row['b']}" + (f" − {t.margin:g}" if t.margin else "")
+
+
+def verdict_lines(rows: dict[str, list[dict]]) -> list[str]:
+    """Every test of every claim with its verdict, and per claim how many tests hold, fail and
+    are not settled: the summary the README shows."""
+    measured = [r for name in rows for r in rows[name]]
+    if not measured:
+        return ["No claim is measured yet.", ""]
+    counts = []
+    for name, claim_rows_ in rows.items():
+        tally = defaultdict(int)
+        for r in claim_rows_:
+            tally[verdict(r)] += 1
+        if claim_rows_:
+            parts = ", ".join(f"{tally[v]} {v}" for v in ("holds", "fails", "not settled"))
+            n = len(claim_rows_)
+            counts.append(f"- Claim {name}: {n} test{'s' * (n > 1)}: {parts}.")
+    lines = [
+        *counts,
+        "",
+        "| claim | device | task | adapter | test | a − b | 90% interval | p Holm | verdict "
+        "| seeds a/b |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in measured:
+        t, (a, b) = r["test"], r["arms"]
+        device, task, adapter = r["group"]
+        lines.append(
+            f"| {r['claim']} | {device} | {task} | {adapter} | {_comparison(r)} | {t.diff:+.2f} "
+            f"| [{t.lower:+.2f}, {t.high:+.2f}] | {r['holm']:.3f} | {verdict(r)} | "
+            f"{len(a['runs'])}/{len(b['runs'])} |"
+        )
+    return [*lines, ""]
+
+
+def update_readme(readme: Path, verdicts: list[str]) -> None:
+    """Replace what lies between the README's two verdict markers with ``verdicts``."""
+    text = readme.read_text(encoding="utf-8")
+    if text.count(README_BEGIN) != 1 or text.count(README_END) != 1:
+        raise SystemExit(
+            f"{readme}: no single verdict block; put the lines {README_BEGIN!r} and "
+            f"{README_END!r} where the verdicts belong"
+        )
+    head, rest = text.split(README_BEGIN)
+    tail = rest.split(README_END)[1]
+    block = "\n".join(["", "", *verdicts, ""])
+    write_text(readme, head + README_BEGIN + block + README_END + tail)
+
+
+def readme_verdicts(readme: Path) -> str:
+    """The verdicts the README shows (between its markers)."""
+    text = readme.read_text(encoding="utf-8")
+    return text.split(README_BEGIN)[1].split(README_END)[0].strip()
 
 
 def _claim_table(name: str, rows: list[dict], failures) -> list[str]:
@@ -154,13 +226,24 @@ def arms_table(chosen: dict, failures, trivial: dict[str, float]) -> list[str]:
         per_lr = ", ".join(f"{lr:g}: {len(v)}" for lr, v in sorted(arm["all"].items()))
         nonzero = arm["runs"][0]["nonzero_trainable"]
         lines.append(
-            f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | {arm['lr']:g} | "
+            f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | {arm['lr']:g}{_edge(arm)} | "
             f"{statistics.mean(x):.2f}{spread} | {len(x)} | {failures(key[:3], arm)} | "
             f"{failures(key[:3], arm, every_lr=True)} | "
             f"{per_lr} | {nonzero:,} |"
         )
     thresholds = [f"{task} {score:.1f}" for task, score in sorted(trivial.items())]
-    return [*lines, "", f"Trivial predictor on dev (points): {', '.join(thresholds)}.", ""]
+    return [
+        *lines,
+        "",
+        f"Trivial predictor on dev (points): {', '.join(thresholds)}. (edge): the chosen rate is "
+        "the highest or lowest the arm tried, so a rate beyond the grid may do better.",
+        "",
+    ]
+
+
+def _edge(arm: dict) -> str:
+    tried = sorted(arm["all"])
+    return " (edge)" if len(tried) > 1 and arm["lr"] in (tried[0], tried[-1]) else ""
 
 
 def seed_plan_lines(chosen: dict, v1: list[dict]) -> list[str]:
@@ -310,6 +393,7 @@ def report(args: argparse.Namespace) -> Path:
     failures, trivial = _failure_counter(chosen, args.data_dir, args.max_eval_samples)
     rows = claim_rows(chosen)
     arms = arms_table(chosen, failures, trivial) if chosen else ["Nothing recorded yet.", ""]
+    verdicts = verdict_lines(rows)
     lines = [
         "# Quality benchmark v2",
         "",
@@ -321,6 +405,12 @@ def report(args: argparse.Namespace) -> Path:
         "dense adapter's gain over the trivial predictor "
         "(`quality_v2_stats.failure_threshold`), and failures are counted, never dropped.",
         "",
+        "## Verdicts",
+        "",
+        f"A test holds when its Holm-adjusted p is below {ALPHA:g}, fails when its whole 90% "
+        "interval lies below the margin, and is not settled otherwise.",
+        "",
+        *verdicts,
         "## Claims",
         "",
     ]
@@ -348,4 +438,6 @@ def report(args: argparse.Namespace) -> Path:
         lines += [f"![{p.stem}]({p.name})" for p in plots] + [""]
     path = out_dir / "quality_v2.md"
     write_text(path, "\n".join(lines))
+    if getattr(args, "readme", False):
+        update_readme(README, verdicts)
     return path

@@ -67,6 +67,70 @@ def test_claim_rows_test_and_adjust_over_each_claim():
     assert rows["3"] == [] and rows["budget"] == []
 
 
+def test_verdicts_count_each_claims_tests():
+    records = (
+        _group("dense", [60.9, 61.0, 61.1])
+        + _group("snip40", [62.9, 63.0, 63.1])  # +2 with sd 0.1: holds at both margins
+        + _group("random80", [50.9, 51.0, 51.1])  # -10: fails at both
+        + _group("snip60", [58.0, 61.0, 64.0])  # 0 with sd 3: settled at neither
+    )
+    lines = report.verdict_lines(report.claim_rows(report.choose_lrs(records)))
+    assert "- Claim 1: 2 tests: 2 holds, 0 fails, 0 not settled." in lines
+    assert "- Claim 2: 6 tests: 2 holds, 2 fails, 2 not settled." in lines
+    assert not any(line.startswith("- Claim 3") for line in lines)
+    rows = [line for line in lines if line.startswith("| 2 |")]
+    assert len(rows) == 6
+    assert any("| random80 ≥ dense − 1 | -10.00 |" in r and "| fails |" in r for r in rows)
+    assert any("| snip60 ≥ dense | +0.00 |" in r and "| not settled |" in r for r in rows)
+    assert report.verdict_lines({"1": []}) == ["No claim is measured yet.", ""]
+
+
+def test_arms_table_flags_a_rate_at_the_grid_edge():
+    def arm(name, validations):
+        return [_rec(name, lr, seed, v, 0.6) for lr, v in validations.items() for seed in (1, 2)]
+
+    records = arm("dense", {1e-3: 0.5, 3e-3: 0.7, 1e-2: 0.6}) + arm(
+        "snip80", {1e-3: 0.5, 3e-3: 0.6, 1e-2: 0.7}
+    )
+    lines = report.arms_table(report.choose_lrs(records), lambda *a, **k: 0, {"rte": 52.7})
+    dense, snip80 = (next(x for x in lines if f"| {n} |" in x) for n in ("dense", "snip80"))
+    assert "| 0.003 |" in dense
+    assert "| 0.01 (edge) |" in snip80
+
+
+def test_committed_report_and_readme_show_the_recorded_verdicts(tmp_path, glue_dir):
+    """quality_v2.md's verdicts are what the committed records give, and the README shows them."""
+    q2 = benchmark_module("quality_v2")
+    records = BENCHMARKS / "results" / "quality_v2_runs.jsonl"
+    out = tmp_path / "quality_v2_runs.jsonl"
+    out.write_bytes(records.read_bytes())
+    args = q2.parse_args(["--report-only", "--records", str(out), "--data-dir", str(glue_dir)])
+    fresh = report.report(args).read_text()
+    committed = (records.parent / "quality_v2.md").read_text()
+
+    def verdicts(text):
+        return text.split("## Verdicts")[1].split("## Claims")[0].strip()
+
+    assert verdicts(fresh) == verdicts(committed)
+    assert report.readme_verdicts(report.README) == verdicts(fresh)
+
+
+def test_readme_verdict_block_is_replaced_and_nothing_else(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(
+        f"intro\n\n{report.README_BEGIN}\nstale verdicts\n{report.README_END}\n\nrest\n"
+    )
+    report.update_readme(readme, ["- Claim 1: 2 tests: 2 holds, 0 fails, 0 not settled.", ""])
+    text = readme.read_text()
+    assert text.startswith("intro\n\n") and text.endswith("\n\nrest\n")
+    assert "stale verdicts" not in text
+    assert report.readme_verdicts(readme) == "- Claim 1: 2 tests: 2 holds, 0 fails, 0 not settled."
+    readme.write_text("no markers\n")
+    with pytest.raises(SystemExit, match="no single verdict block"):
+        report.update_readme(readme, ["x"])
+    assert readme.read_text() == "no markers\n"
+
+
 def test_density_and_learning_rate_table():
     # dense is best at 1e-3 on validation; snip80 (density 0.2) at 3e-3, where it closes the gap
     records = [
