@@ -47,7 +47,12 @@ def choose_lrs(records: list[dict]) -> dict[tuple, dict]:
         most = max(len(v) for v in lrs.values())
         full = {lr: runs for lr, runs in lrs.items() if len(runs) == most}
         lr = max(full, key=lambda x: (statistics.mean(r["validation"] for r in full[x]), -x))
-        chosen[key] = {"lr": lr, "runs": sorted(full[lr], key=lambda r: r["seed"]), "all": lrs}
+        chosen[key] = {
+            "lr": lr,
+            "runs": sorted(full[lr], key=lambda r: r["seed"]),
+            "all": lrs,
+            "compared": sorted(full),
+        }
     return chosen
 
 
@@ -242,7 +247,7 @@ def arms_table(chosen: dict, failures, trivial: dict[str, float]) -> list[str]:
 
 
 def _edge(arm: dict) -> str:
-    tried = sorted(arm["all"])
+    tried = arm["compared"]
     return " (edge)" if len(tried) > 1 and arm["lr"] in (tried[0], tried[-1]) else ""
 
 
@@ -296,6 +301,15 @@ def _mean_dev(runs: list[dict]) -> float:
     return statistics.mean(100 * r["score"] for r in runs)
 
 
+def _own_lr_gain(arm: dict, at_dense_lr: list[dict] | None) -> str:
+    """The arm at its own rate against itself at the dense adapter's rate: one-sided Welch
+    superiority, unadjusted (a check of the rule, not a claim)."""
+    if not at_dense_lr or len(at_dense_lr) < 2 or at_dense_lr == arm["runs"]:
+        return "-"
+    t = superiority(dev_points(arm), [100 * r["score"] for r in at_dense_lr])
+    return f"{t.diff:+.2f} [{t.lower:+.2f}, {t.high:+.2f}], {t.p:.3f}"
+
+
 def density_lr_lines(chosen: dict) -> list[str]:
     """Per group: the learning rate each pruned arm chose on validation against its density,
     the fitted exponent of lr ~ density^-alpha, and each arm's gap to dense at the dense
@@ -317,7 +331,8 @@ def density_lr_lines(chosen: dict) -> list[str]:
             )
             rows.append(
                 f"| {key[3]} | {1 - spec.sparsity:g} | {arm['lr']:g} | {gap_dense_lr} | "
-                f"{_mean_dev(arm['runs']) - _mean_dev(dense['runs']):+.2f} |"
+                f"{_mean_dev(arm['runs']) - _mean_dev(dense['runs']):+.2f} | "
+                f"{_own_lr_gain(arm, at_dense_lr)} |"
             )
         if not rows:
             continue
@@ -329,8 +344,9 @@ def density_lr_lines(chosen: dict) -> list[str]:
             f"{group[1]}, {group[2]} ({group[0]}): dense chose lr {dense['lr']:g}; fitted "
             f"alpha = {alpha} (lr ~ density^-alpha over the pruned arms' chosen rates)",
             "",
-            "| arm | density | lr chosen | dev gap at dense's lr | dev gap at own lr |",
-            "|---|---|---|---|---|",
+            "| arm | density | lr chosen | dev gap at dense's lr | dev gap at own lr "
+            "| own lr − dense's lr, same arm: diff [90% interval], p |",
+            "|---|---|---|---|---|---|",
             *rows,
             "",
         ]

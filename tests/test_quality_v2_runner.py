@@ -137,13 +137,15 @@ def test_density_and_learning_rate_table():
         *(_rec("dense", 1e-3, s, 0.80, x / 100) for s, x in ((1, 70.0), (2, 72.0))),
         *(_rec("dense", 3e-3, s, 0.70, 0.60) for s in (1, 2)),
         *(_rec("snip80", 1e-3, s, 0.60, x / 100) for s, x in ((1, 62.0), (2, 64.0))),
-        *(_rec("snip80", 3e-3, s, 0.75, x / 100) for s, x in ((1, 70.0), (2, 71.0))),
+        *(_rec("snip80", 3e-3, s, 0.75, x / 100) for s, x in ((1, 70.0), (2, 72.0))),
     ]
     lines = report.density_lr_lines(report.choose_lrs(records))
     # lr x 3 over a density / 5: alpha = ln 3 / ln 5 = 0.6826
     assert "dense chose lr 0.001; fitted alpha = 0.68" in lines[0]
-    # at dense's rate snip80 is 63 vs 71 (-8.00); at its own 70.5 (-0.50)
-    assert "| snip80 | 0.2 | 0.003 | -8.00 | -0.50 |" in lines
+    # at dense's rate snip80 is 63 vs 71 (-8.00); at its own 71 (+0.00). Own rate vs dense's:
+    # +8 with SE sqrt(2/2 + 2/2) = 1.414, t = 5.657 on 2 df: one-sided p = 1/2 - t/(2 sqrt(2 +
+    # t^2)) = 0.0149; 90% interval 8 -/+ t.95(2 df) 2.9200 x 1.414 = [3.87, 12.13]
+    assert "| snip80 | 0.2 | 0.003 | -8.00 | +0.00 | +8.00 [+3.87, +12.13], 0.015 |" in lines
 
 
 def test_failures_are_counted_not_dropped(tiny_glue):
