@@ -140,6 +140,7 @@ def test_resolved_config_round_trips(tmp_path):
         ({"model.library": "peft", "model.adapter": "houlsby"}, [], "PEFT has no 'houlsby'"),
         ({}, ["train.lr=.nan"], "train.lr must be a number > 0"),
         ({}, ["train.weight_decay=.nan"], "must be numbers >= 0"),
+        ({}, ["train.lr_density_exponent=-0.5"], "lr_density_exponent must be a number >= 0 (0 = off)"),
         ({"prune.method": "grasp"}, ["prune.grasp_temperature=abc"], "prune.grasp_temperature must be float"),
         ({"prune.method": "snip"}, ["prune.seed=abc"], "prune.seed must be int"),
         ({}, ["output=."], "names no run folder"),
@@ -255,6 +256,31 @@ def test_accumulation_and_bf16_keep_masks(tiny_bert, glue_dir, tmp_path, one_thr
     assert final["parameters"]["nonzero_prunable"] == final["sparsity"]["kept"]
     assert 0.69 < final["sparsity"]["achieved_sparsity"] < 0.71
     assert evaluate_run(config.output)["score"] == final["score"]
+
+
+@pytest.mark.parametrize("pruner", ["random", "none"])
+def test_density_aware_lr_scales_a_pruned_adapters_rate(
+    pruner, tiny_bert, glue_dir, tmp_path, one_thread
+):
+    flags = {"prune.method": pruner, "train.lr_density_exponent": 0.5}
+    if pruner != "none":
+        flags["prune.sparsity"] = 0.75
+    config = tiny_run(tiny_bert, glue_dir, tmp_path / pruner, **flags)
+    peaks = []
+    hook = register_optimizer_step_post_hook(
+        lambda opt, *args: peaks.append(opt.param_groups[0]["initial_lr"])
+    )
+    try:
+        final = train(config, quiet=True)
+    finally:
+        hook.remove()
+    params = final["parameters"]
+    # density = the non-zero share of the prunable weights, counted on the trained model
+    density = params["nonzero_prunable"] / params["prunable"] if pruner != "none" else 1.0
+    assert peaks and peaks == pytest.approx([0.01 * density**-0.5] * len(peaks))
+    assert final["lr"] == pytest.approx(0.01 * density**-0.5)
+    if pruner != "none":
+        assert final["lr"] == pytest.approx(0.02, rel=0.01)  # 0.01 x 0.25^-0.5
 
 
 def test_fp16_on_cpu_is_refused(tiny_bert, glue_dir, tmp_path):

@@ -56,6 +56,7 @@ RUN_FLAGS: dict[str, tuple[str, type]] = {
     "--batch-size": ("train.batch_size", int),
     "--eval-batch-size": ("train.eval_batch_size", int),
     "--lr": ("train.lr", float),
+    "--lr-density-exponent": ("train.lr_density_exponent", float),
     "--weight-decay": ("train.weight_decay", float),
     "--warmup-ratio": ("train.warmup_ratio", float),
     "--grad-accum": ("train.grad_accum", int),

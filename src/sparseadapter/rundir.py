@@ -221,6 +221,7 @@ class RunResult(TypedDict, total=False):
     dev: dict[str, dict[str, float]]  # split -> metric -> value, plus a "collapsed" flag
     selected_epoch: int
     select: str  # "best" or "last"
+    lr: float  # the peak learning rate trained at (train.lr, scaled by the density when asked)
     examples: dict[str, int]  # split -> number of examples
     parameters: dict[str, int]  # budget.parameter_report: total, trainable, non-zero, ...
     sparsity: dict[str, Any] | None  # sparsify's report; None for a dense run

@@ -198,7 +198,15 @@ def _prune(config: SparsityConfig, model: nn.Module, scoring: DataLoader, accele
     return report
 
 
-def _optimizer(model: nn.Module, cfg: TrainConfig, batches_per_epoch: int):
+def density_scaled_lr(lr: float, exponent: float, sparsity: dict[str, Any] | None) -> float:
+    """The peak rate of a run: ``lr`` x density^-``exponent`` for a pruned adapter (density:
+    its kept share of the prunable weights, from the pruning report), ``lr`` for a dense one."""
+    if not exponent or not sparsity or not sparsity["kept"]:
+        return lr
+    return lr * (sparsity["kept"] / sparsity["prunable"]) ** -exponent
+
+
+def _optimizer(model: nn.Module, cfg: TrainConfig, lr: float, batches_per_epoch: int):
     """AdamW (weight decay on matrices only) and a linear warm-up/decay schedule."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
@@ -206,7 +214,7 @@ def _optimizer(model: nn.Module, cfg: TrainConfig, batches_per_epoch: int):
             {"params": [p for p in trainable if p.dim() > 1], "weight_decay": cfg.weight_decay},
             {"params": [p for p in trainable if p.dim() <= 1], "weight_decay": 0.0},
         ],
-        lr=cfg.lr,
+        lr=lr,
     )
     total_steps = cfg.epochs * math.ceil(batches_per_epoch / cfg.grad_accum)
     scheduler = get_linear_schedule_with_warmup(
@@ -244,7 +252,10 @@ def _train(
         tracking.log_parameters(accelerator, parameter_report(model).to_dict())
     else:
         progress, sparsity = Progress(**checkpoint["progress"]), checkpoint["sparsity"]
-    optimizer, scheduler = _optimizer(model, cfg, len(batches))
+    lr = density_scaled_lr(cfg.lr, cfg.lr_density_exponent, sparsity)
+    if lr != cfg.lr:
+        log.info("lr %.3g: train.lr %.3g x density^-%g", lr, cfg.lr, cfg.lr_density_exponent)
+    optimizer, scheduler = _optimizer(model, cfg, lr, len(batches))
     model, optimizer, batches, scheduler = accelerator.prepare(model, optimizer, batches, scheduler)
     dev_sets = prepared_eval_sets(accelerator, eval_sets(config, data, tokenizer))
     if checkpoint is not None:
@@ -367,6 +378,7 @@ def _result(
         "dev": best["dev"],
         "selected_epoch": best["epoch"],
         "select": cfg.select,
+        "lr": density_scaled_lr(cfg.lr, cfg.lr_density_exponent, sparsity),
         "examples": {"train": len(data.train), **{s: len(e) for s, e in data.dev.items()}},
         "parameters": parameter_report(model, config.prune or SparsityConfig()).to_dict(),
         "sparsity": sparsity,
