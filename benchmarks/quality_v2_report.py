@@ -16,6 +16,7 @@ from quality_v2_data import trivial_dev_score
 from quality_v2_grid import ARMS, CLAIMS, MAX_SEEDS, seeds_for
 from quality_v2_stats import (
     ALPHA,
+    TARGET_SE,
     benjamini_hochberg,
     bootstrap_rank_intervals,
     density_exponent,
@@ -25,6 +26,7 @@ from quality_v2_stats import (
     non_inferiority,
     plan_seeds,
     seed_sds,
+    seeds_for_se,
     superiority,
 )
 
@@ -276,6 +278,39 @@ def seed_plan_lines(chosen: dict, v1: list[dict]) -> list[str]:
     return [*lines, ""]
 
 
+def measured_seed_lines(chosen: dict) -> list[str]:
+    """Per group with >= 2 seeds: the seed sds v2 measured (dense; pruned arms pooled), what
+    the seeds run so far detect, and the seeds those sds ask for (the same target as the plan)."""
+    lines = []
+    for group in sorted({k[:3] for k in chosen}):
+        variances: dict[bool, list[float]] = {True: [], False: []}
+        seeds = []
+        for key, arm in chosen.items():
+            dense = key[3] == "dense"
+            if key[:3] != group or len(arm["runs"]) < 2:
+                continue
+            if dense or ARMS[key[3]].pruner != "none":  # narrow and pooler arms: neither
+                variances[dense].append(statistics.variance(dev_points(arm)))
+                seeds.append(len(arm["runs"]))
+        if not variances[True] or not variances[False]:
+            continue
+        dense, sparse = (statistics.mean(variances[d]) ** 0.5 for d in (True, False))
+        n = min(seeds)
+        lines.append(
+            f"| {group[0]} | {group[1]} | {group[2]} | {dense:.2f} / {sparse:.2f} | {n} | "
+            f"{((dense**2 + sparse**2) / n) ** 0.5:.2f} | "
+            f"{detectable_difference(sparse, dense, n):.2f} | {seeds_for_se(sparse, dense)} |"
+        )
+    if not lines:
+        return ["Not measured yet.", ""]
+    head = [
+        "| device | task | adapter | v2 seed sd dense / pruned arms | seeds run | SE of a "
+        f"difference | smallest difference detected (80% power) | seeds for SE <= {TARGET_SE:g} |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    return [*head, *lines, ""]
+
+
 def ranking_lines(chosen: dict) -> list[str]:
     lines = []
     by_group: dict[tuple, dict[str, list[float]]] = defaultdict(dict)
@@ -434,6 +469,11 @@ def report(args: argparse.Namespace) -> Path:
         lines += _claim_table(name, claim_table, failures)
     lines += ["## Arms", "", *arms, "## Seeds (from the v1 seed variances)", ""]
     lines += seed_plan_lines(chosen, v1_records())
+    lines += [
+        "Measured in v2 (each arm's seeds at its chosen rate; pruned arms pooled):",
+        "",
+        *measured_seed_lines(chosen),
+    ]
     lines += [
         "## Ranking of the pruners and baselines at each sparsity",
         "",

@@ -85,6 +85,19 @@ def test_verdicts_count_each_claims_tests():
     assert report.verdict_lines({"1": []}) == ["No claim is measured yet.", ""]
 
 
+def test_measured_seed_table_pools_pruned_arms_and_leaves_out_the_rest():
+    records = (
+        _group("dense", [60.0, 62.0])  # variance 2
+        + _group("snip40", [60.0, 62.0])  # variance 2
+        + _group("random80", [60.0, 64.0])  # variance 8: pruned arms pool to sqrt(5)
+        + _group("narrow40", [40.0, 80.0])  # a dense baseline: in neither pool
+    )
+    (row,) = [x for x in report.measured_seed_lines(report.choose_lrs(records)) if "| cpu |" in x]
+    # sd 1.41 / 2.24; SE sqrt((2 + 5) / 2) = 1.87; SE <= 0.5 takes ceil(7 / 0.25) = 28 seeds
+    assert row.startswith("| cpu | rte | houlsby | 1.41 / 2.24 | 2 | 1.87 |")
+    assert row.endswith("| 28 |")
+
+
 def test_arms_table_flags_a_rate_at_the_grid_edge():
     def arm(name, validations):
         return [_rec(name, lr, seed, v, 0.6) for lr, v in validations.items() for seed in (1, 2)]
