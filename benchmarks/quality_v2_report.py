@@ -278,6 +278,12 @@ def seed_plan_lines(chosen: dict, v1: list[dict]) -> list[str]:
     return [*lines, ""]
 
 
+def _plain(spec) -> bool:
+    """An arm that differs from dense only in its mask or width: not Large-Sparse, no trained
+    pooler, no MAM scope (those are compared in claims of their own)."""
+    return spec.large_sparse == 1 and not spec.modules_to_save and not spec.exclude
+
+
 def measured_seed_lines(chosen: dict) -> list[str]:
     """Per group with >= 2 seeds: the seed sds v2 measured (dense; pruned arms pooled), what
     the seeds run so far detect, and the seeds those sds ask for (the same target as the plan)."""
@@ -317,7 +323,7 @@ def ranking_lines(chosen: dict) -> list[str]:
     for key, arm in chosen.items():
         spec = ARMS[key[3]]
         s = spec.narrow_to if spec.narrow_to is not None else spec.sparsity
-        if s and spec.large_sparse == 1 and len(arm["runs"]) >= 2:
+        if s and _plain(spec) and len(arm["runs"]) >= 2:
             by_group[(*key[:3], s)][key[3]] = dev_points(arm)
     for group, scores in sorted(by_group.items()):
         if len(scores) < 2:
@@ -357,7 +363,7 @@ def density_lr_lines(chosen: dict) -> list[str]:
         points, rows = [(1.0, dense["lr"])], []
         for key, arm in sorted(chosen.items()):
             spec = ARMS[key[3]]
-            if key[:3] != group or not spec.sparsity or spec.large_sparse != 1:
+            if key[:3] != group or not spec.sparsity or not _plain(spec):
                 continue
             points.append((1 - spec.sparsity, arm["lr"]))
             at_dense_lr = arm["all"].get(dense["lr"])
@@ -444,7 +450,12 @@ def report(args: argparse.Namespace) -> Path:
     failures, trivial = _failure_counter(chosen, args.data_dir, args.max_eval_samples)
     rows = claim_rows(chosen)
     arms = arms_table(chosen, failures, trivial) if chosen else ["Nothing recorded yet.", ""]
-    verdicts = verdict_lines(rows)
+    verdicts = [
+        f"A test holds when its Holm-adjusted p is below {ALPHA:g}, fails when its whole 90% "
+        "interval lies below the margin, and is not settled otherwise.",
+        "",
+        *verdict_lines(rows),
+    ]
     lines = [
         "# Quality benchmark v2",
         "",
@@ -457,9 +468,6 @@ def report(args: argparse.Namespace) -> Path:
         "(`quality_v2_stats.failure_threshold`), and failures are counted, never dropped.",
         "",
         "## Verdicts",
-        "",
-        f"A test holds when its Holm-adjusted p is below {ALPHA:g}, fails when its whole 90% "
-        "interval lies below the margin, and is not settled otherwise.",
         "",
         *verdicts,
         "## Claims",
