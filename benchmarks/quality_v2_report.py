@@ -21,6 +21,7 @@ from quality_v2_stats import (
     bootstrap_rank_intervals,
     density_exponent,
     detectable_difference,
+    difference_se,
     failed,
     holm,
     non_inferiority,
@@ -58,8 +59,13 @@ def choose_lrs(records: list[dict]) -> dict[tuple, dict]:
     return chosen
 
 
+def run_points(runs: list[dict]) -> list[float]:
+    """The runs' dev scores in points."""
+    return [100 * r["score"] for r in runs]
+
+
 def dev_points(arm: dict) -> list[float]:
-    return [100 * r["score"] for r in arm["runs"]]
+    return run_points(arm["runs"])
 
 
 def _test(claim: dict, a: list[float], b: list[float], margin: float):
@@ -269,7 +275,7 @@ def seed_plan_lines(chosen: dict, v1: list[dict]) -> list[str]:
             continue
         plan = plan_seeds(sparse, dense, MAX_SEEDS)
         n = seeds_for(task, adapter, v1)  # the plan's, at least MIN_SEEDS
-        se = ((sparse**2 + dense**2) / n) ** 0.5
+        se = difference_se(sparse, dense, n)
         lines.append(
             f"| {task} | {adapter} | {dense:.2f} / {sparse:.2f} | {n} | {se:.2f} | "
             f"{'yes' if plan.affordable else 'no'} | "
@@ -304,7 +310,7 @@ def measured_seed_lines(chosen: dict) -> list[str]:
         n = min(seeds)
         lines.append(
             f"| {group[0]} | {group[1]} | {group[2]} | {dense:.2f} / {sparse:.2f} | {n} | "
-            f"{((dense**2 + sparse**2) / n) ** 0.5:.2f} | "
+            f"{difference_se(sparse, dense, n):.2f} | "
             f"{detectable_difference(sparse, dense, n):.2f} | {seeds_for_se(sparse, dense)} |"
         )
     if not lines:
@@ -339,7 +345,7 @@ def ranking_lines(chosen: dict) -> list[str]:
 
 
 def _mean_dev(runs: list[dict]) -> float:
-    return statistics.mean(100 * r["score"] for r in runs)
+    return statistics.mean(run_points(runs))
 
 
 def _own_lr_gain(arm: dict, at_dense_lr: list[dict] | None) -> str:
@@ -347,7 +353,7 @@ def _own_lr_gain(arm: dict, at_dense_lr: list[dict] | None) -> str:
     superiority, unadjusted (a check of the rule, not a claim)."""
     if not at_dense_lr or len(at_dense_lr) < 2 or at_dense_lr == arm["runs"]:
         return "-"
-    t = superiority(dev_points(arm), [100 * r["score"] for r in at_dense_lr])
+    t = superiority(dev_points(arm), run_points(at_dense_lr))
     return f"{t.diff:+.2f} [{t.lower:+.2f}, {t.high:+.2f}], {t.p:.3f}"
 
 

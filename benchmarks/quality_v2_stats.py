@@ -154,6 +154,11 @@ def bootstrap_rank_intervals(
     return out
 
 
+def difference_se(sd_a: float, sd_b: float, n: int) -> float:
+    """Standard error of a difference of two means of ``n`` seeds each."""
+    return math.sqrt((sd_a**2 + sd_b**2) / n)
+
+
 def seeds_for_se(sd_a: float, sd_b: float, target_se: float = TARGET_SE) -> int:
     """Seeds per arm (the same in both) for a standard error of the difference <= target_se:
     SE = sqrt((sd_a² + sd_b²) / n)."""
@@ -185,8 +190,9 @@ def plan_seeds(sd_a: float, sd_b: float, max_seeds: int, target_se: float = TARG
     """Seeds per arm for ``target_se``, capped at ``max_seeds``; what that many seeds detect."""
     need = seeds_for_se(sd_a, sd_b, target_se)
     n = min(need, max_seeds)
-    se = math.sqrt((sd_a**2 + sd_b**2) / n)
-    return SeedPlan(n, se, need <= max_seeds, detectable_difference(sd_a, sd_b, n))
+    return SeedPlan(
+        n, difference_se(sd_a, sd_b, n), need <= max_seeds, detectable_difference(sd_a, sd_b, n)
+    )
 
 
 CELL_KEYS = ("task", "adapter", "pruner", "sparsity", "large_sparse", "lr")
