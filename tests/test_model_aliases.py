@@ -4,6 +4,8 @@ a CLI train + eval on each alias's real weights."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -103,14 +105,49 @@ def test_a_failed_conversion_leaves_no_folder(cache, source):
     assert build.calls == 1
 
 
-def test_a_changed_source_or_converter_gets_its_own_folder(cache, source):
+def test_another_converter_gets_its_own_folder_and_changed_weights_rebuild_in_place(cache, source):
     build = CountingBuild()
     first = models.cached_model("toy", [source], build)
-    other_maker = models.cached_model("toy", [source], build, maker="transformers 9")
-    source.write_bytes(b"w" * 101)  # a reinstalled package
-    other_source = models.cached_model("toy", [source], build)
-    assert len({first, other_maker, other_source}) == 3
+    other_maker = models.cached_model("toy", [source], build, maker="transformers 9.1")
+    source.write_bytes(b"v" * 100)  # a package with other weights of the same size
+    rebuilt = models.cached_model("toy", [source], build)
+    assert first == rebuilt != other_maker
+    assert other_maker.name == "toy-transformers-9.1"
     assert build.calls == 3
+    assert sorted(p.name for p in (cache / "models").iterdir() if p.is_dir()) == [
+        "toy",
+        "toy-transformers-9.1",
+    ]
+
+
+def test_reinstalling_the_same_package_reuses_the_folder(cache, source, tmp_path):
+    build = CountingBuild()
+    first = models.cached_model("toy", [source], build)
+    reinstalled = tmp_path / "venv2" / source.name  # a fresh install: same bytes, new path and time
+    reinstalled.parent.mkdir()
+    reinstalled.write_bytes(source.read_bytes())
+    os.utime(reinstalled, (1, 1))
+    assert models.cached_model("toy", [reinstalled], build) == first
+    assert build.calls == 1
+
+
+def test_preparing_a_model_removes_folders_unused_for_a_month(cache, source):
+    build = CountingBuild()
+    old = models.cached_model("toy", [source], build, maker="transformers 1")
+    recent = models.cached_model("toy", [source], build, maker="transformers 2")
+    legacy = cache / "models" / "toy-0123456789abcdef"  # sparseadapter 0.x: one folder per install
+    shutil.copytree(recent, legacy)
+    left = cache / "models" / ".toy-transformers-3.tmp-abc"  # a killed conversion's leftovers
+    left.mkdir()
+    stranger = cache / "models" / "notes"  # not a cache folder: never touched
+    stranger.mkdir()
+    month_ago = time.time() - (models.STALE_DAYS + 1) * 86400
+    os.utime(old / models.MANIFEST, (month_ago, month_ago))
+    os.utime(recent / models.MANIFEST, (month_ago, month_ago))
+    assert models.cached_model("toy", [source], build, maker="transformers 2") == recent  # a use
+    models.cached_model("toy", [source], build, maker="transformers 3")
+    assert not old.exists() and not legacy.exists() and not left.exists()
+    assert recent.exists() and stranger.exists()
 
 
 @pytest.mark.parametrize(

