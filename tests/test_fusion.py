@@ -288,3 +288,16 @@ def test_fusion_files_use_the_sparse_format_and_version_1_still_loads(fusion_run
     for name, param in loaded.named_parameters():
         assert torch.equal(param, current[name]), name
     assert set(get_masks(loaded)) == set(get_masks(model)) != set()
+
+
+def test_a_fusion_file_is_refused_on_another_base_model(fusion_run):
+    from sparseadapter.fusion import load_fusion
+    from sparseadapter.rundir import finished_run, load_run_model
+    from sparseadapter.tasks import get_task
+
+    model, _ = load_run_model(fusion_run, finished_run(fusion_run), get_task("rte"))
+    load_fusion(model, fusion_run / "adapter")  # its own base: loads
+    with torch.no_grad():
+        model.get_input_embeddings().weight.add_(1.0)  # the same shapes, other embeddings
+    with pytest.raises(CheckpointError, match=r"another base model .*embedding weights differ"):
+        load_fusion(model, fusion_run / "adapter")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -94,23 +94,33 @@ def base_identity(model: nn.Module) -> dict[str, Any]:
     }
 
 
-def _check_base(model: nn.Module, meta: dict[str, Any]) -> None:
-    saved, current = meta["base_model"], base_identity(model)
-    # AdapterHub flex heads set num_labels themselves; they are rebuilt from meta["heads"]
-    keys = [k for k in FINGERPRINT_KEYS if not (k == "num_labels" and meta["heads"])]
+def base_differences(
+    saved: dict[str, Any], model: nn.Module, ignore: Collection[str] = ()
+) -> list[str]:
+    """How ``model``'s base differs from the one a file was written on (``saved``, what
+    :func:`base_identity` recorded): its shape-defining config (but the keys in ``ignore``),
+    and its input embeddings when both are in one dtype (the same base loaded in bf16 is the
+    same base). The one rule for every file that names its base model; empty when it fits."""
+    current = base_identity(model)
     diffs = [
-        f"{key}={shown(saved.get(key))} in the checkpoint, {shown(current[key])} in the model"
-        for key in keys
-        if saved.get(key) != current[key]
+        f"{key}={shown(saved.get(key))} in the file, {shown(current[key])} in the model"
+        for key in FINGERPRINT_KEYS
+        if key not in ignore and saved.get(key) != current[key]
     ]
     if (
         saved.get("embedding_dtype") == current["embedding_dtype"]
         and saved.get("embedding_sha256") != current["embedding_sha256"]
     ):
         diffs.append("the input embedding weights differ")
+    return diffs
+
+
+def _check_base(model: nn.Module, meta: dict[str, Any]) -> None:
+    # AdapterHub flex heads set num_labels themselves; they are rebuilt from meta["heads"]
+    diffs = base_differences(meta["base_model"], model, ["num_labels"] if meta["heads"] else [])
     if diffs:
         raise CheckpointError(
-            f"this checkpoint was saved on another base model ({saved.get('name_or_path') or 'unnamed'}): "
+            f"this checkpoint was saved on another base model ({meta['base_model'].get('name_or_path') or 'unnamed'}): "
             f"{'; '.join(diffs)}. Load it onto the base model it was trained on, with the same "
             "num_labels"
         )

@@ -28,6 +28,7 @@ from torch import nn
 
 from sparseadapter.adapters import load_model
 from sparseadapter.checkpoint import (
+    base_differences,
     base_identity,
     canonical,
     checksum,
@@ -226,13 +227,12 @@ def load_fusion(model: nn.Module, folder: Path) -> nn.Module:
             f"{folder} fails its SHA-256 check ({WEIGHTS_FILE} or {META_FILE} is missing, "
             "truncated or modified): train the fusion run again with --overwrite"
         )
-    saved, current = meta["base_model"], base_identity(model)
-    if {k: v for k, v in saved.items() if k != "name_or_path"} != {
-        k: v for k, v in current.items() if k != "name_or_path"
-    }:
+    diffs = base_differences(meta["base_model"], model)
+    if diffs:
         raise CheckpointError(
             f"the AdapterFusion in {folder} was trained on another base model "
-            f"({saved.get('name_or_path') or 'unnamed'}): load it onto that model"
+            f"({meta['base_model'].get('name_or_path') or 'unnamed'}: {'; '.join(diffs)}): "
+            "load it onto that model"
         )
     tensors = safetensors.torch.load(payload)
     if meta["format_version"] == 1:
