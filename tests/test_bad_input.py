@@ -226,6 +226,8 @@ CASES = [
          "ConfigError", "fuses bottleneck adapters", test="tests/test_fusion.py::test_runs_that_cannot_be_fused_are_refused_in_one_line"),
     Case("fuse-other-base", "a fused run trained on another base model", "`--fuse RUN RUN_ON_OTHER_MODEL`",
          "CheckpointError", "was saved on another base model", test="tests/test_fusion.py::test_runs_that_cannot_be_fused_are_refused_in_one_line"),
+    Case("fusion-other-base", "a fusion file loaded onto another base model", "`load_fusion(model_on_other_base, FOLDER)`",
+         "CheckpointError", "was trained on another base model", test="tests/test_fusion.py::test_a_fusion_file_is_refused_on_another_base_model"),
     Case("fusion-damaged", "a fusion run whose fusion file was modified", "`eval FUSION_RUN`",
          "CheckpointError", "fails its SHA-256 check", test="tests/test_fusion.py::test_a_damaged_fusion_file_is_refused_in_one_line"),
 ]  # fmt: skip
