@@ -150,6 +150,25 @@ def test_preparing_a_model_removes_folders_unused_for_a_month(cache, source):
     assert recent.exists() and stranger.exists()
 
 
+def test_a_full_disk_while_converting_is_a_one_line_error(cache, source):
+    class FullDisk(Exception):  # what safetensors raises when the disk fills up
+        pass
+
+    class Model:
+        def save_pretrained(self, folder: Path) -> None:
+            (folder / "model.safetensors").write_bytes(b"x")
+            raise FullDisk(
+                "Error while serializing: I/O error: No space left on device (os error 28)"
+            )
+
+    with pytest.raises(
+        ConfigError, match=r"cannot write .*toy: No space left on device; free some"
+    ):
+        models.cached_model("toy", [source], lambda folder: models.save_weights(Model(), folder))
+    folders = cache / "models"
+    assert not folders.exists() or not any(folders.iterdir())  # nothing half-written is left
+
+
 @pytest.mark.parametrize(
     ("alias", "pip_line"),
     [

@@ -36,6 +36,7 @@ import time
 import zipfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from sparseadapter.errors import ConfigError
 from sparseadapter.files import exclusive, replace_directory
@@ -243,15 +244,21 @@ def _convert_gguf(gguf: Path, folder: Path) -> None:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+    save_weights(model, folder)
+    tokenizer.save_pretrained(folder)
+
+
+def save_weights(model: Any, folder: Path) -> None:
+    """``model.save_pretrained(folder)``, with a full disk raised as the OSError it is (safetensors
+    reports it as its own error type), so the cache names the folder and the fix."""
     try:
         model.save_pretrained(folder)
     except OSError:
         raise
-    except Exception as exc:  # safetensors reports a full disk as its own error type
+    except Exception as exc:
         if "No space left" in str(exc):
             raise OSError(errno.ENOSPC, "No space left on device") from exc
         raise
-    tokenizer.save_pretrained(folder)
 
 
 def _converter() -> str:
