@@ -155,11 +155,15 @@ def _remove_stale(models: Path, keep: Path) -> None:
             continue
         if folder.name.startswith(f".{keep.name}.tmp-"):
             stale = True  # we hold keep's lock: no conversion of it is running
-        elif folder.name.startswith(".") or not (folder / MANIFEST).exists():
-            continue  # not a cache folder, or one being written
+        elif folder.name.startswith("."):
+            continue  # another folder's temporary or lock
         else:
+            try:
+                last_use = (folder / MANIFEST).stat().st_mtime
+            except OSError:
+                continue  # not a cache folder, or one another process just removed
             legacy = re.fullmatch(r".+-[0-9a-f]{16}", folder.name) is not None
-            stale = legacy or (folder / MANIFEST).stat().st_mtime < cutoff
+            stale = legacy or last_use < cutoff
         if stale:
             log.warning("removing the unused model cache folder %s", folder)
             shutil.rmtree(folder, ignore_errors=True)
