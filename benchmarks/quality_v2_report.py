@@ -41,20 +41,29 @@ README_END = "<!-- end of quality v2 verdicts -->"
 
 def choose_lrs(records: list[dict]) -> dict[tuple, dict]:
     """Per (device, task, adapter, arm): the runs at the rate with the best mean validation
-    score, among the rates with the most seeds (ties: the smaller rate)."""
+    score (ties: the smaller rate). The rates compared are those run with two seeds or more (all
+    of them while none has two), each scored on the seeds they all share, so neither a rate tried
+    on one seed nor a seed still under way narrows or skews the choice; the chosen rate keeps
+    every run it has."""
     by_lr: dict[tuple, dict[float, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
         by_lr[r["device"], r["task"], r["adapter"], r["arm"]][r["lr"]].append(r)
     chosen = {}
     for key, lrs in by_lr.items():
-        most = max(len(v) for v in lrs.values())
-        full = {lr: runs for lr, runs in lrs.items() if len(runs) == most}
-        lr = max(full, key=lambda x: (statistics.mean(r["validation"] for r in full[x]), -x))
+        seeds = {lr: {r["seed"] for r in runs} for lr, runs in lrs.items()}
+        compared = [lr for lr in lrs if len(seeds[lr]) >= 2] or list(lrs)
+        shared = set.intersection(*(seeds[lr] for lr in compared))
+
+        def validation(lr: float) -> float:
+            runs = [r for r in lrs[lr] if r["seed"] in shared] or lrs[lr]
+            return statistics.mean(r["validation"] for r in runs)
+
+        lr = max(compared, key=lambda x: (validation(x), -x))
         chosen[key] = {
             "lr": lr,
-            "runs": sorted(full[lr], key=lambda r: r["seed"]),
+            "runs": sorted(lrs[lr], key=lambda r: r["seed"]),
             "all": lrs,
-            "compared": sorted(full),
+            "compared": sorted(compared),
         }
     return chosen
 
@@ -360,17 +369,21 @@ def _own_lr_gain(arm: dict, at_dense_lr: list[dict] | None) -> str:
 def density_lr_lines(chosen: dict) -> list[str]:
     """Per group: the learning rate each pruned arm chose on validation against its density,
     the fitted exponent of lr ~ density^-alpha, and each arm's gap to dense at the dense
-    adapter's rate and at its own: whether tuning the rate to the density closes the gap."""
+    adapter's rate and at its own: whether tuning the rate to the density closes the gap. An
+    arm joins once it and dense have two seeds at their rates and it was tuned over every rate
+    dense was."""
     lines = []
     for group in sorted({k[:3] for k in chosen}):
         dense = chosen.get((*group, "dense"))
-        if dense is None:
+        if dense is None or len(dense["runs"]) < 2:
             continue
         points, rows = [(1.0, dense["lr"])], []
         for key, arm in sorted(chosen.items()):
             spec = ARMS[key[3]]
             if key[:3] != group or not spec.sparsity or not _plain(spec):
                 continue
+            if len(arm["runs"]) < 2 or not set(arm["compared"]) >= set(dense["compared"]):
+                continue  # not yet tuned over dense's rates: its choice says nothing yet
             points.append((1 - spec.sparsity, arm["lr"]))
             at_dense_lr = arm["all"].get(dense["lr"])
             gap_dense_lr = (
@@ -468,7 +481,9 @@ def report(args: argparse.Namespace) -> Path:
         f"Rebuilt from `{args.records.name}` ({len(records)} runs) by "
         "`python benchmarks/quality_v2.py --report-only`. Protocol: see the script's docstring.",
         "Each arm's learning rate is chosen by its mean score on the validation split carved "
-        "from train; the dev scores below are of that rate, each dev set scored once per run. "
+        "from train (over the seeds all its rates share; a rate run on one seed joins only "
+        "when none has two); the dev scores below are of that rate, each dev set scored once "
+        "per run. "
         "Every run counts in its arm's mean; a run fails when it recovers less than half of the "
         "dense adapter's gain over the trivial predictor "
         "(`quality_v2_stats.failure_threshold`), and failures are counted, never dropped.",

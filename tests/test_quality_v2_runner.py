@@ -286,3 +286,37 @@ def test_records_of_one_run_on_two_devices_both_stay(tmp_path):
     assert {k[0] for k in records} == {"cpu", "H200"}
     chosen = report.choose_lrs(list(records.values()))
     assert {k[0] for k in chosen} == {"cpu", "H200"}  # compared within each device only
+
+
+def test_a_seed_under_way_neither_narrows_nor_skews_the_rate_choice():
+    # seed 3 has finished at 1e-3 only (a grid stopped mid-seed): 3e-3 is better on the seeds
+    # both rates share, and stays in the choice
+    records = [
+        _rec("dense", 1e-3, 1, 0.60, 0.60),
+        _rec("dense", 1e-3, 2, 0.60, 0.60),
+        _rec("dense", 1e-3, 3, 0.99, 0.61),
+        _rec("dense", 3e-3, 1, 0.70, 0.70),
+        _rec("dense", 3e-3, 2, 0.70, 0.72),
+    ]
+    chosen = report.choose_lrs(records)[("cpu", "rte", "houlsby", "dense")]
+    assert chosen["compared"] == [1e-3, 3e-3]
+    assert chosen["lr"] == 3e-3
+    assert report.dev_points(chosen) == pytest.approx([70.0, 72.0])
+
+
+def test_density_table_waits_for_arms_tuned_over_dense_rates():
+    dense = [_rec("dense", lr, s, v, 0.7) for lr, v in ((1e-3, 0.8), (3e-3, 0.7)) for s in (1, 2)]
+    # snip80 ran at 3e-4 only: its "choice" is no choice; snip60 has one seed
+    snip80 = [_rec("snip80", 3e-4, s, 0.6, 0.6) for s in (1, 2)]
+    snip60 = [_rec("snip60", lr, 1, 0.6, 0.6) for lr in (1e-3, 3e-3)]
+    assert report.density_lr_lines(report.choose_lrs(dense + snip80 + snip60)) == [
+        "Not measured yet.",
+        "",
+    ]
+    one_seed_dense = [r for r in dense if r["seed"] == 1]
+    tuned = [_rec("snip80", lr, s, 0.6, 0.6) for lr in (1e-3, 3e-3) for s in (1, 2)]
+    assert report.density_lr_lines(report.choose_lrs(one_seed_dense + tuned)) == [
+        "Not measured yet.",
+        "",
+    ]
+    assert any("| snip80 |" in x for x in report.density_lr_lines(report.choose_lrs(dense + tuned)))
