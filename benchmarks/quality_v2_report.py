@@ -53,12 +53,13 @@ def choose_lrs(records: list[dict]) -> dict[tuple, dict]:
         seeds = {lr: {r["seed"] for r in runs} for lr, runs in lrs.items()}
         compared = [lr for lr in lrs if len(seeds[lr]) >= 2] or list(lrs)
         shared = set.intersection(*(seeds[lr] for lr in compared))
-
-        def validation(lr: float) -> float:
-            runs = [r for r in lrs[lr] if r["seed"] in shared] or lrs[lr]
-            return statistics.mean(r["validation"] for r in runs)
-
-        lr = max(compared, key=lambda x: (validation(x), -x))
+        validation = {
+            lr: statistics.mean(
+                r["validation"] for r in [r for r in lrs[lr] if r["seed"] in shared] or lrs[lr]
+            )
+            for lr in compared
+        }
+        lr = max(compared, key=lambda x: (validation[x], -x))
         chosen[key] = {
             "lr": lr,
             "runs": sorted(lrs[lr], key=lambda r: r["seed"]),
