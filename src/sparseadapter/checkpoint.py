@@ -94,13 +94,12 @@ def base_identity(model: nn.Module) -> dict[str, Any]:
     }
 
 
-def base_differences(
-    saved: dict[str, Any], model: nn.Module, ignore: Collection[str] = ()
-) -> list[str]:
+def base_mismatch(saved: dict[str, Any], model: nn.Module, ignore: Collection[str] = ()) -> str:
     """How ``model``'s base differs from the one a file was written on (``saved``, what
-    :func:`base_identity` recorded): its shape-defining config (but the keys in ``ignore``),
-    and its input embeddings when both are in one dtype (the same base loaded in bf16 is the
-    same base). The one rule for every file that names its base model; empty when it fits."""
+    :func:`base_identity` recorded), naming that base: its shape-defining config (but the keys
+    in ``ignore``), and its input embeddings when both are in one dtype (the same base loaded in
+    bf16 is the same base). The one rule for every file that names its base model; "" when it
+    fits."""
     current = base_identity(model)
     diffs = [
         f"{key}={shown(saved.get(key))} in the file, {shown(current[key])} in the model"
@@ -112,17 +111,18 @@ def base_differences(
         and saved.get("embedding_sha256") != current["embedding_sha256"]
     ):
         diffs.append("the input embedding weights differ")
-    return diffs
+    if not diffs:
+        return ""
+    return f"{saved.get('name_or_path') or 'unnamed'}: {'; '.join(diffs)}"
 
 
 def _check_base(model: nn.Module, meta: dict[str, Any]) -> None:
     # AdapterHub flex heads set num_labels themselves; they are rebuilt from meta["heads"]
-    diffs = base_differences(meta["base_model"], model, ["num_labels"] if meta["heads"] else [])
-    if diffs:
+    mismatch = base_mismatch(meta["base_model"], model, ["num_labels"] if meta["heads"] else [])
+    if mismatch:
         raise CheckpointError(
-            f"this checkpoint was saved on another base model ({meta['base_model'].get('name_or_path') or 'unnamed'}): "
-            f"{'; '.join(diffs)}. Load it onto the base model it was trained on, with the same "
-            "num_labels"
+            f"this checkpoint was saved on another base model ({mismatch}). Load it onto the "
+            "base model it was trained on, with the same num_labels"
         )
 
 

@@ -28,8 +28,8 @@ from torch import nn
 
 from sparseadapter.adapters import load_model
 from sparseadapter.checkpoint import (
-    base_differences,
     base_identity,
+    base_mismatch,
     canonical,
     checksum,
     encode_trainable,
@@ -227,11 +227,10 @@ def load_fusion(model: nn.Module, folder: Path) -> nn.Module:
             f"{folder} fails its SHA-256 check ({WEIGHTS_FILE} or {META_FILE} is missing, "
             "truncated or modified): train the fusion run again with --overwrite"
         )
-    diffs = base_differences(meta["base_model"], model)
-    if diffs:
+    mismatch = base_mismatch(meta["base_model"], model)
+    if mismatch:
         raise CheckpointError(
-            f"the AdapterFusion in {folder} was trained on another base model "
-            f"({meta['base_model'].get('name_or_path') or 'unnamed'}: {'; '.join(diffs)}): "
+            f"the AdapterFusion in {folder} was trained on another base model ({mismatch}): "
             "load it onto that model"
         )
     tensors = safetensors.torch.load(payload)

@@ -36,7 +36,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from sparseadapter import tracking
 from sparseadapter.budget import parameter_report
-from sparseadapter.checkpoint import base_differences, base_identity
+from sparseadapter.checkpoint import base_identity, base_mismatch
 from sparseadapter.config import SparsityConfig
 from sparseadapter.data import (
     RunData,
@@ -471,10 +471,10 @@ def _save_checkpoint(
 
 def _restore_model(model: nn.Module, checkpoint: dict[str, Any], config: RunConfig) -> None:
     """Load a checkpoint's trainable weights and masks into the freshly built ``model``."""
-    differ = base_differences(checkpoint["base_model"], model)
+    mismatch = base_mismatch(checkpoint["base_model"], model)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    if differ or trainable != set(checkpoint["trainable"]):
-        what = f"base model ({'; '.join(differ)})" if differ else "adapter"
+    if mismatch or trainable != set(checkpoint["trainable"]):
+        what = f"base model ({mismatch})" if mismatch else "adapter"
         raise CheckpointError(
             f"the checkpoint of {config.output_dir()} was written for another {what}: resume "
             f"with the model the run started with ({config.model.name}), or start a new run "
