@@ -24,7 +24,7 @@ run() { # task adapter pruner sparsity
   [ -f "$out/final.json" ] && return
   python -m sparseadapter train --task "$1" --model minilm --adapter "$2" \
     --pruner "$3" --sparsity "$4" --data-dir "$DATA" --max-train-samples "$TRAIN" "${eval_flag[@]}" \
-    --max-length 128 --epochs "$EPOCHS" --batch-size 32 --lr "$lr" --output "$out" --quiet
+    --max-length 128 --epochs "$EPOCHS" --batch-size 32 --lr "$lr" --lr-density-exponent 0 --output "$out" --quiet
 }
 for task in sst2 stsb mrpc; do
   for adapter in houlsby lora; do

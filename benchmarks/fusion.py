@@ -75,6 +75,7 @@ def common_flags(args, task: str, examples: int, epochs: int, seed: int, output:
         "train", "--task", task, "--data-dir", str(args.data_dir), "--model", "minilm",
         "--max-train-samples", str(examples), "--epochs", str(epochs),
         "--seed", str(seed), "--checkpoint-every", "0", "--output", str(output), "--quiet",
+        "--lr-density-exponent", "0",
         "--set", "data.group_by_length=true",
         *(["--max-eval-samples", str(args.eval_examples)] if args.eval_examples else []),
     ]  # fmt: skip

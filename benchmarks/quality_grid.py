@@ -91,7 +91,8 @@ def base_config(task: str, args: argparse.Namespace) -> dict[str, Any]:
     return {
         "model": {"name": args.model},
         "data": data,
-        "train": {"epochs": task_epochs(args)[task], "batch_size": 32},
+        # v1's records were trained at the rate the grid names, before the density-aware default
+        "train": {"epochs": task_epochs(args)[task], "batch_size": 32, "lr_density_exponent": 0.0},
     }
 
 

@@ -167,6 +167,7 @@ def run_config(
         "train": {
             "epochs": args.epochs or EPOCHS[task],
             "lr": lr,
+            "lr_density_exponent": 0.0,  # the grid tunes each arm's rate itself
             "seed": seed,
             "batch_size": 32,
             "checkpoint_every": args.checkpoint_every,

@@ -56,6 +56,7 @@ def command(task: str, adapter: str, arm: str, seed: int, args, output: Path) ->
     cmd = [sys.executable, "-m", "sparseadapter", "train", "--task", task, "--adapter", adapter,
            "--data-dir", str(args.data_dir or cfg["data"]), "--seed", str(seed),
            "--epochs", str(args.epochs or cfg["epochs"]), "--lr", str(args.lr or cfg["lr"]),
+           "--lr-density-exponent", "0",
            "--max-train-samples", str(args.train or cfg["train"]), "--output", str(output),
            "--quiet", *ARMS[arm]]  # fmt: skip
     if args.eval or cfg["eval"]:

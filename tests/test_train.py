@@ -13,8 +13,10 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from tiny_module import TinyAdapterModel, tiny_batches
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
+import sparseadapter as sa
 from sparseadapter import ConfigError, SparseAdapterError
 from sparseadapter.cli import main
 from sparseadapter.evaluate import evaluate_run
@@ -258,11 +260,21 @@ def test_accumulation_and_bf16_keep_masks(tiny_bert, glue_dir, tmp_path, one_thr
     assert evaluate_run(config.output)["score"] == final["score"]
 
 
-@pytest.mark.parametrize("pruner", ["random", "none"])
+@pytest.mark.parametrize(
+    ("pruner", "exponent", "pruned_lr"),
+    [
+        ("random", 0.5, 0.02),  # 0.01 x 0.25^-0.5
+        ("none", 0.5, None),
+        ("random", None, 0.0325),  # the default alpha 0.85: 0.01 x 0.25^-0.85 = 0.01 x 3.249
+        ("random", 0.0, 0.01),  # off
+    ],
+)
 def test_density_aware_lr_scales_a_pruned_adapters_rate(
-    pruner, tiny_bert, glue_dir, tmp_path, one_thread
+    pruner, exponent, pruned_lr, tiny_bert, glue_dir, tmp_path, one_thread
 ):
-    flags = {"prune.method": pruner, "train.lr_density_exponent": 0.5}
+    flags = {"prune.method": pruner}
+    if exponent is not None:
+        flags["train.lr_density_exponent"] = exponent
     if pruner != "none":
         flags["prune.sparsity"] = 0.75
     config = tiny_run(tiny_bert, glue_dir, tmp_path / pruner, **flags)
@@ -277,10 +289,21 @@ def test_density_aware_lr_scales_a_pruned_adapters_rate(
     params = final["parameters"]
     # density = the non-zero share of the prunable weights, counted on the trained model
     density = params["nonzero_prunable"] / params["prunable"] if pruner != "none" else 1.0
-    assert peaks and peaks == pytest.approx([0.01 * density**-0.5] * len(peaks))
-    assert final["lr"] == pytest.approx(0.01 * density**-0.5)
-    if pruner != "none":
-        assert final["lr"] == pytest.approx(0.02, rel=0.01)  # 0.01 x 0.25^-0.5
+    alpha = config.train.lr_density_exponent
+    assert peaks and peaks == pytest.approx([0.01 * density**-alpha] * len(peaks))
+    assert final["lr"] == pytest.approx(0.01 * density**-alpha)
+    assert final["lr"] == pytest.approx(pruned_lr or 0.01, rel=0.01)
+    shown = "(train.lr 0.01 x density^-" in summary(final, config)
+    assert shown == (final["lr"] != 0.01)  # the summary says when the rate was scaled
+
+
+def test_a_sparsity_report_gives_library_users_the_same_rate():
+    model = TinyAdapterModel(hidden=16, bottleneck=8)
+    report = sa.sparsify(model, sa.SparsityConfig(method="random", sparsity=0.75), tiny_batches())
+    assert report.kept / report.prunable == pytest.approx(0.25, abs=0.01)
+    assert report.scaled_lr(1e-3) == pytest.approx(3.249e-3, rel=0.02)  # 1e-3 x 0.25^-0.85
+    assert report.scaled_lr(1e-3, exponent=0.5) == pytest.approx(2e-3, rel=0.02)
+    assert report.scaled_lr(1e-3, exponent=0) == 1e-3
 
 
 def test_fp16_on_cpu_is_refused(tiny_bert, glue_dir, tmp_path):

@@ -40,6 +40,21 @@ def large_sparse_sparsity(factor: float) -> float:
     return 1.0 - 1.0 / factor
 
 
+# The learning rate a pruned adapter wants: quality v2 chose each arm's rate on a validation
+# split and fitted lr ~ density^-alpha (docs/benchmarks.md, "Sparse adapters and the learning rate")
+DEFAULT_LR_DENSITY_EXPONENT = 0.85
+
+
+def density_scaled_lr(
+    lr: float, kept: int, prunable: int, exponent: float = DEFAULT_LR_DENSITY_EXPONENT
+) -> float:
+    """The peak learning rate of an adapter that keeps ``kept`` of its ``prunable`` weights:
+    ``lr`` x density^-``exponent``; ``lr`` itself for a dense adapter or ``exponent`` 0."""
+    if not exponent or not kept or kept >= prunable:
+        return lr
+    return lr * (kept / prunable) ** -exponent
+
+
 def check_seed(seed: object, name: str) -> None:
     """ConfigError unless ``seed`` is an integer every generator takes: the one seed rule."""
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:

@@ -20,7 +20,12 @@ from typing import Any
 
 import yaml
 
-from sparseadapter.config import SparsityConfig, check_seed, large_sparse_sparsity
+from sparseadapter.config import (
+    DEFAULT_LR_DENSITY_EXPONENT,
+    SparsityConfig,
+    check_seed,
+    large_sparse_sparsity,
+)
 from sparseadapter.errors import ConfigError, not_utf8_message, shown
 from sparseadapter.optional import has_adapterhub
 
@@ -279,12 +284,12 @@ class TrainConfig:
         },
     )
     lr_density_exponent: float = field(
-        default=0.0,
+        default=DEFAULT_LR_DENSITY_EXPONENT,
         metadata={
-            "help": "alpha of a density-aware learning rate: a pruned adapter trains at lr x "
-            "density^-alpha (density = kept / prunable weights), a dense one at lr. 0 = the "
-            "same rate at every density. Quality v2 fitted alpha 0.84 (Houlsby) and 0.94 (LoRA) "
-            "on SST-2; 0.85 is what they support: see docs/benchmarks.md before relying on it."
+            "help": "alpha of the density-aware learning rate: a pruned adapter trains at lr x "
+            "density^-alpha (density = kept / prunable weights), a dense one at lr; 0 = the "
+            "same rate at every density. The default is what quality v2 measured on two tasks "
+            "and two adapters (docs/benchmarks.md, 'Sparse adapters and the learning rate')."
         },
     )
     weight_decay: float = field(

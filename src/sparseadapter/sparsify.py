@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from sparseadapter.config import SparsityConfig
+from sparseadapter.config import DEFAULT_LR_DENSITY_EXPONENT, SparsityConfig, density_scaled_lr
 from sparseadapter.errors import (
     CheckpointError,
     ConfigError,
@@ -67,6 +67,11 @@ class SparsityReport:
     @property
     def achieved_sparsity(self) -> float:
         return self.pruned / self.prunable
+
+    def scaled_lr(self, lr: float, exponent: float = DEFAULT_LR_DENSITY_EXPONENT) -> float:
+        """The peak learning rate for the adapter pruned here: ``lr`` x density^-``exponent``
+        (density = kept / prunable), the rule ``sparseadapter train`` applies by default."""
+        return density_scaled_lr(lr, self.kept, self.prunable, exponent)
 
     def to_dict(self) -> dict:
         return {

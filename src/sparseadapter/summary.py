@@ -27,6 +27,9 @@ def summary(final: dict[str, Any], config: RunConfig) -> str:
             f"{sparse['prunable']:,} ({sparse['achieved_sparsity']:.1%} sparse) "
             f"in {sparse['seconds']:.1f}s"
         )
+    rate, cfg = f"lr {final['lr']:.3g}", config.train
+    if final["lr"] != cfg.lr:
+        rate += f" (train.lr {cfg.lr:g} x density^-{cfg.lr_density_exponent:g})"
     task = final["task"]
     if config.data.train_file:  # text-classification: the data's own name
         task += f" ({Path(config.data.train_file).stem})"
@@ -44,7 +47,7 @@ def summary(final: dict[str, Any], config: RunConfig) -> str:
             if params.get("frozen_adapters")
             else ""
         ),
-        f"training   epochs {len(final['history'])}, {timing['train_seconds']:.1f}s "
+        f"training   epochs {len(final['history'])}, {rate}, {timing['train_seconds']:.1f}s "
         f"({timing['train_examples_per_second']:.1f} examples/s), "
         f"eval {timing['eval_seconds']:.1f}s"
         + (

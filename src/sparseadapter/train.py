@@ -37,7 +37,7 @@ from transformers import get_linear_schedule_with_warmup
 from sparseadapter import tracking
 from sparseadapter.budget import parameter_report
 from sparseadapter.checkpoint import base_identity, base_mismatch
-from sparseadapter.config import SparsityConfig
+from sparseadapter.config import SparsityConfig, density_scaled_lr
 from sparseadapter.data import (
     RunData,
     data_generator,
@@ -198,12 +198,14 @@ def _prune(config: SparsityConfig, model: nn.Module, scoring: DataLoader, accele
     return report
 
 
-def density_scaled_lr(lr: float, exponent: float, sparsity: dict[str, Any] | None) -> float:
-    """The peak rate of a run: ``lr`` x density^-``exponent`` for a pruned adapter (density:
-    its kept share of the prunable weights, from the pruning report), ``lr`` for a dense one."""
-    if not exponent or not sparsity or not sparsity["kept"]:
-        return lr
-    return lr * (sparsity["kept"] / sparsity["prunable"]) ** -exponent
+def _peak_lr(cfg: TrainConfig, sparsity: dict[str, Any] | None) -> float:
+    """``train.lr``, scaled to a pruned adapter's density (its kept share of the prunable
+    weights, from the pruning report) by ``train.lr_density_exponent``."""
+    if not sparsity:
+        return cfg.lr
+    return density_scaled_lr(
+        cfg.lr, sparsity["kept"], sparsity["prunable"], cfg.lr_density_exponent
+    )
 
 
 def _optimizer(model: nn.Module, cfg: TrainConfig, lr: float, batches_per_epoch: int):
@@ -252,7 +254,7 @@ def _train(
         tracking.log_parameters(accelerator, parameter_report(model).to_dict())
     else:
         progress, sparsity = Progress(**checkpoint["progress"]), checkpoint["sparsity"]
-    lr = density_scaled_lr(cfg.lr, cfg.lr_density_exponent, sparsity)
+    lr = _peak_lr(cfg, sparsity)
     if lr != cfg.lr:
         log.info("lr %.3g: train.lr %.3g x density^-%g", lr, cfg.lr, cfg.lr_density_exponent)
     optimizer, scheduler = _optimizer(model, cfg, lr, len(batches))
@@ -378,7 +380,7 @@ def _result(
         "dev": best["dev"],
         "selected_epoch": best["epoch"],
         "select": cfg.select,
-        "lr": density_scaled_lr(cfg.lr, cfg.lr_density_exponent, sparsity),
+        "lr": _peak_lr(cfg, sparsity),
         "examples": {"train": len(data.train), **{s: len(e) for s, e in data.dev.items()}},
         "parameters": parameter_report(model, config.prune or SparsityConfig()).to_dict(),
         "sparsity": sparsity,
