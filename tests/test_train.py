@@ -30,7 +30,7 @@ from sparseadapter.runconfig import (
     save_yaml,
     valid_keys,
 )
-from sparseadapter.rundir import load_run_model
+from sparseadapter.rundir import finished_result, finished_run, load_run_model
 from sparseadapter.sparsify import get_masks
 from sparseadapter.summary import summary
 from sparseadapter.tasks import get_task
@@ -304,6 +304,25 @@ def test_a_sparsity_report_gives_library_users_the_same_rate():
     assert report.scaled_lr(1e-3) == pytest.approx(3.249e-3, rel=0.02)  # 1e-3 x 0.25^-0.85
     assert report.scaled_lr(1e-3, exponent=0.5) == pytest.approx(2e-3, rel=0.02)
     assert report.scaled_lr(1e-3, exponent=0) == 1e-3
+
+
+def test_a_run_saved_before_the_density_rule_is_read_as_trained(
+    tiny_bert, glue_dir, tmp_path, one_thread
+):
+    # a pruned run trained at exponent 0, its config.yaml as versions before the rule wrote it
+    flags = {"prune.method": "random", "train.lr_density_exponent": 0.0}
+    old = tiny_run(tiny_bert, glue_dir, tmp_path / "old", **flags)
+    train(old, quiet=True)
+    path = tmp_path / "old" / "config.yaml"
+    saved = yaml.safe_load(path.read_text())
+    del saved["train"]["lr_density_exponent"]
+    path.write_text(yaml.safe_dump(saved))
+    assert finished_run(tmp_path / "old").train.lr_density_exponent == 0.0
+    assert finished_result(old) is not None
+    today = tiny_run(tiny_bert, glue_dir, tmp_path / "old", **{"prune.method": "random"})
+    assert today.train.lr_density_exponent > 0  # its results are not this run's
+    with pytest.raises(ConfigError, match="train.lr_density_exponent: 0.0 -> 0.85"):
+        finished_result(today)
 
 
 def test_fp16_on_cpu_is_refused(tiny_bert, glue_dir, tmp_path):

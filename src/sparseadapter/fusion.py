@@ -44,8 +44,14 @@ from sparseadapter.config import SparsityConfig
 from sparseadapter.errors import CheckpointError, ConfigError, SparseAdapterError, shown
 from sparseadapter.files import replace_directory, write_new
 from sparseadapter.libraries import library_versions
-from sparseadapter.runconfig import RunConfig, load_yaml
-from sparseadapter.rundir import ADAPTER_DIR, CONFIG_FILE, FINAL_FILE, FUSED_DIR, PARTIAL_SUFFIX
+from sparseadapter.runconfig import RunConfig
+from sparseadapter.rundir import (
+    ADAPTER_DIR,
+    FINAL_FILE,
+    FUSED_DIR,
+    PARTIAL_SUFFIX,
+    load_run_config,
+)
 from sparseadapter.sparsify import apply_masks, masked_parameters, remove_sparsity
 
 FUSABLE_ADAPTERS = ("houlsby", "pfeiffer", "parallel")
@@ -66,7 +72,7 @@ class TaskAdapter:
 
 def _source_config(run: Path) -> RunConfig:
     if (run / FINAL_FILE).is_file():
-        return RunConfig.from_dict(load_yaml(run / CONFIG_FILE))
+        return RunConfig.from_dict(load_run_config(run))
     if run.name.endswith(PARTIAL_SUFFIX) or run.with_name(run.name + PARTIAL_SUFFIX).exists():
         raise ConfigError(
             f"fused run {run} has not finished (only an interrupted .partial run): finish it "

@@ -147,8 +147,22 @@ def interrupted_config(run_dir: str | Path) -> dict[str, Any]:
     if output.name.endswith(PARTIAL_SUFFIX):
         output = output.with_name(output.name.removesuffix(PARTIAL_SUFFIX))
     _checkpoint_path(output)
-    data = load_yaml(partial_dir(output) / CONFIG_FILE)
+    data = load_run_config(partial_dir(output))
     data["output"] = str(output)
+    return data
+
+
+# Keys of a run's config.yaml that versions before them did not write, with the value those
+# versions trained with: a run saved without one ran at that value, not at today's default.
+WRITTEN_SINCE = {("train", "lr_density_exponent"): 0.0}
+
+
+def load_run_config(folder: Path) -> dict[str, Any]:
+    """The config a run folder (finished or ``.partial``) was trained with, as a dict."""
+    data = load_yaml(folder / CONFIG_FILE)
+    for (section, key), value in WRITTEN_SINCE.items():
+        if isinstance(data.get(section), dict):
+            data[section].setdefault(key, value)
     return data
 
 
@@ -193,7 +207,7 @@ def write_history(folder: Path, history: list[dict[str, Any]]) -> None:
 def saved_config_changes(folder: Path, config: RunConfig) -> list[str]:
     """How the config saved in a run folder (finished or ``.partial``) differs from ``config``;
     empty if they agree, ConfigError if the folder holds no config."""
-    return changed_keys(RunConfig.from_dict(load_yaml(folder / CONFIG_FILE)), config)
+    return changed_keys(RunConfig.from_dict(load_run_config(folder)), config)
 
 
 def finished_result(config: RunConfig) -> dict[str, Any] | None:
@@ -254,7 +268,7 @@ def finished_run(run_dir: str | Path) -> RunConfig:
             f"{run_dir} is not a finished run (no {FINAL_FILE}); pass the output folder of a "
             "completed `sparseadapter train`"
         )
-    return RunConfig.from_dict(load_yaml(run_dir / CONFIG_FILE))
+    return RunConfig.from_dict(load_run_config(run_dir))
 
 
 def save_run_model(model: nn.Module, tokenizer, folder: Path, config: RunConfig) -> None:
