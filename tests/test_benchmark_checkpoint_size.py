@@ -17,8 +17,10 @@ def test_quick_run_reports_sizes_and_codings(minilm_path):
     for pruner in ("random", "magnitude"):
         ordered = [sizes[(pruner, 0.95, q)] for q in ("fp32", "fp16", "int8", "int4")]
         assert ordered == sorted(ordered, reverse=True)
-        # the same tensor bytes; the packed metadata may differ by a byte or two
-        assert abs(sizes[(pruner, 0.95, "bf16")] - sizes[(pruner, 0.95, "fp16")]) <= 4
+        # the same tensor bytes; the headers differ by the dtype's name, and the 8-byte
+        # alignment of a header whose length also varies with the model's path (a CI clone's
+        # path gave 5 bytes): within two alignment steps, where a doubled payload would be kBs
+        assert abs(sizes[(pruner, 0.95, "bf16")] - sizes[(pruner, 0.95, "fp16")]) <= 16
     codings = {p: "rice" for p, _, _, c, _ in rows if c == "rice"}
     assert codings, "coded masks at 95 %"
     bits = re.findall(
