@@ -50,7 +50,7 @@ from sparseadapter.rundir import (
     FINAL_FILE,
     FUSED_DIR,
     PARTIAL_SUFFIX,
-    load_run_config,
+    finished_run,
 )
 from sparseadapter.sparsify import apply_masks, masked_parameters, remove_sparsity
 
@@ -72,7 +72,7 @@ class TaskAdapter:
 
 def _source_config(run: Path) -> RunConfig:
     if (run / FINAL_FILE).is_file():
-        return RunConfig.from_dict(load_run_config(run))
+        return finished_run(run)
     if run.name.endswith(PARTIAL_SUFFIX) or run.with_name(run.name + PARTIAL_SUFFIX).exists():
         raise ConfigError(
             f"fused run {run} has not finished (only an interrupted .partial run): finish it "
