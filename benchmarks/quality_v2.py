@@ -34,9 +34,11 @@ from common import RESULTS, ROOT, library_versions
 from quality_v2_baselines import register
 from quality_v2_grid import (
     ARMS,
+    DEFAULT_MODEL,
     LRS,
     MAX_SEEDS,
     PROTOCOL,
+    model_label,
     planned,
     record_path,
     run_config,
@@ -66,7 +68,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-train-samples", type=int, default=None)
     p.add_argument("--max-eval-samples", type=int, default=None)
     p.add_argument("--checkpoint-every", type=int, default=100)
-    p.add_argument("--model", default="minilm")
+    p.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help="an alias (minilm, mpnet-base), a local folder or a hub id; its runs, records "
+        "and report rows are named by model_label (a folder by its name)",
+    )
     p.add_argument(
         "--mixed-precision",
         choices=["no", "bf16", "fp16"],
@@ -102,6 +109,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if any(lr <= 0 for lr in args.lrs):
         p.error("--lrs must be positive learning rates, e.g. 3e-4 1e-3 3e-3")
     args.records = record_path(args)
+    args.model_label = model_label(args.model)
     if args.quick:
         args.tasks, args.adapters, args.arms = ["rte"], ["lora"], ["dense", "snip40"]
         args.seeds, args.lrs, args.epochs = 2, [1e-3, 3e-3], 1
@@ -112,7 +120,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def load_records(path: Path) -> dict[tuple[str, str], dict]:
     """The recorded v2 runs, by (device, run name): one run's records of two devices both stay
-    (the report compares within one device)."""
+    (the report compares within one device and model). Records written before the model was
+    recorded were all trained on ``DEFAULT_MODEL``."""
     if not path.is_file():
         return {}
     records = {}
@@ -120,6 +129,7 @@ def load_records(path: Path) -> dict[tuple[str, str], dict]:
         if line.strip():
             r = json.loads(line)
             if r.get("protocol") == PROTOCOL:
+                r.setdefault("model", DEFAULT_MODEL)
                 records[r["device"], r["run"]] = r
     return records
 
@@ -157,6 +167,7 @@ def train_and_score(task, adapter, arm, lr, seed, args) -> dict:
     return {
         "run": Path(run.output).name,
         "protocol": PROTOCOL,
+        "model": args.model_label,
         "task": task,
         "adapter": adapter,
         "arm": arm.name,
@@ -192,7 +203,7 @@ def run_all(args: argparse.Namespace) -> None:
     start, longest = time.monotonic(), 0.0
     device = where_trained()["device"]
     for i, (task, adapter, arm, lr, seed) in enumerate(plan):
-        name = run_name(task, adapter, arm, lr, seed)
+        name = run_name(args.model_label, task, adapter, arm, lr, seed)
         if (device, name) in load_records(args.records):
             continue
         if args.max_minutes and time.monotonic() - start + longest > 60 * args.max_minutes:

@@ -2,7 +2,9 @@
 claims as tests between arms, the learning rates every arm is tuned over, the seed counts, and
 the run configs they plan.
 
-Run names carry everything that tells runs apart: ``<task>-<adapter>-<arm>-lr<lr>-s<seed>``.
+Run names carry everything that tells runs apart: ``<task>-<adapter>-<arm>-lr<lr>-s<seed>``,
+after ``<model>-`` for a model other than ``DEFAULT_MODEL`` (the names of the runs recorded
+before other models were benchmarked stay valid).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from quality_v2_data import carve, carved_dir
 from quality_v2_stats import plan_seeds, seed_sds
 
 from sparseadapter.config import SparsityConfig
+from sparseadapter.models import MODEL_ALIASES
 from sparseadapter.runconfig import RunConfig
 
 PROTOCOL = "v2-validation-split"
@@ -28,6 +31,7 @@ SYNFLOW_ROUNDS = 100  # the SynFlow method's iterative schedule, not the one-sho
 POOLER = ("pooler",)  # model.modules_to_save of the "-pooler" arms: a trained pooler
 # the SparseAdapter code's MAM scope: prune the adapters, not the prefix MLP
 PREFIX = r"(^|\.)prefix_tuning(\.|$)"
+DEFAULT_MODEL = "minilm"
 MAX_SEEDS = 10
 DEFAULT_SEEDS = 5  # where no earlier variance is known
 # at least: a seed sd estimated from v1's 3 seeds is rough, and 2 seeds a side leave a t test
@@ -117,8 +121,20 @@ CLAIMS: dict[str, dict[str, Any]] = {
 }
 
 
-def run_name(task: str, adapter: str, arm: Arm, lr: float, seed: int) -> str:
-    return f"{task}-{adapter}-{arm.name}-lr{lr:g}-s{seed}"
+def model_label(model: str) -> str:
+    """The name a benchmarked model goes by in run names, records and the report: the alias
+    itself (``minilm``), a local folder's name (``gpu.sh`` stages each alias in a folder named
+    after it, so ``/tmp/stage/minilm`` is ``minilm``), or a hub id with ``/`` spelled ``--``."""
+    if model in MODEL_ALIASES:
+        return model
+    path = Path(model)
+    return path.name if path.is_dir() else model.replace("/", "--")
+
+
+def run_name(model: str, task: str, adapter: str, arm: Arm, lr: float, seed: int) -> str:
+    """The run's name; ``model`` is its :func:`model_label`."""
+    prefix = "" if model == DEFAULT_MODEL else f"{model}-"
+    return f"{prefix}{task}-{adapter}-{arm.name}-lr{lr:g}-s{seed}"
 
 
 def seeds_for(task: str, adapter: str, v1_records: list[dict], max_seeds: int = MAX_SEEDS) -> int:
@@ -173,7 +189,9 @@ def run_config(
             "checkpoint_every": args.checkpoint_every,
             "mixed_precision": args.mixed_precision,
         },
-        "output": str(args.runs_dir / PROTOCOL / run_name(task, adapter, arm, lr, seed)),
+        "output": str(
+            args.runs_dir / PROTOCOL / run_name(args.model_label, task, adapter, arm, lr, seed)
+        ),
     }
     return RunConfig.from_dict(config)
 

@@ -2,7 +2,8 @@
 arm's learning rate chosen on validation, the claims' tests with intervals and adjusted p-values,
 failure counts, seed plans, rank intervals, and plots of the difference from dense.
 
-Comparisons are made within one device: records of another device form groups of their own."""
+Comparisons are made within one device and model: records of another device or model form
+groups of their own."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import argparse
 import statistics
 from collections import defaultdict
 from pathlib import Path
+from typing import NamedTuple
 
 from common import ROOT, write_text
 from quality_v2_data import trivial_dev_score
@@ -31,7 +33,28 @@ from quality_v2_stats import (
     superiority,
 )
 
-Group = tuple[str, str, str]  # device, task, adapter
+
+class Group(NamedTuple):
+    """What a comparison holds fixed; a run's key in ``choose_lrs`` is ``(*group, arm)``."""
+
+    device: str
+    model: str
+    task: str
+    adapter: str
+
+
+def group_of(key: tuple) -> Group:
+    return Group(*key[:-1])
+
+
+def _groups(chosen: dict) -> list[Group]:
+    return sorted({group_of(k) for k in chosen})
+
+
+def _where(group: Group) -> str:
+    return f"{group.task} {group.adapter} ({group.model}, {group.device})"
+
+
 README = ROOT / "README.md"
 README_BEGIN = (
     "<!-- quality v2 verdicts: python benchmarks/quality_v2.py --report-only --readme -->"
@@ -40,14 +63,14 @@ README_END = "<!-- end of quality v2 verdicts -->"
 
 
 def choose_lrs(records: list[dict]) -> dict[tuple, dict]:
-    """Per (device, task, adapter, arm): the runs at the rate with the best mean validation
+    """Per (device, model, task, adapter, arm): the runs at the rate with the best mean validation
     score (ties: the smaller rate). The rates compared are those run with two seeds or more (all
     of them while none has two), each scored on the seeds they all share, so neither a rate tried
     on one seed nor a seed still under way narrows or skews the choice; the chosen rate keeps
     every run it has."""
     by_lr: dict[tuple, dict[float, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
-        by_lr[r["device"], r["task"], r["adapter"], r["arm"]][r["lr"]].append(r)
+        by_lr[tuple(r[field] for field in (*Group._fields, "arm"))][r["lr"]].append(r)
     chosen = {}
     for key, lrs in by_lr.items():
         seeds = {lr: {r["seed"] for r in runs} for lr, runs in lrs.items()}
@@ -87,7 +110,7 @@ def _test(claim: dict, a: list[float], b: list[float], margin: float):
 def claim_rows(chosen: dict[tuple, dict]) -> dict[str, list[dict]]:
     """Per claim: one row per (group, pair, margin) measured with >= 2 seeds a side; p-values
     adjusted (Holm and Benjamini–Hochberg) over the claim's rows."""
-    groups = sorted({k[:3] for k in chosen})
+    groups = _groups(chosen)
     out = {}
     for name, claim in CLAIMS.items():
         rows = []
@@ -149,15 +172,15 @@ def verdict_lines(rows: dict[str, list[dict]]) -> list[str]:
     lines = [
         *counts,
         "",
-        "| claim | device | task | adapter | test | a − b | 90% interval | p Holm | verdict "
-        "| seeds a/b |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| claim | device | model | task | adapter | test | a − b | 90% interval | p Holm "
+        "| verdict | seeds a/b |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in measured:
         t, (a, b) = r["test"], r["arms"]
-        device, task, adapter = r["group"]
+        cells = " | ".join(r["group"])
         lines.append(
-            f"| {r['claim']} | {device} | {task} | {adapter} | {_comparison(r)} | {t.diff:+.2f} "
+            f"| {r['claim']} | {cells} | {_comparison(r)} | {t.diff:+.2f} "
             f"| [{t.lower:+.2f}, {t.high:+.2f}] | {r['holm']:.3f} | {verdict(r)} | "
             f"{len(a['runs'])}/{len(b['runs'])} |"
         )
@@ -203,16 +226,15 @@ def _claim_table(name: str, rows: list[dict], failures) -> list[str]:
     if not rows:
         return [*lines, "Not measured yet.", ""]
     lines += [
-        "| device | task | adapter | a | b | margin | a − b | 90% interval | p | p Holm | p BH "
-        "| verdict | seeds a/b | lr a/b | failures a/b |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| device | model | task | adapter | a | b | margin | a − b | 90% interval | p | p Holm "
+        "| p BH | verdict | seeds a/b | lr a/b | failures a/b |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         t, (a, b) = r["test"], r["arms"]
-        device, task, adapter = r["group"]
         fa, fb = failures(r["group"], a), failures(r["group"], b)
         lines.append(
-            f"| {device} | {task} | {adapter} | {r['a']} | {r['b']} | {t.margin:g} | "
+            f"| {' | '.join(r['group'])} | {r['a']} | {r['b']} | {t.margin:g} | "
             f"{t.diff:+.2f} | [{t.lower:+.2f}, {t.high:+.2f}] | {t.p:.3f} | {r['holm']:.3f} | "
             f"{r['bh']:.3f} | {verdict(r)} | {len(a['runs'])}/{len(b['runs'])} | "
             f"{a['lr']:g}/{b['lr']:g} | {fa}/{fb} |"
@@ -225,7 +247,7 @@ def _failure_counter(chosen: dict, data_dir: Path, limit: int | None):
 
     def count(group: Group, arm: dict, every_lr: bool = False) -> int:
         """Failed runs of the arm at its chosen rate (``every_lr``: at every rate tried)."""
-        task = group[1]
+        task = group.task
         if task not in trivial:
             trivial[task] = trivial_dev_score(task, data_dir, limit)
         dense = chosen.get((*group, "dense"))
@@ -238,9 +260,9 @@ def _failure_counter(chosen: dict, data_dir: Path, limit: int | None):
 
 def arms_table(chosen: dict, failures, trivial: dict[str, float]) -> list[str]:
     lines = [
-        "| device | task | adapter | arm | lr (validation) | dev mean ± sd | seeds | failures "
-        "(chosen lr) | failures (every lr) | runs per lr | non-zero trainable |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| device | model | task | adapter | arm | lr (validation) | dev mean ± sd | seeds "
+        "| failures (chosen lr) | failures (every lr) | runs per lr | non-zero trainable |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key in sorted(chosen):
         arm = chosen[key]
@@ -248,10 +270,11 @@ def arms_table(chosen: dict, failures, trivial: dict[str, float]) -> list[str]:
         spread = f" ± {statistics.stdev(x):.2f}" if len(x) > 1 else ""
         per_lr = ", ".join(f"{lr:g}: {len(v)}" for lr, v in sorted(arm["all"].items()))
         nonzero = arm["runs"][0]["nonzero_trainable"]
+        group = group_of(key)
         lines.append(
-            f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | {arm['lr']:g}{_edge(arm)} | "
-            f"{statistics.mean(x):.2f}{spread} | {len(x)} | {failures(key[:3], arm)} | "
-            f"{failures(key[:3], arm, every_lr=True)} | "
+            f"| {' | '.join(key)} | {arm['lr']:g}{_edge(arm)} | "
+            f"{statistics.mean(x):.2f}{spread} | {len(x)} | {failures(group, arm)} | "
+            f"{failures(group, arm, every_lr=True)} | "
             f"{per_lr} | {nonzero:,} |"
         )
     thresholds = [f"{task} {score:.1f}" for task, score in sorted(trivial.items())]
@@ -278,7 +301,7 @@ def seed_plan_lines(chosen: dict, v1: list[dict]) -> list[str]:
     sds = seed_sds(
         [{**r, "dense": r["pruner"] == "none"} for r in v1], ["task", "adapter", "dense"]
     )
-    for task, adapter in sorted({k[1:3] for k in chosen}):
+    for task, adapter in sorted({(g.task, g.adapter) for g in _groups(chosen)}):
         dense, sparse = sds.get((task, adapter, True)), sds.get((task, adapter, False))
         if dense is None or sparse is None:
             lines.append(f"| {task} | {adapter} | – | {seeds_for(task, adapter, v1)} | – | – | – |")
@@ -304,14 +327,14 @@ def measured_seed_lines(chosen: dict) -> list[str]:
     """Per group with >= 2 seeds: the seed sds v2 measured (dense; pruned arms pooled), what
     the seeds run so far detect, and the seeds those sds ask for (the same target as the plan)."""
     lines = []
-    for group in sorted({k[:3] for k in chosen}):
+    for group in _groups(chosen):
         variances: dict[bool, list[float]] = {True: [], False: []}
         seeds = []
         for key, arm in chosen.items():
-            dense = key[3] == "dense"
-            if key[:3] != group or len(arm["runs"]) < 2:
+            dense = key[-1] == "dense"
+            if group_of(key) != group or len(arm["runs"]) < 2:
                 continue
-            if dense or ARMS[key[3]].pruner != "none":  # narrow and pooler arms: neither
+            if dense or ARMS[key[-1]].pruner != "none":  # narrow and pooler arms: neither
                 variances[dense].append(statistics.variance(dev_points(arm)))
                 seeds.append(len(arm["runs"]))
         if not variances[True] or not variances[False]:
@@ -319,16 +342,16 @@ def measured_seed_lines(chosen: dict) -> list[str]:
         dense, sparse = (statistics.mean(variances[d]) ** 0.5 for d in (True, False))
         n = min(seeds)
         lines.append(
-            f"| {group[0]} | {group[1]} | {group[2]} | {dense:.2f} / {sparse:.2f} | {n} | "
+            f"| {' | '.join(group)} | {dense:.2f} / {sparse:.2f} | {n} | "
             f"{difference_se(sparse, dense, n):.2f} | "
             f"{detectable_difference(sparse, dense, n):.2f} | {seeds_for_se(sparse, dense)} |"
         )
     if not lines:
         return ["Not measured yet.", ""]
     head = [
-        "| device | task | adapter | v2 seed sd dense / pruned arms | seeds run | SE of a "
+        "| device | model | task | adapter | v2 seed sd dense / pruned arms | seeds run | SE of a "
         f"difference | smallest difference detected (80% power) | seeds for SE <= {TARGET_SE:g} |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     return [*head, *lines, ""]
 
@@ -337,17 +360,17 @@ def ranking_lines(chosen: dict) -> list[str]:
     lines = []
     by_group: dict[tuple, dict[str, list[float]]] = defaultdict(dict)
     for key, arm in chosen.items():
-        spec = ARMS[key[3]]
+        spec = ARMS[key[-1]]
         s = spec.narrow_to if spec.narrow_to is not None else spec.sparsity
         if s and _plain(spec) and len(arm["runs"]) >= 2:
-            by_group[(*key[:3], s)][key[3]] = dev_points(arm)
-    for group, scores in sorted(by_group.items()):
+            by_group[group_of(key), s][key[-1]] = dev_points(arm)
+    for (group, s), scores in sorted(by_group.items()):
         if len(scores) < 2:
             continue
         ranks = bootstrap_rank_intervals(scores)
         order = sorted(ranks, key=lambda n: ranks[n][0])
         text = "; ".join(f"{n} {ranks[n][0]:g} [{ranks[n][1]:g}, {ranks[n][2]:g}]" for n in order)
-        lines.append(f"- {group[0]}, {group[1]} {group[2]} at {100 * group[3]:g}%: {text}")
+        lines.append(f"- {_where(group)} at {100 * s:g}%: {text}")
     if not lines:
         return ["Not measured yet.", ""]
     head = "Rank (1 = best) with its 95% bootstrap interval (seeds resampled, 2,000 rounds):"
@@ -374,14 +397,14 @@ def density_lr_lines(chosen: dict) -> list[str]:
     arm joins once it and dense have two seeds at their rates and it was tuned over every rate
     dense was."""
     lines = []
-    for group in sorted({k[:3] for k in chosen}):
+    for group in _groups(chosen):
         dense = chosen.get((*group, "dense"))
         if dense is None or len(dense["runs"]) < 2:
             continue
         points, rows = [(1.0, dense["lr"])], []
         for key, arm in sorted(chosen.items()):
-            spec = ARMS[key[3]]
-            if key[:3] != group or not spec.sparsity or not _plain(spec):
+            spec = ARMS[key[-1]]
+            if group_of(key) != group or not spec.sparsity or not _plain(spec):
                 continue
             if len(arm["runs"]) < 2 or not set(arm["compared"]) >= set(dense["compared"]):
                 continue  # not yet tuned over dense's rates: its choice says nothing yet
@@ -391,7 +414,7 @@ def density_lr_lines(chosen: dict) -> list[str]:
                 f"{_mean_dev(at_dense_lr) - _mean_dev(dense['runs']):+.2f}" if at_dense_lr else "-"
             )
             rows.append(
-                f"| {key[3]} | {1 - spec.sparsity:g} | {arm['lr']:g} | {gap_dense_lr} | "
+                f"| {key[-1]} | {1 - spec.sparsity:g} | {arm['lr']:g} | {gap_dense_lr} | "
                 f"{_mean_dev(arm['runs']) - _mean_dev(dense['runs']):+.2f} | "
                 f"{_own_lr_gain(arm, at_dense_lr)} |"
             )
@@ -402,7 +425,7 @@ def density_lr_lines(chosen: dict) -> list[str]:
         except ValueError:
             alpha = "-"
         lines += [
-            f"{group[1]}, {group[2]} ({group[0]}): dense chose lr {dense['lr']:g}; fitted "
+            f"{_where(group)}: dense chose lr {dense['lr']:g}; fitted "
             f"alpha = {alpha} (lr ~ density^-alpha over the pruned arms' chosen rates)",
             "",
             "| arm | density | lr chosen | dev gap at dense's lr | dev gap at own lr "
@@ -415,7 +438,7 @@ def density_lr_lines(chosen: dict) -> list[str]:
 
 
 def plot(chosen: dict, out_dir: Path) -> list[Path]:
-    """Per device, task and adapter: each pruner's difference from dense vs sparsity, with
+    """Per device, model, task and adapter: each pruner's difference from dense vs sparsity, with
     the 90% interval as a band."""
     try:
         import matplotlib
@@ -425,14 +448,14 @@ def plot(chosen: dict, out_dir: Path) -> list[Path]:
     except ImportError:
         return []
     written = []
-    for group in sorted({k[:3] for k in chosen}):
+    for group in _groups(chosen):
         dense = chosen.get((*group, "dense"))
         if dense is None or len(dense["runs"]) < 2:
             continue
         lines: dict[str, list[tuple]] = defaultdict(list)
         for key, arm in chosen.items():
-            spec = ARMS[key[3]]
-            if key[:3] != group or not spec.sparsity or len(arm["runs"]) < 2:
+            spec = ARMS[key[-1]]
+            if group_of(key) != group or not spec.sparsity or len(arm["runs"]) < 2:
                 continue
             t = non_inferiority(dev_points(arm), dev_points(dense), 0.0)
             label = (
@@ -451,10 +474,11 @@ def plot(chosen: dict, out_dir: Path) -> list[Path]:
         ax.axhline(-1, color="grey", lw=0.8, ls="--")
         ax.set_xlabel("sparsity (%)")
         ax.set_ylabel("dev score − dense (points)")
-        ax.set_title(f"{group[1]} {group[2]} ({group[0]})", fontsize=9)
+        ax.set_title(_where(group), fontsize=9)
         ax.legend(fontsize=7)
         fig.tight_layout()
-        path = out_dir / f"quality_v2_{group[1]}_{group[2]}_{group[0].replace(' ', '_')}.png"
+        name = "_".join((group.task, group.adapter, group.model, group.device))
+        path = out_dir / f"quality_v2_{name.replace(' ', '_')}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)

@@ -19,6 +19,7 @@ def _rec(arm, lr, seed, validation, score, task="rte"):
         "run": f"{task}-houlsby-{arm}-lr{lr:g}-s{seed}",
         "protocol": grid.PROTOCOL,
         "device": "cpu",
+        "model": "minilm",
         "task": task,
         "adapter": "houlsby",
         "arm": arm,
@@ -39,7 +40,7 @@ def test_lr_is_chosen_on_validation_not_dev():
         _rec("dense", 3e-3, 2, 0.61, 0.66),
         _rec("dense", 3e-4, 1, 0.99, 0.99),  # one seed only: not comparable yet
     ]
-    chosen = report.choose_lrs(records)[("cpu", "rte", "houlsby", "dense")]
+    chosen = report.choose_lrs(records)[("cpu", "minilm", "rte", "houlsby", "dense")]
     assert chosen["lr"] == 1e-3
     assert report.dev_points(chosen) == pytest.approx([55.0, 56.0])
 
@@ -94,7 +95,7 @@ def test_measured_seed_table_pools_pruned_arms_and_leaves_out_the_rest():
     )
     (row,) = [x for x in report.measured_seed_lines(report.choose_lrs(records)) if "| cpu |" in x]
     # sd 1.41 / 2.24; SE sqrt((2 + 5) / 2) = 1.87; SE <= 0.5 takes ceil(7 / 0.25) = 28 seeds
-    assert row.startswith("| cpu | rte | houlsby | 1.41 / 2.24 | 2 | 1.87 |")
+    assert row.startswith("| cpu | minilm | rte | houlsby | 1.41 / 2.24 | 2 | 1.87 |")
     assert row.endswith("| 28 |")
 
 
@@ -166,7 +167,7 @@ def test_failures_are_counted_not_dropped(tiny_glue):
     records = _group("dense", [68.0, 70.0, 72.0]) + _group("snip40", [50.0, 69.0, 71.0])
     chosen = report.choose_lrs(records)
     count, trivial = report._failure_counter(chosen, tiny_glue, None)
-    group = ("cpu", "rte", "houlsby")
+    group = report.Group("cpu", "minilm", "rte", "houlsby")
     assert count(group, chosen[(*group, "snip40")]) == 1
     assert count(group, chosen[(*group, "dense")]) == 0
     # a run at a rate not chosen counts among the failures at every rate only
@@ -298,7 +299,7 @@ def test_a_seed_under_way_neither_narrows_nor_skews_the_rate_choice():
         _rec("dense", 3e-3, 1, 0.70, 0.70),
         _rec("dense", 3e-3, 2, 0.70, 0.72),
     ]
-    chosen = report.choose_lrs(records)[("cpu", "rte", "houlsby", "dense")]
+    chosen = report.choose_lrs(records)[("cpu", "minilm", "rte", "houlsby", "dense")]
     assert chosen["compared"] == [1e-3, 3e-3]
     assert chosen["lr"] == 3e-3
     assert report.dev_points(chosen) == pytest.approx([70.0, 72.0])
@@ -320,3 +321,43 @@ def test_density_table_waits_for_arms_tuned_over_dense_rates():
         "",
     ]
     assert any("| snip80 |" in x for x in report.density_lr_lines(report.choose_lrs(dense + tuned)))
+
+
+def test_records_of_two_models_are_told_apart(tmp_path):
+    """A run of another model neither passes for the default model's run of the same task,
+    adapter, arm, rate and seed (resume skips by name) nor joins its comparisons."""
+    q2 = benchmark_module("quality_v2")
+    dense = grid.ARMS["dense"]
+    minilm = grid.run_name("minilm", "sst2", "houlsby", dense, 1e-3, 1)
+    mpnet = grid.run_name("mpnet-base", "sst2", "houlsby", dense, 1e-3, 1)
+    assert minilm == "sst2-houlsby-dense-lr0.001-s1" and mpnet != minilm
+    old = {k: v for k, v in _rec("dense", 1e-3, 1, 0.7, 0.6).items() if k != "model"}
+    other = {**_rec("dense", 1e-3, 1, 0.9, 0.9), "model": "mpnet-base", "run": "mpnet-base-x"}
+    path = tmp_path / "records.jsonl"
+    path.write_text(json.dumps(old) + "\n" + json.dumps(other) + "\n")
+    records = q2.load_records(path)
+    assert sorted(r["model"] for r in records.values()) == ["minilm", "mpnet-base"]
+    chosen = report.choose_lrs(list(records.values()))
+    assert report.dev_points(chosen["cpu", "minilm", "rte", "houlsby", "dense"]) == [60.0]
+    assert report.dev_points(chosen["cpu", "mpnet-base", "rte", "houlsby", "dense"]) == [90.0]
+
+
+def test_committed_run_names_follow_the_naming_rule():
+    """Every recorded run's name is what run_name gives its model, so resuming the grid finds it
+    (a renaming rule would retrain or double them)."""
+    q2 = benchmark_module("quality_v2")
+    records = q2.load_records(BENCHMARKS / "results" / "quality_v2_runs.jsonl").values()
+    assert records
+    for r in records:
+        arm = grid.ARMS[r["arm"]]
+        assert r["run"] == grid.run_name(
+            r["model"], r["task"], r["adapter"], arm, r["lr"], r["seed"]
+        )
+
+
+def test_model_label(tmp_path):
+    staged = tmp_path / "mpnet-base"
+    staged.mkdir()
+    assert grid.model_label("mpnet-base") == "mpnet-base"
+    assert grid.model_label(str(staged)) == "mpnet-base"  # gpu.sh stages aliases by name
+    assert grid.model_label("org/some-bert") == "org--some-bert"
