@@ -19,6 +19,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from sparseadapter.batching import PadCollator  # noqa: E402
 from sparseadapter.files import write_bytes  # noqa: E402
+from sparseadapter.models import MODEL_ALIASES  # noqa: E402
 from sparseadapter.tasks.classification import encode_examples  # noqa: E402
 from sparseadapter.tasks.glue import glue_spec, load_glue  # noqa: E402
 
@@ -31,6 +32,16 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data" / "glue"
 def parser(doc: str | None, **kwargs: Any) -> argparse.ArgumentParser:
     """The script's argument parser, described by the first line of its docstring."""
     return argparse.ArgumentParser(description=(doc or "").splitlines()[0], **kwargs)
+
+
+def model_label(model: str) -> str:
+    """The name a benchmarked model goes by in run names, records and the report: the alias
+    itself (``minilm``), a local folder's name (``gpu.sh`` stages each alias in a folder named
+    after it, so ``/tmp/stage/minilm`` is ``minilm``), or a hub id with ``/`` spelled ``--``."""
+    if model in MODEL_ALIASES:
+        return model
+    path = Path(model)
+    return path.name if path.is_dir() else model.replace("/", "--")
 
 
 def add_data_dir(p: argparse.ArgumentParser, **kwargs: Any) -> None:

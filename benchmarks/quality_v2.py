@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import common
-from common import RESULTS, ROOT, library_versions
+from common import RESULTS, ROOT, library_versions, model_label
 from quality_v2_baselines import register
 from quality_v2_grid import (
     ARMS,
@@ -38,7 +38,6 @@ from quality_v2_grid import (
     LRS,
     MAX_SEEDS,
     PROTOCOL,
-    model_label,
     planned,
     record_path,
     run_config,

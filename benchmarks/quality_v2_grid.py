@@ -20,7 +20,6 @@ from quality_v2_data import carve, carved_dir
 from quality_v2_stats import plan_seeds, seed_sds
 
 from sparseadapter.config import SparsityConfig
-from sparseadapter.models import MODEL_ALIASES
 from sparseadapter.runconfig import RunConfig
 
 PROTOCOL = "v2-validation-split"
@@ -121,18 +120,8 @@ CLAIMS: dict[str, dict[str, Any]] = {
 }
 
 
-def model_label(model: str) -> str:
-    """The name a benchmarked model goes by in run names, records and the report: the alias
-    itself (``minilm``), a local folder's name (``gpu.sh`` stages each alias in a folder named
-    after it, so ``/tmp/stage/minilm`` is ``minilm``), or a hub id with ``/`` spelled ``--``."""
-    if model in MODEL_ALIASES:
-        return model
-    path = Path(model)
-    return path.name if path.is_dir() else model.replace("/", "--")
-
-
 def run_name(model: str, task: str, adapter: str, arm: Arm, lr: float, seed: int) -> str:
-    """The run's name; ``model`` is its :func:`model_label`."""
+    """The run's name; ``model`` is its ``common.model_label``."""
     prefix = "" if model == DEFAULT_MODEL else f"{model}-"
     return f"{prefix}{task}-{adapter}-{arm.name}-lr{lr:g}-s{seed}"
 

@@ -1,11 +1,15 @@
 """SQuAD and XSum cells: dense vs SNIP 40% vs Large-Sparse 4x, per adapter, over seeds.
 
 Each run is one `sparseadapter train` process (several at once with --parallel, e.g. on one GPU);
-a finished run (its final.json exists) is never trained again, so an interrupted benchmark
-resumes. Records go to benchmarks/results/tasks_runs.jsonl (one line per run, with the device
-and library versions); the report (tasks.md) compares each arm with the dense adapter of the
-same task and adapter: mean difference, Welch 95% interval and p-value, seeds and failures.
-All runs of one comparison must come from one device: the report refuses to mix them.
+a finished run is never trained again, so an interrupted benchmark resumes. What a run is
+recorded and resumed by: its task, adapter, arm and seed, and the settings every run of an
+invocation shares (`settings`: the model, rate, epochs, example counts and --extra options); a
+run folder holding a run of another config is refused, not read as this one's (the check
+`sparseadapter train` makes). Records go to benchmarks/results/tasks_runs.jsonl (one line per run,
+with the device and library versions); the report (tasks.md) compares each arm with the dense
+adapter of the same task, adapter and settings: mean difference, Welch 95% interval and p-value,
+seeds and failures. All runs of one comparison must come from one device: the report refuses to
+mix them.
 
     python benchmarks/tasks.py --task squad --adapters houlsby lora --parallel 6 --runs-dir /tmp/r
     python benchmarks/tasks.py --report
@@ -13,6 +17,7 @@ All runs of one comparison must come from one device: the report refuses to mix 
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import platform
@@ -23,6 +28,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import common
+from common import model_label
+
+from sparseadapter.cli import train_config
+from sparseadapter.errors import SparseAdapterError
+from sparseadapter.rundir import finished_result, interrupted, partial_dir, saved_config_changes
+from sparseadapter.tasks import task_class
 
 ARMS = {
     "dense": [],
@@ -35,6 +46,7 @@ DEFAULTS = {  # per task: data, training subset, evaluation subset, epochs, lr
     "xsum": {"data": SHARED / "xsum", "train": 1000, "eval": None, "epochs": 2, "lr": 1e-3},
 }
 RECORDS = common.RESULTS / "tasks_runs.jsonl"
+JOB_KEYS = ("task", "adapter", "arm", "seed")
 REPORT = common.RESULTS / "tasks.md"
 
 
@@ -49,6 +61,44 @@ def versions() -> dict[str, str]:
             found[name] = __import__(name).__version__
     found["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     return found
+
+
+def settings(task: str, args) -> dict:
+    """What every run of this invocation shares beside its task: the model (by
+    ``common.model_label``), rate, epochs, example counts and extra options."""
+    cfg = DEFAULTS[task]
+    return {
+        "model": model_label(args.model or task_class(task).default_model),
+        "lr": args.lr or cfg["lr"],
+        "epochs": args.epochs or cfg["epochs"],
+        "train": args.train or cfg["train"],
+        "eval": args.eval or cfg["eval"],
+        "options": args.extra,
+    }
+
+
+NO_OPTIONS = argparse.Namespace(model=None, lr=None, epochs=None, train=None, eval=None, extra="")
+
+
+def recorded_settings(record: dict) -> dict:
+    """A record's settings; records written before they were recorded ran on the defaults
+    (MiniLM-L6 for SQuAD, SmolLM2 for XSum: the tasks' default models)."""
+    return {k: record.get(k, v) for k, v in settings(record["task"], NO_OPTIONS).items()}
+
+
+def cell_key(record: dict) -> tuple:
+    """What a comparison holds fixed: task, adapter and settings."""
+    setting = json.dumps(recorded_settings(record), sort_keys=True)
+    return record["task"], record["adapter"], setting
+
+
+def run_key(record: dict) -> tuple:
+    return *cell_key(record), record["arm"], record["seed"]
+
+
+def run_dir(job: tuple, args) -> Path:
+    task, adapter, arm, seed = job
+    return args.runs_dir / f"{task}-{adapter}-{arm}-s{seed}"
 
 
 def command(task: str, adapter: str, arm: str, seed: int, args, output: Path) -> list[str]:
@@ -66,13 +116,29 @@ def command(task: str, adapter: str, arm: str, seed: int, args, output: Path) ->
     return cmd + shlex.split(args.extra)
 
 
+def check_run_dir(job: tuple, args) -> None:
+    """Refuse a run folder that holds a finished or interrupted run of another config (another
+    model or rate, say): its results must not pass for this run's."""
+    output = run_dir(job, args)
+    try:
+        config = train_config(command(*job, args, output)[4:])
+        finished_result(config)
+        changes = interrupted(config) and saved_config_changes(partial_dir(output), config)
+    except SparseAdapterError as err:
+        raise SystemExit(f"{err} (or pass another --runs-dir)") from None
+    if changes:
+        raise SystemExit(
+            f"{output} has an interrupted run of another config ({'; '.join(changes)}): "
+            "pass another --runs-dir"
+        )
+
+
 def run_one(job: tuple, args, env: dict[str, str]) -> dict:
     task, adapter, arm, seed = job
-    output = args.runs_dir / f"{task}-{adapter}-{arm}-s{seed}"
+    output = run_dir(job, args)
     final = output / "final.json"
-    record = {"task": task, "adapter": adapter, "arm": arm, "seed": seed, **env}
-    if args.extra:
-        record["options"] = args.extra
+    record = {"task": task, "adapter": adapter, "arm": arm, "seed": seed}
+    record.update(settings(task, args), **env)
     if not final.exists():
         cmd = command(task, adapter, arm, seed, args, output)
         if (output.parent / f"{output.name}.partial" / "checkpoint.pt").exists():
@@ -92,13 +158,12 @@ def run_one(job: tuple, args, env: dict[str, str]) -> dict:
 
 def run(args) -> None:
     env = versions()
-    done = {
-        (r["task"], r["adapter"], r["arm"], r["seed"])
-        for r in read_records(args.records)
-        if "failed" not in r
-    }
+    done = {run_key(r) for r in read_records(args.records) if "failed" not in r}
+    setting = settings(args.task, args)
     jobs = [(args.task, a, arm, s) for a in args.adapters for arm in args.arms for s in args.seeds]
-    jobs = [j for j in jobs if j not in done]
+    jobs = [j for j in jobs if run_key({**setting, **dict(zip(JOB_KEYS, j))}) not in done]
+    for job in jobs:
+        check_run_dir(job, args)
     print(f"{len(jobs)} runs on {env['device']}, {args.parallel} at once", flush=True)
     with ThreadPoolExecutor(args.parallel) as pool:
         for record in pool.map(lambda job: run_one(job, args, env), jobs):
@@ -141,18 +206,20 @@ def report(records: list[dict]) -> str:
              "document skipped), scored on its two test files (1,910 distinct pairs); no XSum "
              "training text is used. Learning rates were not tuned for these cells (1e-3 for "
              "every arm): the comparison is fair between arms, not a best-score claim.", ""]  # fmt: skip
-    cells = sorted({(r["task"], r["adapter"]) for r in records})
-    for task, adapter in cells:
-        rows = [r for r in records if (r["task"], r["adapter"]) == (task, adapter)]
+    cells: dict[tuple, list[dict]] = {}
+    for r in records:
+        cells.setdefault(cell_key(r), []).append(r)
+    for (task, adapter, _), rows in sorted(cells.items()):
         devices = {r["device"] for r in rows}
         if len(devices) > 1:
             raise SystemExit(f"{task}/{adapter} mixes devices {sorted(devices)}: rerun it on one")
         ok = [r for r in rows if "failed" not in r]
         metric = ok[0]["main_metric"] if ok else "?"
-        options = sorted({r.get("options", "") for r in rows})
-        lines += [f"## {task}, {adapter} ({metric}; {devices.pop()}, "
+        s = recorded_settings(rows[0])
+        lines += [f"## {task}, {adapter} ({metric}; {s['model']}, lr {s['lr']:g}, "
+                  f"{s['epochs']} epochs, {s['train']:,} training examples; {devices.pop()}, "
                   f"transformers {rows[0]['transformers']}"
-                  + "".join(f"; `{o}`" for o in options if o) + ")", "",
+                  + (f"; `{s['options']}`" if s["options"] else "") + ")", "",
                   "| arm | seeds | failed | non-zero weights | " + " | ".join(sorted(ok[0]["metrics"]) if ok else []) + " | diff vs dense | 95% CI | p |",
                   "|---|---|---|---|" + "---|" * (len(ok[0]["metrics"]) if ok else 0) + "---|---|---|"]  # fmt: skip
         dense = [100 * r["score"] for r in ok if r["arm"] == "dense"]

@@ -1,11 +1,14 @@
 """benchmarks/tasks.py: the Welch comparison on a hand-worked case, the refusal to compare runs
-of two devices, and a one-run SQuAD cell recorded and then read back instead of trained again."""
+of two devices, cells kept apart by their settings, and a one-run SQuAD cell recorded and then
+read back instead of trained again, but never for a run of other settings."""
 
 import json
 import math
+import subprocess
+import sys
 
 import pytest
-from helpers import benchmark_module, run_benchmark
+from helpers import BENCHMARKS, benchmark_module, run_benchmark
 
 
 def record(arm: str, seed: int, score: float, device: str = "cpu") -> dict:
@@ -56,3 +59,28 @@ def test_one_run_cell_records_and_resumes(tmp_path):
     run_benchmark("tasks.py", *args)
     assert final.stat().st_mtime_ns == stamp
     assert len(records.read_text().splitlines()) == 1
+    # another rate is another run: not found among the records, and its folder (a run of the
+    # first rate) is refused instead of read as its result
+    other = [*args, "--lr", "3e-3"]
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "tasks.py"), *other], capture_output=True, text=True
+    )
+    assert done.returncode != 0
+    assert "holds a finished run of another config" in done.stderr and "train.lr" in done.stderr
+    assert final.stat().st_mtime_ns == stamp
+    assert len(records.read_text().splitlines()) == 1
+    run_benchmark("tasks.py", *other, "--runs-dir", str(tmp_path / "other"))  # the last wins
+    second = json.loads(records.read_text().splitlines()[1])
+    assert (first["lr"], second["lr"]) == (1e-3, 3e-3) and first["model"] == "minilm"
+
+
+def test_cells_are_kept_apart_by_their_settings():
+    tasks = benchmark_module("tasks")
+    old = [record("dense", s, 0.5) for s in (1, 2)]  # written before settings were recorded
+    assert tasks.recorded_settings(old[0])["model"] == "minilm"  # SQuAD's default model
+    assert tasks.recorded_settings(old[0])["lr"] == tasks.DEFAULTS["squad"]["lr"]
+    mpnet = [{**record("dense", s, 0.9), "model": "mpnet-base"} for s in (1, 2)]
+    text = tasks.report(old + mpnet)
+    assert text.count("## squad, lora") == 2
+    assert "50.00 ± 0.00" in text and "90.00 ± 0.00" in text  # each cell its own dense mean
+    assert tasks.run_key(old[0]) != tasks.run_key(mpnet[0])

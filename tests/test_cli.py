@@ -278,3 +278,14 @@ def test_every_run_flag_is_in_the_cli_docs():
     docs = (Path(__file__).parents[1] / "docs" / "cli.md").read_text(encoding="utf-8")
     missing = [flag for flag in RUN_FLAGS if f"`{flag}" not in docs]
     assert not missing, f"docs/cli.md lacks {missing}"
+
+
+def test_train_config_is_the_run_train_would_start(tmp_path):
+    from sparseadapter.cli import train_config
+    from sparseadapter.errors import ConfigError
+
+    config = train_config(["--task", "squad", "--lr", "3e-3", "--output", str(tmp_path / "r")])
+    assert (config.data.task, config.train.lr, config.model.name) == ("squad", 3e-3, "minilm")
+    assert config.output_dir() == tmp_path / "r"
+    with pytest.raises(ConfigError, match="--sparsity"):
+        train_config(["--sparsity", "lots"])

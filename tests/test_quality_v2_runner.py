@@ -358,6 +358,7 @@ def test_committed_run_names_follow_the_naming_rule():
 def test_model_label(tmp_path):
     staged = tmp_path / "mpnet-base"
     staged.mkdir()
-    assert grid.model_label("mpnet-base") == "mpnet-base"
-    assert grid.model_label(str(staged)) == "mpnet-base"  # gpu.sh stages aliases by name
-    assert grid.model_label("org/some-bert") == "org--some-bert"
+    common = benchmark_module("common")
+    assert common.model_label("mpnet-base") == "mpnet-base"
+    assert common.model_label(str(staged)) == "mpnet-base"  # gpu.sh stages aliases by name
+    assert common.model_label("org/some-bert") == "org--some-bert"

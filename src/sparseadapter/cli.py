@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from sparseadapter.config import SparsityConfig
-from sparseadapter.errors import SparseAdapterError
+from sparseadapter.errors import ConfigError, SparseAdapterError
 from sparseadapter.runconfig import (
     DEFAULT_SPARSITY,
     DataConfig,
@@ -228,6 +228,15 @@ def _run_config(args: argparse.Namespace, base: dict[str, Any] | None = None) ->
             raise _UsageError("--full-finetune trains without an adapter: drop --adapter")
         flags["model.adapter"] = FULL_FINETUNE
     return resolve(args.config, flags, args.overrides, base=base)
+
+
+def train_config(argv: Sequence[str]) -> RunConfig:
+    """The run ``sparseadapter train ARGV`` would start (``--resume`` aside), for scripts that
+    plan runs before starting them; ConfigError on options the command would refuse."""
+    try:
+        return _run_config(build_parser().parse_args(["train", *argv]))
+    except _UsageError as err:
+        raise ConfigError(str(err)) from None
 
 
 def _train(args: argparse.Namespace) -> int:
