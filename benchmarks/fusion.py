@@ -12,8 +12,10 @@ fusion layer dense or SNIP-pruned to 40%, against the single-task Houlsby adapte
 (``--source-examples``, ``--train-examples``: 2,000 each); everything else is the CLI's defaults (lr 1e-3, batch 32,
 max length 128, best epoch on dev), with length-grouped batches for speed.
 
-Every finished run is appended to ``benchmarks/results/fusion_runs.jsonl`` and never trained
-again (the grid can be completed a part at a time); run folders go to ``--runs-dir``.
+Every finished run is appended to ``benchmarks/results/fusion_runs.jsonl`` with its caps
+(examples, epochs, dev examples) and never trained again (the grid can be completed a part at
+a time); a recorded run of other caps, or a run folder of another config, stops the grid
+instead of joining it. Run folders go to ``--runs-dir``.
 ``fusion.json`` and ``fusion.md`` hold the cells: mean and standard deviation over seeds, and
 the difference to the single-task dense adapter.
 """
@@ -29,7 +31,9 @@ from typing import Any
 import common
 from common import RESULTS
 
-from sparseadapter.cli import main
+from sparseadapter.cli import main, train_config
+from sparseadapter.errors import SparseAdapterError
+from sparseadapter.rundir import finished_result
 
 SOURCE_TASKS = ("sst2", "mrpc", "rte", "cola", "stsb")  # each target fuses the other four
 SOURCE_SEED = 1
@@ -81,24 +85,61 @@ def common_flags(args, task: str, examples: int, epochs: int, seed: int, output:
     ]  # fmt: skip
 
 
+def caps(examples: int, epochs: int, args) -> dict[str, Any]:
+    return {
+        "max_train_samples": examples,
+        "max_epochs": epochs,
+        "max_eval_samples": args.eval_examples,
+    }
+
+
 def pruning(pruned: bool) -> list[str]:
     return ["--pruner", "snip", "--sparsity", SPARSITY] if pruned else []
 
 
-def train(args, key: str, argv: list[str], records: dict[str, dict], extra: dict) -> dict:
-    """Train one run unless it is recorded; its record."""
+def recorded_settings(record: dict[str, Any]) -> dict[str, Any]:
+    """The caps a recorded run was trained with. Records from before they were written down
+    give what the run did: every cap then was below its task's training set, and every run
+    trained all its epochs on the full dev set."""
+    return {
+        "max_train_samples": record.get("max_train_samples", record["train_examples"]),
+        "max_epochs": record.get("max_epochs", record["epochs"]),
+        "max_eval_samples": record.get("max_eval_samples"),
+    }
+
+
+def train(
+    args, key: str, argv: list[str], records: dict[str, dict], extra: dict, settings: dict
+) -> dict:
+    """Train one run unless it is recorded with the same ``settings``; its record. A record of
+    other settings, or a run folder holding a run of another config, stops the benchmark: its
+    results must not join this grid's cells."""
     if key in records:
+        recorded = recorded_settings(records[key])
+        if recorded != settings:
+            raise SystemExit(
+                f"{key} is recorded with {recorded}, not {settings}: pass the options it was "
+                "trained with, or another --results-dir and --runs-dir for a grid of its own"
+            )
         return records[key]
     output = Path(argv[argv.index("--output") + 1])
-    flags = ["--overwrite"] if output.exists() else []
     started = time.perf_counter()
-    code = main([*argv, *flags])
-    if code != 0:
-        raise SystemExit(f"run {key} failed (exit {code})")
-    final = json.loads((output / "final.json").read_text(encoding="utf-8"))
+    try:
+        final = finished_result(train_config(argv[1:]))
+    except SparseAdapterError as err:
+        raise SystemExit(f"{err} (or pass another --runs-dir)") from None
+    if final is None:
+        code = main(argv)
+        if code != 0:
+            raise SystemExit(f"run {key} failed (exit {code})")
+        final = json.loads((output / "final.json").read_text(encoding="utf-8"))
+        seconds = time.perf_counter() - started
+    else:  # trained before its record was written: the time it took then
+        seconds = sum(v for k, v in final["timing"].items() if k.endswith("_seconds"))
     record = {
         "key": key,
         **extra,
+        **settings,
         "main_metric": final["main_metric"],
         "score": final["score"],
         "collapsed": any(m.get("collapsed") for m in final["dev"].values()),
@@ -106,7 +147,7 @@ def train(args, key: str, argv: list[str], records: dict[str, dict], extra: dict
         "nonzero_trainable": final["parameters"]["nonzero_trainable"],
         "frozen_adapters": final["parameters"].get("frozen_adapters", 0),
         "nonzero_frozen_adapters": final["parameters"].get("nonzero_frozen_adapters", 0),
-        "seconds": round(time.perf_counter() - started, 1),
+        "seconds": round(seconds, 1),
         "train_examples": final["examples"]["train"],
         "epochs": len((output / "metrics.jsonl").read_text(encoding="utf-8").splitlines()),
     }
@@ -124,7 +165,8 @@ def source_run(args, task: str, pruned: bool, records: dict) -> Path:
     flags = common_flags(args, task, args.source_examples, args.source_epochs, SOURCE_SEED, output)
     argv = [*flags, "--adapter"]
     extra = {"role": "source", "task": task, "task_adapters_pruned": pruned}
-    train(args, name, [*argv, "houlsby", *pruning(pruned)], records, extra)
+    settings = caps(args.source_examples, args.source_epochs, args)
+    train(args, name, [*argv, "houlsby", *pruning(pruned)], records, extra, settings)
     if not (output / "final.json").is_file():
         raise SystemExit(f"{name} is recorded but its run folder {output} is gone: move the "
                          f"record out of {args.results_dir / RECORDS_FILE} or pass the --runs-dir it was trained in")  # fmt: skip
@@ -143,7 +185,8 @@ def target_run(args, target: str, variant: str, seed: int, records: dict) -> dic
     else:
         argv += ["--adapter", "houlsby"]
     extra = {"role": "target", "task": target, "variant": variant, "seed": seed}
-    return train(args, key, [*argv, *pruning(pruned)], records, extra)
+    settings = caps(args.train_examples, args.epochs, args)
+    return train(args, key, [*argv, *pruning(pruned)], records, extra, settings)
 
 
 def cells(records: dict[str, dict]) -> list[dict[str, Any]]:
