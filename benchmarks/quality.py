@@ -25,8 +25,9 @@ the CLI's defaults (AdamW, weight decay 0.1, linear schedule with 6% warm-up, ba
 128, best epoch on dev). Records of the earlier protocol (``random-batches``, plain shuffling)
 stay in the records file and are reported apart.
 
-Every finished run is appended to ``benchmarks/results/quality_runs.jsonl`` (committed), and a
-run found there is never trained again: the grid can be completed a part at a time, across
+Every finished run is appended to ``benchmarks/results/quality_runs.jsonl`` (committed) with
+the settings its name does not say (``quality_grid.run_settings``: epochs, model, max length,
+caps), and a run found there with the grid's settings is never trained again: the grid can be completed a part at a time, across
 sessions and machines (each record names its device and torch version; ``DEVICE_CHECK`` holds
 runs trained again on another device, to measure what the device changes). Run folders
 (checkpoints) go to ``--runs-dir`` and are not committed.
@@ -46,7 +47,7 @@ from pathlib import Path
 
 import common
 from common import RESULTS, ROOT
-from quality_grid import CLAIMS, DEFAULT_LR_GRID, EPOCHS, LR_GRIDS, TASKS, task_epochs
+from quality_grid import CLAIMS, DEFAULT_LR_GRID, EPOCHS, LR_GRIDS, TASKS
 from quality_plan import plan
 from quality_records import load_records
 from quality_report import report
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             executor.close()
     if args.quick:
-        records = list(load_records(args.records, epochs=task_epochs(args)).values())
+        records = list(load_records(args.records, args=args).values())
         print(markdown_table(cells_of(records), ["train.lr"]))
     else:
         print(f"wrote {report(args)}")

@@ -7,6 +7,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from common import model_label
+
 from sparseadapter.runconfig import RunConfig
 from sparseadapter.sweep import SweepSpec
 
@@ -78,6 +80,18 @@ def record_key(run: RunConfig) -> str:
 
 def task_epochs(args: argparse.Namespace) -> dict[str, int]:
     return {task: args.epochs or EPOCHS[task] for task in TASKS}
+
+
+def run_settings(task: str, args: argparse.Namespace) -> dict[str, Any]:
+    """What the grid's runs of a task share that their names do not say: a record of other
+    settings is not this grid's run (``quality_records.load_records``)."""
+    return {
+        "epochs": task_epochs(args)[task],
+        "model": model_label(args.model),
+        "max_length": args.max_length,
+        "max_train_samples": args.max_train_samples or TASKS[task].get("max_train_samples"),
+        "max_eval_samples": args.max_eval_samples,
+    }
 
 
 def base_config(task: str, args: argparse.Namespace) -> dict[str, Any]:

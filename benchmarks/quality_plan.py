@@ -7,7 +7,7 @@ import functools
 import statistics
 from pathlib import Path
 
-from quality_grid import claim_runs_on, planned_runs, record_key, task_epochs
+from quality_grid import claim_runs_on, planned_runs, record_key
 from quality_records import CPU, load_records
 
 from sparseadapter.runconfig import RunConfig
@@ -35,7 +35,7 @@ def plan(args: argparse.Namespace) -> str:
     A run shared by several claims (the dense baselines) is counted under the first of them.
     The recorded seconds are those of one worker; ``--workers 2`` needs about half the hours.
     """
-    records = load_records(args.records, epochs=task_epochs(args))
+    records = load_records(args.records, args=args)
     pace: dict[tuple, list[float]] = {}  # seconds per unit of work, most specific key first
     for r in records.values():
         if not r.get("resumed", False) and r.get("device", CPU["device"]) == "cpu":

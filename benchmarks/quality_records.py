@@ -8,18 +8,26 @@ import json
 from pathlib import Path
 from typing import Any
 
-from quality_grid import PROTOCOL, best_lr, no_working_lr, tuning
+from quality_grid import PROTOCOL, best_lr, no_working_lr, run_settings, tuning
 
 CPU = {"device": "cpu", "torch": "2.13.0"}  # where records without these fields trained
+# what records written before these fields trained with (GPU runs: MiniLM staged as a folder)
+UNRECORDED = {"model": "minilm", "max_length": 128, "max_eval_samples": None}
 DEVICE_CHECK = "quality_device_check.jsonl"
 LEGACY_PROTOCOL = "random-batches"  # records without a "protocol" field
 
 
+def recorded_settings(record: dict[str, Any]) -> dict[str, Any]:
+    """The settings of ``quality_grid.run_settings`` a record was trained with."""
+    keys = ("epochs", "model", "max_length", "max_train_samples", "max_eval_samples")
+    return {key: record.get(key, UNRECORDED.get(key)) for key in keys}
+
+
 def load_records(
-    path: Path, protocol: str = PROTOCOL, epochs: dict[str, int] | None = None
+    path: Path, protocol: str = PROTOCOL, args: argparse.Namespace | None = None
 ) -> dict[str, dict[str, Any]]:
-    """The recorded runs of ``protocol``, by run name; with ``epochs`` (task → epochs), only
-    those trained for their task's epochs (run names do not say, so a changed epoch count
+    """The recorded runs of ``protocol``, by run name; with ``args``, only those trained with
+    the grid's settings (epochs, model, caps: run names do not say, so a grid of other settings
     must not reuse the old runs)."""
     if not path.is_file():
         return {}
@@ -29,7 +37,7 @@ def load_records(
             record = json.loads(line)
             if record.setdefault("protocol", LEGACY_PROTOCOL) != protocol:
                 continue
-            if epochs is None or record["epochs"] == epochs.get(record["task"]):
+            if args is None or recorded_settings(record) == run_settings(record["task"], args):
                 records[record["run"]] = record
     return records
 

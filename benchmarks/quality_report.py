@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
-from quality_grid import CLAIMS, NO_LR, TASKS, claim_runs_on, task_epochs
+from quality_grid import CLAIMS, NO_LR, TASKS, claim_runs_on
 from quality_plan import plan
 from quality_records import (
     DEVICE_CHECK,
@@ -59,7 +59,7 @@ def _devices(records: list[dict]) -> list[str]:
 def _device_check(records: list[dict], args: argparse.Namespace) -> list[str]:
     """Runs of the grid trained again on another device (``DEVICE_CHECK``), paired with the
     recorded run of the same name: what the device alone changes, next to the seed spread."""
-    check = load_records(args.results_dir / DEVICE_CHECK, epochs=task_epochs(args))
+    check = load_records(args.results_dir / DEVICE_CHECK, args=args)
     by_run = {r["run"]: r for r in records}
     pairs = [(by_run[name], again) for name, again in check.items() if name in by_run]
     if not pairs:
@@ -247,7 +247,7 @@ def _summary_cell(claim: str, comparison: dict, without_lr: bool) -> str:
 
 
 def report(args: argparse.Namespace) -> Path:
-    records = list(load_records(args.records, epochs=task_epochs(args)).values())
+    records = list(load_records(args.records, args=args).values())
     cells = cells_of(records)
     tasks = [t for t in TASKS if any(r["task"] == t for r in records)]
     collapsed = [r["run"] for r in records if r["collapsed"]]
@@ -313,10 +313,11 @@ def report(args: argparse.Namespace) -> Path:
     superseded = [r for r in load_records(args.records).values() if r["run"] not in current]
     if superseded:
         lines += [
-            "## Superseded: other epoch counts",
+            "## Superseded: other settings",
             "",
-            "Runs trained for another number of epochs than their task trains now (`EPOCHS`); "
-            "not mixed into the claims above.",
+            "Runs trained with other settings than the grid's now (another number of epochs than "
+            "their task trains, `EPOCHS`; another model, max length or example cap); not mixed "
+            "into the claims above.",
             "",
             markdown_table(cells_of(superseded, ("epochs",)), ["train.lr", "epochs"]),
             "",

@@ -10,7 +10,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from quality_grid import PROTOCOL, planned_runs, record_key, task_epochs
+from common import model_label
+from quality_grid import PROTOCOL, planned_runs, record_key
 from quality_records import append_record, load_records
 
 from sparseadapter.parallel import Executor
@@ -62,7 +63,10 @@ def record_of(run: RunConfig, trained: dict[str, Any]) -> dict[str, Any]:
         "lr": run.train.lr,
         "seed": run.train.seed,
         "epochs": run.train.epochs,
+        "model": model_label(run.model.name),
+        "max_length": run.data.max_length,
         "max_train_samples": run.data.max_train_samples,
+        "max_eval_samples": run.data.max_eval_samples,
         "metric": final["main_metric"],
         "score": final["score"],
         "dev": {k: v for k, v in dev.items() if k != "collapsed"},
@@ -107,7 +111,7 @@ def run_all(args: argparse.Namespace, executor: Executor) -> dict[str, str]:
 
     failed: dict[str, str] = {}
     while True:
-        records = load_records(args.records, epochs=task_epochs(args))
+        records = load_records(args.records, args=args)
         todo = todo_runs(args, records, failed)
         if not todo:
             return failed

@@ -108,10 +108,10 @@ def test_report_verdicts_follow_the_rules(tmp_path, glue_dir):
     assert "not measured yet" in text.split("## Claim 3")[1].split("## Claim 4")[0]
     claim4 = text.split("## Claim 4")[1].split("## Every cell")[0]
     assert "rte" not in claim4  # not one of claim 4's tasks
-    # runs of other epoch counts, and of the earlier protocol, are reported apart
+    # runs of other settings (here an epoch count), and of the earlier protocol, are reported apart
     assert (
         "| rte | lora | none | 0 | 1 | 0.001 | 2 | 1 | accuracy 70.00"
-        in text.split("## Superseded: other epoch counts")[1].split("## Earlier protocol")[0]
+        in text.split("## Superseded: other settings")[1].split("## Earlier protocol")[0]
     )
     assert "| rte | pfeiffer | none |" not in text.split("## Earlier protocol")[0]
     assert (
@@ -236,7 +236,8 @@ def test_plan_counts_runs_left_and_their_hours(tmp_path, glue_dir):
     record = {"run": q_grid.record_key(dense), "protocol": q_grid.PROTOCOL, "score": 0.6}
     record.update(collapsed=False)
     record.update(task="rte", adapter="lora", large_sparse=1.0, seconds=7200.0)
-    record.update(epochs=1, max_train_samples=64)
+    record.update(epochs=1, model="minilm", max_length=64, max_train_samples=64)
+    record.update(max_eval_samples=64)
     q_records.append_record(args.records, record)
     assert q_grid.planned_runs("rte", "1", {}, args) == [dense]  # lr unknown: tuning only
     assert "| rte | 1 | 1 | 1 | 2.0 |" in q_plan.plan(args)
@@ -286,6 +287,22 @@ def test_epochs_are_set_per_task_unless_given():
     assert EPOCHS.items() <= q_grid.EPOCHS.items()
     fixed = quality.parse_args(["--epochs", "3"])
     assert {q_grid.base_config(t, fixed)["train"]["epochs"] for t in q_grid.TASKS} == {3}
+
+
+def test_records_of_other_settings_are_not_the_grids_runs(tmp_path):
+    """Run names do not say the model, epochs, max length or caps: a record trained with other
+    ones must not pass for this grid's run (it would be skipped and mixed into its cells)."""
+    args = quality.parse_args(["--runs-dir", str(tmp_path), "--results-dir", str(tmp_path)])
+    old = {"run": "rte-lora-dense-s1", "protocol": q_grid.PROTOCOL, "task": "rte", "epochs": 6}
+    old["max_train_samples"] = None  # written before model, max length and eval cap were
+    other = {**old, "run": "rte-lora-snip40-s1", "model": "mpnet-base"}
+    shorter = {**old, "run": "rte-lora-random40-s1", "max_length": 64}
+    for record in (old, other, shorter):
+        q_records.append_record(args.records, record)
+    assert list(q_records.load_records(args.records, args=args)) == ["rte-lora-dense-s1"]
+    mpnet = quality.parse_args(["--results-dir", str(tmp_path), "--model", "mpnet-base"])
+    assert list(q_records.load_records(args.records, args=mpnet)) == ["rte-lora-snip40-s1"]
+    assert len(q_records.load_records(args.records)) == 3  # every record stays in the file
 
 
 def test_folders_of_another_config_are_set_aside_not_reused(tmp_path):
