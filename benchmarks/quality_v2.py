@@ -40,8 +40,10 @@ from quality_v2_grid import (
     PROTOCOL,
     planned,
     record_path,
+    recorded_settings,
     run_config,
     run_name,
+    run_settings,
 )
 
 from sparseadapter.evaluate import evaluate_run
@@ -176,8 +178,7 @@ def train_and_score(task, adapter, arm, lr, seed, args) -> dict:
         "width": run.model.width,
         "lr": lr,
         "seed": seed,
-        "epochs": run.train.epochs,
-        "mixed_precision": run.train.mixed_precision,
+        **run_settings(task, args),
         "selected_epoch": final["selected_epoch"],
         "metric": scored["main_metric"],
         "validation": final["score"],
@@ -194,9 +195,31 @@ def train_and_score(task, adapter, arm, lr, seed, args) -> dict:
     }
 
 
+def check_settings(args: argparse.Namespace, plan: list, device: str) -> None:
+    """Stop before training a grid whose runs would share a comparison with recorded runs of
+    other settings (epochs, max length, caps, precision: run names do not say them)."""
+    records = load_records(args.records).values()
+    for task, adapter in sorted({(task, adapter) for task, adapter, *_ in plan}):
+        wanted = run_settings(task, args)
+        for r in records:
+            same_cell = (r["device"], r["model"], r["task"], r["adapter"]) == (
+                device,
+                args.model_label,
+                task,
+                adapter,
+            )
+            if same_cell and recorded_settings(r) != wanted:
+                raise SystemExit(
+                    f"{args.records} holds {task} {adapter} runs of {args.model_label} on "
+                    f"{device} trained with {recorded_settings(r)}, not {wanted}: pass the same "
+                    "options, or --records and --runs-dir for a grid of its own"
+                )
+
+
 def run_all(args: argparse.Namespace) -> None:
     register()
     plan = planned(args, v1_records())
+    check_settings(args, plan, where_trained()["device"])
     if args.worker_index is not None:
         plan = plan[args.worker_index :: args.workers]
     start, longest = time.monotonic(), 0.0

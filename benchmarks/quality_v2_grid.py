@@ -140,6 +140,28 @@ def seeds_for(task: str, adapter: str, v1_records: list[dict], max_seeds: int = 
     return max(MIN_SEEDS, plan_seeds(sparse, dense, max_seeds).seeds)
 
 
+def run_settings(task: str, args: argparse.Namespace) -> dict[str, Any]:
+    """What the grid's runs of a task share that their names do not say; one records file holds
+    one set per (device, model, task, adapter), so no comparison mixes them."""
+    return {
+        "epochs": args.epochs or EPOCHS[task],
+        "max_length": args.max_length,
+        "max_train_samples": args.max_train_samples,
+        "max_eval_samples": args.max_eval_samples,
+        "mixed_precision": args.mixed_precision,
+    }
+
+
+# what records written before these fields trained with
+UNRECORDED = {"max_length": 128, "max_train_samples": None, "max_eval_samples": None}
+UNRECORDED["mixed_precision"] = "no"
+
+
+def recorded_settings(record: dict[str, Any]) -> dict[str, Any]:
+    keys = ("epochs", "max_length", "max_train_samples", "max_eval_samples", "mixed_precision")
+    return {key: record.get(key, UNRECORDED.get(key)) for key in keys}
+
+
 def run_config(
     task: str, adapter: str, arm: Arm, lr: float, seed: int, args: argparse.Namespace
 ) -> RunConfig:
@@ -170,7 +192,7 @@ def run_config(
         "data": data,
         "prune": {"method": arm.pruner} if arm.pruner == "none" else _prune(arm),
         "train": {
-            "epochs": args.epochs or EPOCHS[task],
+            "epochs": run_settings(task, args)["epochs"],
             "lr": lr,
             "lr_density_exponent": 0.0,  # the grid tunes each arm's rate itself
             "seed": seed,

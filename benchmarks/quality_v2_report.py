@@ -8,6 +8,7 @@ groups of their own."""
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import NamedTuple
 
 from common import ROOT, write_text
 from quality_v2_data import trivial_dev_score
-from quality_v2_grid import ARMS, CLAIMS, MAX_SEEDS, seeds_for
+from quality_v2_grid import ARMS, CLAIMS, MAX_SEEDS, recorded_settings, seeds_for
 from quality_v2_stats import (
     ALPHA,
     TARGET_SE,
@@ -485,10 +486,26 @@ def plot(chosen: dict, out_dir: Path) -> list[Path]:
     return written
 
 
+def check_one_setting(records: list[dict]) -> None:
+    """SystemExit if a group's runs were trained with different settings (epochs, caps, ...):
+    their comparison would mix them."""
+    settings: dict[Group, set[str]] = defaultdict(set)
+    for r in records:
+        group = Group(*(r[field] for field in Group._fields))
+        settings[group].add(json.dumps(recorded_settings(r), sort_keys=True))
+    for group, found in settings.items():
+        if len(found) > 1:
+            raise SystemExit(
+                f"{_where(group)} mixes runs of settings {sorted(found)}: keep one grid's "
+                "records per file (--records)"
+            )
+
+
 def report(args: argparse.Namespace) -> Path:
     from quality_v2 import load_records, v1_records
 
     records = list(load_records(args.records).values())
+    check_one_setting(records)
     out_dir = args.records.parent
     chosen = choose_lrs(records)
     failures, trivial = _failure_counter(chosen, args.data_dir, args.max_eval_samples)

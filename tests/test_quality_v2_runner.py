@@ -362,3 +362,24 @@ def test_model_label(tmp_path):
     assert common.model_label("mpnet-base") == "mpnet-base"
     assert common.model_label(str(staged)) == "mpnet-base"  # gpu.sh stages aliases by name
     assert common.model_label("org/some-bert") == "org--some-bert"
+
+
+def test_a_grid_of_other_settings_stops_before_mixing_with_the_records(tmp_path):
+    """Run names do not say the epochs, caps or precision: a grid run with other ones would
+    share its comparisons with the recorded runs, so it stops first; the report refuses too."""
+    q2 = benchmark_module("quality_v2")
+    path = tmp_path / "records.jsonl"
+    recorded = {**_rec("dense", 1e-3, 1, 0.7, 0.6), "epochs": 6}  # RTE's grid: 6 epochs
+    path.write_text(json.dumps(recorded) + "\n")
+    plan = [("rte", "houlsby", grid.ARMS["snip40"], 1e-3, 1)]
+    same = q2.parse_args(["--tasks", "rte", "--records", str(path)])
+    q2.check_settings(same, plan, "cpu")  # the grid's own settings: goes on
+    more = q2.parse_args(["--tasks", "rte", "--records", str(path), "--epochs", "3"])
+    with pytest.raises(SystemExit, match="trained with .*'epochs': 6.*not .*'epochs': 3"):
+        q2.check_settings(more, plan, "cpu")
+    q2.check_settings(more, plan, "NVIDIA H200")  # another device: a comparison of its own
+    shorter = {**_rec("snip40", 1e-3, 1, 0.7, 0.6), "epochs": 3}
+    with pytest.raises(SystemExit, match="rte houlsby \\(minilm, cpu\\) mixes runs of settings"):
+        report.check_one_setting(
+            list(q2.load_records(path).values()) + [{**shorter, "model": "minilm"}]
+        )
