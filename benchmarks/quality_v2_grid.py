@@ -78,6 +78,7 @@ def _arms() -> dict[str, Arm]:
 
 ARMS = _arms()
 SAME_BUDGET = (SHUFFLED_IN_TENSOR, SHUFFLED_IN_ROW, "narrow")
+PRUNERS_BESIDE_SNIP = ("random", "magnitude", "grasp", "synflow")
 
 # Each claim: the tests between arms (a, b) it makes, per task and adapter. "noninferior": a is
 # no worse than b by more than the margin (each margin a test of its own); "superior": a > b.
@@ -99,6 +100,12 @@ CLAIMS: dict[str, dict[str, Any]] = {
         "test": "superior",
         "margins": [0.0],
         "pairs": [("ls4-snip75", "dense")],
+    },
+    "4": {
+        "title": "SNIP beats the other pruners (random, magnitude, GraSP, SynFlow at 100 rounds)",
+        "test": "superior",
+        "margins": [0.0],
+        "pairs": [(f"snip{s}", f"{p}{s}") for s in (40, 60, 80) for p in PRUNERS_BESIDE_SNIP],
     },
     "fidelity": {
         "title": "A trained pooler beats the frozen one; MAM pruned in the "

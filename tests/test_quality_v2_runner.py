@@ -65,7 +65,19 @@ def test_claim_rows_test_and_adjust_over_each_claim():
     claim2 = {(r["a"], r["test"].margin): r for r in rows["2"]}
     assert set(claim2) == {("snip40", 0.0), ("snip40", 1.0), ("random80", 0.0), ("random80", 1.0)}
     assert report.verdict(claim2["random80", 1.0]) == "fails"
-    assert rows["3"] == [] and rows["budget"] == []
+    assert rows["3"] == [] and rows["4"] == [] and rows["budget"] == []
+
+
+def test_claim_4_tests_snip_against_each_pruner_at_its_sparsity():
+    records = (
+        _group("snip40", [62.0, 63.0, 64.0])
+        + _group("magnitude40", [52.0, 53.0, 54.0])  # 10 points below SNIP: SNIP wins
+        + _group("synflow40", [61.0, 64.0, 67.0])  # level with SNIP: not settled
+        + _group("grasp80", [70.0, 71.0, 72.0])  # no SNIP at 80%: no test
+    )
+    rows = report.claim_rows(report.choose_lrs(records))["4"]
+    assert [(r["a"], r["b"]) for r in rows] == [("snip40", "magnitude40"), ("snip40", "synflow40")]
+    assert [report.verdict(r) for r in rows] == ["holds", "not settled"]
 
 
 def test_verdicts_count_each_claims_tests():
