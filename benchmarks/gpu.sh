@@ -7,9 +7,13 @@
 #                              /tmp/site) and the repository into /tmp/repo
 #   gpu.sh squad               SQuAD cells of tasks.py (MiniLM-L6 from /tmp/stage/minilm.tar)
 #   gpu.sh xsum                XSum cells of tasks.py (SmolLM2 GGUF from the parts /tmp/stage/gg.*)
-#   gpu.sh quality-v2 ARGS...  quality_v2.py ARGS (MiniLM-L6 from /tmp/stage/minilm.tar, GLUE
-#                              from /tmp/stage/glue), bf16, 12 workers, no run started that
-#                              would end past $MINUTES (8) unless ARGS say otherwise
+#   gpu.sh quality-v2 ARGS...  quality_v2.py ARGS on $MODEL (minilm: /tmp/stage/minilm.tar;
+#                              mpnet-base: the parts /tmp/stage/mpnet-base.tar.*, made by
+#                              `gpu.sh pack mpnet-base DIR`), GLUE from /tmp/stage/glue, bf16,
+#                              12 workers, no run started that would end past $MINUTES (8)
+#                              unless ARGS say otherwise
+#   gpu.sh pack ALIAS DIR      (here, not on the GPU) split the alias's model folder into tar
+#                              parts of 56 MiB, one per folder DIR/1, DIR/2, ...: one stage call each
 #   gpu.sh collect SECS        wait up to SECS for the started cells; records and logs to $OUT
 #
 # Every run uses bf16 mixed precision; the SQuAD/XSum cells score their dev/test set once, after
@@ -30,9 +34,18 @@ start() { # name, then the command; /tmp/runs/NAME.done holds its exit code when
     echo "started $name: pid $!"
 }
 
-minilm() {
-    [ -f /tmp/stage/minilm/config.json ] && return
-    mkdir -p /tmp/stage/minilm && tar -xf /tmp/stage/minilm.tar -C /tmp/stage/minilm || exit 1
+staged() { # the alias's model folder /tmp/stage/NAME, from NAME.tar or its parts NAME.tar.*
+    local name=$1
+    [ -f "/tmp/stage/$name/config.json" ] && return
+    mkdir -p "/tmp/stage/$name"
+    if [ -f "/tmp/stage/$name.tar" ]; then
+        tar -xf "/tmp/stage/$name.tar" -C "/tmp/stage/$name" || exit 1
+    elif compgen -G "/tmp/stage/$name.tar.*" > /dev/null; then
+        cat "/tmp/stage/$name".tar.* | tar -xf - -C "/tmp/stage/$name" || exit 1
+    else
+        echo "no /tmp/stage/$name.tar or $name.tar.* parts: stage them first" >&2
+        exit 1
+    fi
 }
 
 cells() { # task, then tasks.py options
@@ -58,7 +71,7 @@ stage)
     du -sh /tmp/stage /tmp/site 2> /dev/null || true
     ;;
 squad)
-    minilm
+    staged minilm
     cells squad --adapters houlsby lora --parallel "${PARALLEL:-9}" --model /tmp/stage/minilm \
         --data-dir /tmp/stage/data/squad --extra "$once"
     ;;
@@ -70,11 +83,26 @@ _convert_gguf(Path('/tmp/stage/smollm2.gguf'), Path('/tmp/stage/smollm2'))" || e
         --data-dir /tmp/stage/data/xsum --extra "$once --eval-batch-size 64"
     ;;
 quality-v2)
-    minilm
-    start quality_v2 python3 benchmarks/quality_v2.py --model /tmp/stage/minilm \
+    staged "${MODEL:-minilm}"
+    start quality_v2 python3 benchmarks/quality_v2.py --model "/tmp/stage/${MODEL:-minilm}" \
         --data-dir /tmp/stage/glue --runs-dir /tmp/runs/q2 \
         --records /tmp/runs/quality_v2_runs.jsonl --mixed-precision bf16 --workers 12 \
         --max-minutes "${MINUTES:-8}" "$@"
+    ;;
+pack)
+    alias=$1 out=$2
+    folder=$(python3 -c "from sparseadapter.models import resolve_model as r; print(r('$alias'))") ||
+        exit 1
+    mkdir -p "$out/parts"
+    tar -cf - -C "$folder" --exclude=sparseadapter-cache.json . |
+        split -b 56m -d - "$out/parts/$alias.tar." || exit 1
+    i=0
+    for part in "$out/parts/$alias".tar.*; do
+        i=$((i + 1))
+        mkdir -p "$out/$i" && mv "$part" "$out/$i/"
+    done
+    rmdir "$out/parts"
+    du -sh "$out"/*
     ;;
 collect)
     deadline=$((SECONDS + ${1:-0}))
@@ -93,7 +121,8 @@ collect)
     tail -n 4 /tmp/runs/*.log
     ;;
 *)
-    echo "usage: gpu.sh stage DIR... | squad | xsum | quality-v2 ARGS... | collect SECONDS" >&2
+    echo "usage: gpu.sh stage DIR... | squad | xsum | quality-v2 ARGS... | pack ALIAS DIR |" \
+        "collect SECONDS" >&2
     exit 2
     ;;
 esac
