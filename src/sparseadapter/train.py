@@ -307,7 +307,7 @@ def _train(
     _debug_dump(model, accelerator)
     best = progress.best
     assert best is not None  # the last epoch is always evaluated
-    final = _result(config, data, model, progress, best, sparsity)
+    final = _result(config, data, model, progress, best, sparsity, lr)
     if accelerator.is_main_process:
         save_run_model(model, tokenizer, folder, config)
         (folder / FINAL_FILE).write_text(json.dumps(final, indent=2), encoding="utf-8")
@@ -368,8 +368,9 @@ def _result(
     progress: Progress,
     best: dict[str, Any],
     sparsity: dict[str, Any] | None,
+    lr: float,
 ) -> RunResult:
-    """What the run reports in ``final.json``."""
+    """What the run reports in ``final.json`` (``lr``: the peak rate it trained at)."""
     task, cfg = data.task, config.train
     evaluations = sum(1 for record in progress.history if "dev" in record)
     scored = evaluations * sum(len(examples) for examples in data.dev.values())
@@ -380,7 +381,7 @@ def _result(
         "dev": best["dev"],
         "selected_epoch": best["epoch"],
         "select": cfg.select,
-        "lr": _peak_lr(cfg, sparsity),
+        "lr": lr,
         "examples": {"train": len(data.train), **{s: len(e) for s, e in data.dev.items()}},
         "parameters": parameter_report(model, config.prune or SparsityConfig()).to_dict(),
         "sparsity": sparsity,
